@@ -1,0 +1,35 @@
+"""writewatch: precise page-level write tracking for Linux.
+
+Which pages of this memory were written since I last asked? In your own process or another
+one, with the kernel's best mechanism (userfaultfd write-protect in async mode plus the
+PAGEMAP_SCAN ioctl on Linux 6.7+; synchronous uffd-wp and soft-dirty on older kernels).
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AlreadyTracked,
+    InvalidTarget,
+    KernelError,
+    NoSuchProcess,
+    PermissionDenied,
+    TrackerClosed,
+    Unsupported,
+    WriteWatchError,
+)
+from .pages import Pages
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyTracked",
+    "InvalidTarget",
+    "KernelError",
+    "NoSuchProcess",
+    "Pages",
+    "PermissionDenied",
+    "TrackerClosed",
+    "Unsupported",
+    "WriteWatchError",
+    "__version__",
+]

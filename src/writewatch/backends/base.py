@@ -1,0 +1,113 @@
+"""Layer 3: the interface every tracking mechanism implements.
+
+A backend arms page-aligned spans of one address space, collects the pages written since the
+last collect (re-arming in the same step when asked), and closes. It knows nothing of Python
+buffers: :mod:`writewatch.tracker` turns targets into spans.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from ..kernel import LINUX, KernelCalls
+
+
+class Span(NamedTuple):
+    """A page-aligned address range to track."""
+
+    start: int
+    end: int
+    label: str = ""
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+class Collected(NamedTuple):
+    """What one collect found, as ``(k, 2)`` uint64 ``[start, end)`` arrays (not coalesced)."""
+
+    written: np.ndarray  #: pages the mechanism reported written (includes ``conservative``)
+    conservative: np.ndarray  #: pages reported because tracking could not be exact there
+    reasons: tuple[str, ...] = ()  #: one line per conservative report, saying why
+
+
+@dataclass
+class BackendStats:
+    """Counters a backend keeps (monotonic over its life)."""
+
+    collects: int = 0
+    scan_calls: int = 0  #: PAGEMAP_SCAN ioctls / pagemap reads made
+    pages_reported: int = 0
+    pages_conservative: int = 0  #: reported without proof of a write (remap, zap, new VMA)
+    rearms: int = 0  #: spans re-registered after being remapped
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """One tracking mechanism over one address space (``pid``: ``"self"`` or a PID)."""
+
+    #: registry name ("uffd-async", "uffd-wp-sync", "soft-dirty", "model")
+    name: ClassVar[str]
+    #: True when :meth:`collect` re-arms only the tracked spans (uffd); False when a reset
+    #: is process-wide (soft-dirty's clear_refs clears every VMA of the process).
+    ranged_reset: ClassVar[bool] = True
+
+    def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX) -> None:
+        self.pid = pid
+        self.kernel = kernel
+        self.page_size = kernel.page_size
+        self.spans: list[Span] = []
+        self.stats = BackendStats()
+        self.closed = False
+
+    @abc.abstractmethod
+    def add(self, span: Span) -> None:
+        """Start tracking ``span``: from now on every write to it is reported.
+
+        Raises a :class:`writewatch.WriteWatchError` and leaves nothing registered on failure.
+        """
+
+    @abc.abstractmethod
+    def remove(self, span: Span) -> None:
+        """Stop tracking ``span`` (which was added) and drop any protection on it."""
+
+    @abc.abstractmethod
+    def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
+        """Pages written in the tracked spans since the last reset.
+
+        With ``reset`` the same pages are re-armed atomically with reading them: a write that
+        lands during the call is either in this result or in the next one, never lost. With
+        ``max_pages`` at most that many pages are returned and re-armed; the rest stay for
+        the next collect."""
+
+    def close(self) -> None:
+        """Remove every span and release descriptors. Idempotent."""
+        if self.closed:
+            return
+        try:
+            for span in list(self.spans):
+                try:
+                    self.remove(span)
+                except Exception:
+                    pass
+        finally:
+            self.spans.clear()
+            self.closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """Release descriptors and helpers (after every span was removed)."""
+
+
+#: name -> backend class, filled by the backend modules
+REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    REGISTRY[cls.name] = cls
+    return cls

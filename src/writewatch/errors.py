@@ -1,0 +1,139 @@
+"""The exception tree. Every error the library raises derives from :class:`WriteWatchError`.
+
+Kernel errno values become these classes in one place, :func:`writewatch.kernel._sys.check`.
+Each carries the failed operation, the address range (when there is one), the errno, and a
+sentence saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class WriteWatchError(Exception):
+    """Root of every writewatch error."""
+
+    __module__ = "writewatch"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        op: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+        errno: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.op = op
+        self.start = start
+        self.end = end
+        self.errno = errno
+        self.hint = hint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.op:
+            parts.append(f"[{self.op}")
+            if self.start is not None and self.end is not None:
+                parts[-1] += f" {self.start:#x}-{self.end:#x}"
+            if self.errno is not None:
+                parts[-1] += f": {_errno.errorcode.get(self.errno, self.errno)}"
+            parts[-1] += "]"
+        if self.hint:
+            parts.append(f"- {self.hint}")
+        return " ".join(parts)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        kwargs = {
+            "op": self.op, "start": self.start, "end": self.end,
+            "errno": self.errno, "hint": self.hint,
+        }
+        return (_rebuild, (type(self), self.message, kwargs))
+
+
+def _rebuild(cls: type[WriteWatchError], message: str, kwargs: dict[str, object]) -> WriteWatchError:
+    err = cls.__new__(cls)
+    WriteWatchError.__init__(err, message, **kwargs)  # type: ignore[arg-type]
+    return err
+
+
+class KernelError(WriteWatchError, OSError):
+    """A system call or ioctl failed in a way no more specific class describes."""
+
+    __module__ = "writewatch"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        WriteWatchError.__init__(self, message, **kw)  # type: ignore[arg-type]
+        OSError.__init__(self, kw.get("errno") or 0, message)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return WriteWatchError.__str__(self)
+
+
+class Unsupported(WriteWatchError):
+    """This kernel (or architecture) lacks a mechanism; ``feature`` and ``since`` name it."""
+
+    __module__ = "writewatch"
+
+    def __init__(self, message: str, *, feature: str | None = None,
+                 since: str | None = None, **kw: object) -> None:
+        self.feature = feature
+        self.since = since
+        if since and "hint" not in kw:
+            kw["hint"] = f"{feature or 'this feature'} needs Linux {since} or newer " \
+                         f"(running {os.uname().release})"
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class PermissionDenied(WriteWatchError, PermissionError):
+    """The kernel refused for lack of privilege; ``hint`` names the capability or sysctl."""
+
+    __module__ = "writewatch"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        WriteWatchError.__init__(self, message, **kw)  # type: ignore[arg-type]
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return WriteWatchError.__str__(self)
+
+
+class InvalidTarget(WriteWatchError, ValueError):
+    """What was asked to be tracked cannot be: read-only, empty, unaligned, overlapping,
+    unmapped, or of a kind the backend cannot write-protect."""
+
+    __module__ = "writewatch"
+
+
+class AlreadyTracked(InvalidTarget):
+    """Another userfaultfd already owns the range (EBUSY from UFFDIO_REGISTER)."""
+
+    __module__ = "writewatch"
+
+
+class TrackerClosed(WriteWatchError):
+    """The tracker was closed; create a new one."""
+
+    __module__ = "writewatch"
+
+
+class NoSuchProcess(WriteWatchError, ProcessLookupError):
+    """The target process does not exist (any more)."""
+
+    __module__ = "writewatch"
+
+    def __init__(self, pid: int, message: str | None = None, **kw: object) -> None:
+        self.pid = pid
+        WriteWatchError.__init__(self, message or f"process {pid} does not exist", **kw)  # type: ignore[arg-type]
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return WriteWatchError.__str__(self)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (NoSuchProcess, (self.pid, self.message))

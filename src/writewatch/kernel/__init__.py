@@ -1,0 +1,88 @@
+"""Layer 2: kernel calls. The :class:`KernelCalls` seam and its real implementation.
+
+Backends talk to the kernel only through a ``KernelCalls`` object. :data:`LINUX` makes the
+real calls; :class:`writewatch.model.ModelKernel` implements the same methods over a model of
+the kernel's state, so the same tracker code runs on either (the way pyroute2's in-memory
+engine stands in for a netlink socket).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from . import _sys, pagemap, procfs, uffd
+from .pagemap import ScanResult
+from .procfs import Mapping
+from .uffd import ApiResult, UffdMsg
+
+__all__ = ["LINUX", "ApiResult", "KernelCalls", "LinuxKernel", "Mapping", "ScanResult",
+           "UffdMsg"]
+
+
+class KernelCalls(Protocol):
+    """The kernel operations the backends use; each is one system call (or /proc read)."""
+
+    page_size: int
+
+    def userfaultfd(self, flags: int) -> int: ...
+    def uffdio_api(self, fd: int, features: int) -> ApiResult: ...
+    def uffdio_register(self, fd: int, start: int, length: int, mode: int) -> int: ...
+    def uffdio_unregister(self, fd: int, start: int, length: int) -> None: ...
+    def uffdio_writeprotect(self, fd: int, start: int, length: int, mode: int) -> None: ...
+    def uffdio_wake(self, fd: int, start: int, length: int) -> None: ...
+    def read_uffd_msgs(self, fd: int) -> tuple[UffdMsg, ...]: ...
+    def open_pagemap(self, pid: int | str) -> int: ...
+    def pagemap_scan(self, fd: int, start: int, end: int, *, flags: int = 0,
+                     category_mask: int = 0, category_inverted: int = 0,
+                     category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
+                     vec_len: int = ...) -> ScanResult: ...
+    def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray: ...
+    def read_maps(self, pid: int | str) -> tuple[Mapping, ...]: ...
+    def is_mapped(self, start: int, length: int) -> bool: ...
+    def clear_refs(self, pid: int | str, value: int) -> None: ...
+    def close(self, fd: int) -> None: ...
+
+
+class LinuxKernel:
+    """:class:`KernelCalls` on the running kernel."""
+
+    page_size: int = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    userfaultfd = staticmethod(uffd.userfaultfd)
+    uffdio_api = staticmethod(uffd.api)
+    uffdio_register = staticmethod(uffd.register)
+    uffdio_unregister = staticmethod(uffd.unregister)
+    uffdio_writeprotect = staticmethod(uffd.writeprotect)
+    uffdio_wake = staticmethod(uffd.wake)
+    read_uffd_msgs = staticmethod(uffd.read_msgs)
+    open_pagemap = staticmethod(pagemap.open_pagemap)
+    read_maps = staticmethod(procfs.read_maps)
+    clear_refs = staticmethod(procfs.clear_refs)
+    close = staticmethod(_sys.close)
+
+    def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+        scanner = getattr(self._local, "scanner", None)
+        if scanner is None:
+            scanner = self._local.scanner = pagemap.Scanner()
+        return scanner(fd, start, end, **kw)
+
+    def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
+        return pagemap.read_entries(fd, start, npages, self.page_size)
+
+    def is_mapped(self, start: int, length: int) -> bool:
+        """msync(MS_ASYNC) walks VMAs only (no page tables) and fails with ENOMEM when part of
+        the range is unmapped; for anonymous and file mappings MS_ASYNC writes nothing
+        (mm/msync.c, a no-op since 2.6.19)."""
+        from .._uapi import MS_ASYNC
+        return _sys.msync(start, length, MS_ASYNC) == 0
+
+
+#: The running kernel (its scan buffers are per thread).
+LINUX = LinuxKernel()

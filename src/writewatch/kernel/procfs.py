@@ -1,0 +1,143 @@
+"""Readers for /proc and /sys files: maps, status, clear_refs, THP and hugetlb settings.
+
+Parsers are pure (bytes in, immutable values out); readers do the I/O through the choke point.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import re
+from typing import NamedTuple
+
+from .. import errors
+from . import _sys
+
+_PROC_ERRORS: _sys.ErrMap = {
+    E.ENOENT: (errors.NoSuchProcess, None),
+    E.ESRCH: (errors.NoSuchProcess, None),
+    E.EACCES: (errors.PermissionDenied,
+               "needs PTRACE_MODE_READ on the process: same uid (yama ptrace_scope 0) or "
+               "CAP_SYS_PTRACE"),
+    E.EPERM: (errors.PermissionDenied,
+              "needs PTRACE_MODE_READ on the process: same uid (yama ptrace_scope 0) or "
+              "CAP_SYS_PTRACE"),
+}
+
+
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps (fs/proc/task_mmu.c show_map_vma)."""
+
+    start: int
+    end: int
+    perms: str  #: "rwxp" / "rw-s" ...
+    offset: int
+    dev: str
+    inode: int
+    path: str  #: file path, "[heap]", "[stack]", "[vdso]", "" for anonymous ...
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[0] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1] == "w"
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3] == "s"
+
+    @property
+    def anonymous(self) -> bool:
+        return self.inode == 0 and not self.path.startswith("/")
+
+    @property
+    def special(self) -> bool:
+        """[vsyscall], [vvar], [vdso]...: kernel-provided, never trackable."""
+        return self.path in ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]", "[uprobes]")
+
+    @property
+    def label(self) -> str:
+        return self.path or "[anon]"
+
+
+_MAPS_RE = re.compile(
+    rb"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+) *(.*)$", re.MULTILINE)
+
+
+def parse_maps(data: bytes) -> tuple[Mapping, ...]:
+    """Parse the text of /proc/PID/maps (pure)."""
+    return tuple(
+        Mapping(int(m[1], 16), int(m[2], 16), m[3].decode(), int(m[4], 16), m[5].decode(),
+                int(m[6]), m[7].decode(errors="surrogateescape").rstrip("\n"))
+        for m in _MAPS_RE.finditer(data))
+
+
+def read_bytes(path: str, pid: int | None = None) -> bytes:
+    fd = _sys.os_call(f"open {path}", os.open, path, os.O_RDONLY | os.O_CLOEXEC,
+                      errmap=_PROC_ERRORS, pid=pid)
+    try:
+        chunks = []
+        while True:
+            chunk = _sys.os_call(f"read {path}", os.read, fd, 1 << 16, errmap=_PROC_ERRORS,
+                                 pid=pid)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        _sys.close(fd)
+
+
+def read_maps(pid: int | str = "self") -> tuple[Mapping, ...]:
+    return parse_maps(read_bytes(f"/proc/{pid}/maps", pid if isinstance(pid, int) else None))
+
+
+def parse_status(data: bytes) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict of its fields (pure)."""
+    out = {}
+    for line in data.decode(errors="replace").splitlines():
+        key, sep, val = line.partition(":")
+        if sep:
+            out[key] = val.strip()
+    return out
+
+
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``kB`` field of /proc/PID/status, e.g. ``VmPTE`` (page-table memory) or ``VmRSS``."""
+    value = parse_status(read_bytes(f"/proc/{pid}/status"))[field]
+    return int(value.split()[0])
+
+
+def clear_refs(pid: int | str, value: int) -> None:
+    """Write ``value`` to /proc/PID/clear_refs (4 clears soft-dirty for the whole mm)."""
+    path = f"/proc/{pid}/clear_refs"
+    fd = _sys.os_call(f"open {path}", os.open, path, os.O_WRONLY | os.O_CLOEXEC,
+                      errmap=_PROC_ERRORS, pid=pid if isinstance(pid, int) else None)
+    try:
+        _sys.os_call(f"write {path}", os.write, fd, f"{value}\n".encode(), errmap=_PROC_ERRORS)
+    finally:
+        _sys.close(fd)
+
+
+def read_setting(path: str) -> str | None:
+    """The text of a /proc/sys or /sys setting, or None when it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode().strip()
+    except OSError:
+        return None
+
+
+def thp_mode() -> str | None:
+    """The bracketed choice of /sys/kernel/mm/transparent_hugepage/enabled."""
+    text = read_setting("/sys/kernel/mm/transparent_hugepage/enabled")
+    if text is None:
+        return None
+    m = re.search(r"\[(\w+)\]", text)
+    return m[1] if m else text
+
+
+def thp_pmd_size() -> int | None:
+    text = read_setting("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+    return int(text) if text else None

@@ -1,0 +1,210 @@
+"""``Pages``: an immutable set of pages, stored as coalesced ``[start, end)`` address ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, SupportsIndex
+
+import numpy as np
+
+__all__ = ["Pages"]
+
+_U64 = np.uint64
+
+
+def _coalesce(ranges: np.ndarray) -> np.ndarray:
+    """Sort and merge overlapping or touching ranges; drop empty ones."""
+    if len(ranges) == 0:
+        return np.empty((0, 2), _U64)
+    r = ranges[ranges[:, 1] > ranges[:, 0]]
+    if len(r) == 0:
+        return np.empty((0, 2), _U64)
+    r = r[np.argsort(r[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(r[:, 1])
+    # a new run starts where the start is beyond every end seen so far
+    new = np.empty(len(r), bool)
+    new[0] = True
+    new[1:] = r[1:, 0] > ends[:-1]
+    idx = np.flatnonzero(new)
+    out = np.empty((len(idx), 2), _U64)
+    out[:, 0] = r[idx, 0]
+    out[:, 1] = ends[np.append(idx[1:] - 1, len(r) - 1)]
+    return out
+
+
+def _combine(a: np.ndarray, b: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
+    """Sweep both coalesced range sets; keep the elementary intervals whose membership code
+    (1: in a only, 2: in b only, 3: in both) is in ``keep``."""
+    bounds = np.concatenate([a[:, 0], a[:, 1], b[:, 0], b[:, 1]])
+    delta = np.concatenate([np.full(len(a), 1), np.full(len(a), -1),
+                            np.full(len(b), 2), np.full(len(b), -2)]).astype(np.int64)
+    if len(bounds) == 0:
+        return np.empty((0, 2), _U64)
+    order = np.argsort(bounds, kind="stable")
+    bounds, delta = bounds[order], delta[order]
+    pts, first = np.unique(bounds, return_index=True)
+    sums = np.add.reduceat(delta, first)
+    state = np.cumsum(sums)[:-1]
+    sel = np.isin(state, keep)
+    out = np.stack([pts[:-1][sel], pts[1:][sel]], axis=1).astype(_U64)
+    return _coalesce(out)
+
+
+class Pages:
+    """A set of pages, as coalesced, sorted ``[start, end)`` address ranges.
+
+    ``len(p)`` is the number of pages; ``p.ranges`` the ``(k, 2)`` uint64 array; ``addr in p``
+    tests one address; ``|``, ``&`` and ``-`` combine two sets of the same page size.
+    Immutable: the array is read-only and operations return new objects.
+    """
+
+    __slots__ = ("_ranges", "page_size")
+
+    def __init__(self, ranges: Any = (), page_size: int = 4096) -> None:
+        arr = np.asarray(ranges, dtype=_U64).reshape(-1, 2) if len(ranges) else \
+            np.empty((0, 2), _U64)
+        if len(arr) and bool(((arr % _U64(page_size)) != 0).any()):
+            raise ValueError("Pages ranges must be page aligned")
+        arr = _coalesce(arr)
+        arr.flags.writeable = False
+        self._ranges = arr
+        self.page_size = page_size
+
+    @classmethod
+    def _trusted(cls, arr: np.ndarray, page_size: int) -> Pages:
+        """Wrap an already sorted, coalesced, aligned array (no checks)."""
+        p = cls.__new__(cls)
+        arr.flags.writeable = False
+        p._ranges = arr
+        p.page_size = page_size
+        return p
+
+    @classmethod
+    def from_addresses(cls, addresses: Iterable[int] | np.ndarray, page_size: int = 4096) -> Pages:
+        """The pages containing each address."""
+        a = np.unique(np.asarray(list(addresses) if not isinstance(addresses, np.ndarray)
+                                 else addresses, dtype=_U64) // _U64(page_size)) * _U64(page_size)
+        return cls(np.stack([a, a + _U64(page_size)], axis=1), page_size)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, base: int, page_size: int = 4096) -> Pages:
+        """Pages ``base + i * page_size`` for each true ``mask[i]``."""
+        m = np.asarray(mask, dtype=bool)
+        edges = np.diff(np.concatenate([[0], m.view(np.int8), [0]]).astype(np.int8))
+        starts = np.flatnonzero(edges == 1).astype(_U64)
+        ends = np.flatnonzero(edges == -1).astype(_U64)
+        arr = np.stack([starts, ends], axis=1) * _U64(page_size) + _U64(base)
+        return cls._trusted(arr.astype(_U64), page_size)
+
+    # -- the set -----------------------------------------------------------------------------
+    @property
+    def ranges(self) -> np.ndarray:
+        """``(k, 2)`` uint64 array of ``[start, end)`` addresses, sorted and coalesced."""
+        return self._ranges
+
+    @property
+    def nbytes(self) -> int:
+        return int((self._ranges[:, 1] - self._ranges[:, 0]).sum())
+
+    def __len__(self) -> int:
+        return self.nbytes // self.page_size
+
+    def __bool__(self) -> bool:
+        return len(self._ranges) > 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for s, e in self._ranges.tolist():
+            yield s, e
+
+    def addresses(self) -> np.ndarray:
+        """The start address of every page, as a uint64 array."""
+        if not len(self._ranges):
+            return np.empty(0, _U64)
+        ps = _U64(self.page_size)
+        counts = ((self._ranges[:, 1] - self._ranges[:, 0]) // ps).astype(np.int64)
+        starts = np.repeat(self._ranges[:, 0], counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        return starts + (np.arange(counts.sum(), dtype=_U64) - first.astype(_U64)) * ps
+
+    def __contains__(self, addr: object) -> bool:
+        if not isinstance(addr, (int, SupportsIndex)):
+            return False
+        a = int(addr)  # type: ignore[arg-type]
+        if a < 0 or not len(self._ranges):
+            return False
+        i = int(np.searchsorted(self._ranges[:, 0], _U64(a), side="right")) - 1
+        return i >= 0 and a < int(self._ranges[i, 1])
+
+    def _check(self, other: object) -> Pages:
+        if not isinstance(other, Pages):
+            raise TypeError(f"expected Pages, got {type(other).__name__}")
+        if other.page_size != self.page_size:
+            raise ValueError(f"page sizes differ: {self.page_size} and {other.page_size}")
+        return other
+
+    def __or__(self, other: Pages) -> Pages:
+        o = self._check(other)
+        return Pages._trusted(_coalesce(np.concatenate([self._ranges, o._ranges])),
+                              self.page_size)
+
+    def __and__(self, other: Pages) -> Pages:
+        return Pages._trusted(_combine(self._ranges, self._check(other)._ranges, (3,)),
+                              self.page_size)
+
+    def __sub__(self, other: Pages) -> Pages:
+        return Pages._trusted(_combine(self._ranges, self._check(other)._ranges, (1,)),
+                              self.page_size)
+
+    def __xor__(self, other: Pages) -> Pages:
+        return Pages._trusted(_combine(self._ranges, self._check(other)._ranges, (1, 2)),
+                              self.page_size)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pages):
+            return NotImplemented
+        return self.page_size == other.page_size and np.array_equal(self._ranges, other._ranges)
+
+    def __hash__(self) -> int:
+        return hash((self.page_size, self._ranges.tobytes()))
+
+    def __le__(self, other: Pages) -> bool:
+        return not (self - other)
+
+    # -- relative to a target ----------------------------------------------------------------
+    def clip(self, start: int, end: int) -> Pages:
+        """The pages that overlap ``[start, end)``, clipped to the covering pages."""
+        ps = self.page_size
+        lo, hi = start // ps * ps, -(-end // ps) * ps
+        return self & Pages._trusted(np.array([[lo, hi]], _U64) if hi > lo
+                                     else np.empty((0, 2), _U64), ps)
+
+    def offsets(self, start: int, length: int) -> np.ndarray:
+        """Ranges as byte offsets into the object at ``[start, start+length)``, clipped to it
+        (a target need not be page aligned: its first and last pages are partial)."""
+        r = self.clip(start, start + length)._ranges.astype(np.int64)
+        if not len(r):
+            return np.empty((0, 2), np.int64)
+        return np.clip(r - start, 0, length)
+
+    def mask(self, start: int, length: int) -> np.ndarray:
+        """One bool per page covering ``[start, start+length)``: written or not."""
+        ps = self.page_size
+        base = start // ps * ps
+        n = (-(-(start + length) // ps) * ps - base) // ps
+        out = np.zeros(n, bool)
+        r = self.clip(start, start + length)._ranges
+        if len(r):
+            first = ((r[:, 0] - _U64(base)) // _U64(ps)).astype(np.int64)
+            last = ((r[:, 1] - _U64(base)) // _U64(ps)).astype(np.int64)
+            delta = np.zeros(n + 1, np.int64)
+            np.add.at(delta, first, 1)
+            np.add.at(delta, last, -1)
+            out = np.cumsum(delta[:-1]) > 0
+        return out
+
+    def __repr__(self) -> str:
+        k = len(self._ranges)
+        shown = ", ".join(f"{s:#x}-{e:#x}" for s, e in self._ranges[:3].tolist())
+        more = f", … {k - 3} more" if k > 3 else ""
+        return (f"Pages({len(self)} pages, {self.nbytes / 1024:.0f} KiB in {k} "
+                f"range{'s' if k != 1 else ''}: [{shown}{more}])")
