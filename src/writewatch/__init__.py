@@ -17,19 +17,29 @@ from .errors import (
     Unsupported,
     WriteWatchError,
 )
+from .features import Feature, Features, features
 from .pages import Pages
+from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyTracked",
+    "CollectInfo",
+    "Feature",
+    "Features",
     "InvalidTarget",
     "KernelError",
     "NoSuchProcess",
     "Pages",
+    "PartialPageWarning",
     "PermissionDenied",
+    "Target",
+    "Tracker",
     "TrackerClosed",
     "Unsupported",
     "WriteWatchError",
     "__version__",
+    "features",
+    "track",
 ]

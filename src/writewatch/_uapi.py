@@ -17,7 +17,7 @@ _IOC_NRSHIFT, _IOC_TYPESHIFT, _IOC_SIZESHIFT, _IOC_DIRSHIFT = 0, 8, 16, 30
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 
 
-def _IOC(direction: int, typ: int, nr: int, size: int) -> int:  # noqa: N802 (kernel macro name)
+def _IOC(direction: int, typ: int, nr: int, size: int) -> int:
     return (
         (direction << _IOC_DIRSHIFT)
         | (typ << _IOC_TYPESHIFT)
@@ -26,15 +26,15 @@ def _IOC(direction: int, typ: int, nr: int, size: int) -> int:  # noqa: N802 (ke
     )
 
 
-def _IO(typ: int, nr: int) -> int:  # noqa: N802
+def _IO(typ: int, nr: int) -> int:
     return _IOC(_IOC_NONE, typ, nr, 0)
 
 
-def _IOR(typ: int, nr: int, size: int) -> int:  # noqa: N802
+def _IOR(typ: int, nr: int, size: int) -> int:
     return _IOC(_IOC_READ, typ, nr, size)
 
 
-def _IOWR(typ: int, nr: int, size: int) -> int:  # noqa: N802
+def _IOWR(typ: int, nr: int, size: int) -> int:
     return _IOC(_IOC_READ | _IOC_WRITE, typ, nr, size)
 
 

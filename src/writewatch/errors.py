@@ -55,7 +55,8 @@ class WriteWatchError(Exception):
         return (_rebuild, (type(self), self.message, kwargs))
 
 
-def _rebuild(cls: type[WriteWatchError], message: str, kwargs: dict[str, object]) -> WriteWatchError:
+def _rebuild(cls: type[WriteWatchError], message: str,
+             kwargs: dict[str, object]) -> WriteWatchError:
     err = cls.__new__(cls)
     WriteWatchError.__init__(err, message, **kwargs)  # type: ignore[arg-type]
     return err

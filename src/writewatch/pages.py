@@ -114,7 +114,7 @@ class Pages:
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for s, e in self._ranges.tolist():
-            yield s, e
+            yield int(s), int(e)
 
     def addresses(self) -> np.ndarray:
         """The start address of every page, as a uint64 array."""

@@ -100,7 +100,7 @@ class Backend(abc.ABC):
             self.closed = True
             self._release()
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 (optional hook)
         """Release descriptors and helpers (after every span was removed)."""
 
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .._uapi import MS_ASYNC
 from . import _sys, pagemap, procfs, uffd
 from .pagemap import ScanResult
 from .procfs import Mapping
@@ -42,7 +43,7 @@ class KernelCalls(Protocol):
                      vec_len: int = ...) -> ScanResult: ...
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray: ...
     def read_maps(self, pid: int | str) -> tuple[Mapping, ...]: ...
-    def is_mapped(self, start: int, length: int) -> bool: ...
+    def is_mapped(self, pid: int | str, start: int, length: int) -> bool: ...
     def clear_refs(self, pid: int | str, value: int) -> None: ...
     def close(self, fd: int) -> None: ...
 
@@ -76,12 +77,21 @@ class LinuxKernel:
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
         return pagemap.read_entries(fd, start, npages, self.page_size)
 
-    def is_mapped(self, start: int, length: int) -> bool:
-        """msync(MS_ASYNC) walks VMAs only (no page tables) and fails with ENOMEM when part of
-        the range is unmapped; for anonymous and file mappings MS_ASYNC writes nothing
-        (mm/msync.c, a no-op since 2.6.19)."""
-        from .._uapi import MS_ASYNC
-        return _sys.msync(start, length, MS_ASYNC) == 0
+    def is_mapped(self, pid: int | str, start: int, length: int) -> bool:
+        """Whether every page of the range is mapped in ``pid``.
+
+        In this process: msync(MS_ASYNC) walks VMAs only (no page tables) and fails with
+        ENOMEM when part of the range is unmapped; it writes nothing back (mm/msync.c: a no-op
+        for MS_ASYNC since 2.6.19). Elsewhere: /proc/PID/maps."""
+        if pid == "self" or pid == os.getpid():
+            return _sys.msync(start, length, MS_ASYNC) == 0
+        pos, end = start, start + length
+        for m in procfs.read_maps(pid):
+            if m.start <= pos < m.end:
+                pos = m.end
+                if pos >= end:
+                    return True
+        return pos >= end
 
 
 #: The running kernel (its scan buffers are per thread).

@@ -1,0 +1,240 @@
+"""uffd-wp in async mode + PAGEMAP_SCAN (Linux 6.7+): the precise mechanism.
+
+The kernel resolves write faults on write-protected pages itself by clearing the PTE's uffd-wp
+bit (UFFD_FEATURE_WP_ASYNC, d61ea1cb0095); "written" means "uffd-wp bit clear". One
+PAGEMAP_SCAN call with ``PM_SCAN_WP_MATCHING`` reports the written pages and write-protects
+them again under the page-table lock, so a write is either in this collect or the next one
+(selftest ``transact_test``: no lost updates, duplicates allowed).
+
+What the kernel alone could miss, and what this backend does about it:
+
+* A span remapped while tracked (``mmap(MAP_FIXED)``, ``mremap``, ``munmap``): the new VMA is
+  not registered, and PAGEMAP_SCAN with WP_MATCHING silently skips unregistered VMAs. Every
+  scan passes ``PM_SCAN_CHECK_WPASYNC`` (EPERM on an unregistered VMA), and an
+  ``msync(MS_ASYNC)`` check (ENOMEM when part of the span is unmapped) catches unmaps. Either
+  way the whole span is reported written (conservatively) and what is mapped there now is
+  registered and armed again.
+* A PMD-sized hole left by ``MADV_DONTNEED`` of a whole THP (or by CONFIG_PT_RECLAIM freeing an
+  emptied PTE table) read "not written" before Kiryl Shutsemau's 2026 fix "fs/proc/task_mmu:
+  fix PAGEMAP_SCAN written state for PMD holes". On kernels where the probe does not show the
+  fix, each collect also looks for pages that are neither present nor swapped (armed pages are
+  one or the other: a PTE with the uffd-wp bit or a uffd-wp marker) and reports them as
+  written (their content became zero), then arms them again.
+* ``pte_none`` after a zap reads written on the WRITTEN fast path (the path this backend uses:
+  ``category_mask == return_mask == WRITTEN``) on every kernel since 6.7.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import threading
+from typing import ClassVar
+
+import numpy as np
+
+from .. import _uapi as U
+from .. import errors
+from ..kernel import LINUX, KernelCalls
+from .base import Backend, Collected, Span, register
+
+WRITTEN = int(U.PageCategory.WRITTEN)
+_PRESENT_OR_SWAPPED = int(U.PageCategory.PRESENT | U.PageCategory.SWAPPED)
+_EMPTY = np.empty((0, 2), np.uint64)
+
+#: Features asked of UFFDIO_API (WP_ASYNC implies WP_UNPOPULATED: fs/userfaultfd.c).
+WANTED = U.UffdFeature.WP_ASYNC | U.UffdFeature.WP_UNPOPULATED
+OPTIONAL = U.UffdFeature.WP_HUGETLBFS_SHMEM
+
+_probe_lock = threading.Lock()
+_probed: dict[int, U.UffdFeature] = {}
+
+
+def supported_features(kernel: KernelCalls = LINUX) -> U.UffdFeature:
+    """Every userfaultfd feature the kernel offers, asked on a throwaway descriptor (a second
+    UFFDIO_API on one descriptor is EINVAL). Cached per kernel object."""
+    with _probe_lock:
+        if id(kernel) not in _probed:
+            fd = kernel.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
+            try:
+                _probed[id(kernel)] = kernel.uffdio_api(fd, 0).features
+            finally:
+                kernel.close(fd)
+        return _probed[id(kernel)]
+
+
+def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None) -> int:
+    """A userfaultfd negotiated for async write-protect (or ``fd``, negotiated now)."""
+    have = supported_features(kernel)
+    missing = WANTED & ~have
+    if missing:
+        raise errors.Unsupported(
+            "userfaultfd async write-protect is not available",
+            feature="UFFD_FEATURE_WP_ASYNC", since="6.7", op="UFFDIO_API")
+    own = fd is None
+    if fd is None:
+        fd = kernel.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
+    try:
+        kernel.uffdio_api(fd, int(WANTED | (OPTIONAL & have)))
+    except BaseException:
+        if own:
+            kernel.close(fd)
+        raise
+    return fd
+
+
+@register
+class UffdAsyncBackend(Backend):
+    """Async uffd-wp + PAGEMAP_SCAN over the memory of ``pid`` (``"self"`` or a PID).
+
+    ``uffd``: a userfaultfd created in the target's address space (required for another
+    process; see :mod:`writewatch.process`); ``uffd_negotiated``: whether UFFDIO_API was
+    already done on it. ``hole_scan``: look for PMD holes at each collect (None: only when the
+    kernel lacks the 2026 fix, see :func:`writewatch.features`)."""
+
+    name: ClassVar[str] = "uffd-async"
+
+    def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
+                 uffd: int | None = None, uffd_negotiated: bool = False,
+                 hole_scan: bool | None = None, batch: int = 4096) -> None:
+        super().__init__(pid, kernel)
+        if uffd is None and pid not in ("self", os.getpid()):
+            raise errors.InvalidTarget(
+                "tracking another process needs a userfaultfd created inside it",
+                hint="use writewatch.attach(pid) or writewatch.launch(argv)")
+        self.uffd = uffd if uffd_negotiated else open_uffd(kernel, uffd)
+        try:
+            self.pagemap = kernel.open_pagemap(pid)
+        except BaseException:
+            kernel.close(self.uffd)
+            raise
+        if hole_scan is None:
+            from ..features import pmd_holes_reported
+            hole_scan = not pmd_holes_reported()
+        self.hole_scan = hole_scan
+        self.batch = batch
+        self._unmapped: set[Span] = set()
+
+    # -- arming ------------------------------------------------------------------------------
+    def add(self, span: Span) -> None:
+        for s in self.spans:
+            if span.start < s.end and s.start < span.end:
+                raise errors.InvalidTarget(
+                    f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
+                    f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
+        self._register(span.start, span.end)
+        try:
+            self._scan(span.start, span.end, reset=True)  # arm; what it reports predates us
+        except BaseException:
+            self._unregister(span.start, span.end)
+            raise
+        self.spans.append(span)
+
+    def _register(self, start: int, end: int) -> None:
+        self.kernel.uffdio_register(self.uffd, start, end - start, U.UffdRegisterMode.WP)
+
+    def _unregister(self, start: int, end: int) -> None:
+        try:
+            self.kernel.uffdio_unregister(self.uffd, start, end - start)
+        except errors.WriteWatchError as exc:
+            if exc.errno not in (E.EINVAL, E.ENOMEM, E.ESRCH):
+                raise
+
+    def remove(self, span: Span) -> None:
+        self.spans.remove(span)
+        self._unmapped.discard(span)
+        if self.kernel.is_mapped(self.pid, span.start, span.length):
+            self._unregister(span.start, span.end)
+        else:
+            for m in self._mapped_parts(span):
+                self._unregister(*m)
+
+    # -- collecting --------------------------------------------------------------------------
+    def _scan(self, start: int, end: int, reset: bool,
+              max_pages: int = 0) -> tuple[np.ndarray, int]:
+        from ..kernel.pagemap import scan_all
+        flags = U.PmScanFlag.CHECK_WPASYNC | (U.PmScanFlag.WP_MATCHING if reset else 0)
+        res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
+                       flags=int(flags), category_mask=WRITTEN, return_mask=WRITTEN,
+                       max_pages=max_pages, page_size=self.page_size)
+        self.stats.scan_calls += 1
+        return res.regions[:, :2], res.walk_end
+
+    def _holes(self, start: int, end: int) -> np.ndarray:
+        """Pages neither present nor swapped (no PTE, no marker): zapped since armed."""
+        from ..kernel.pagemap import scan_all
+        res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
+                       flags=int(U.PmScanFlag.CHECK_WPASYNC), category_inverted=_PRESENT_OR_SWAPPED,
+                       category_mask=_PRESENT_OR_SWAPPED, return_mask=0,
+                       page_size=self.page_size)
+        self.stats.scan_calls += 1
+        return res.regions[:, :2]
+
+    def _mapped_parts(self, span: Span) -> list[tuple[int, int]]:
+        out = []
+        for m in self.kernel.read_maps(self.pid):
+            lo, hi = max(m.start, span.start), min(m.end, span.end)
+            if lo < hi:
+                out.append((lo, hi))
+        return out
+
+    def _recover(self, span: Span, why: str) -> str:
+        """The span lost its registration: register and arm what is mapped there now."""
+        self.stats.rearms += 1
+        parts = self._mapped_parts(span)
+        for lo, hi in parts:
+            self._register(lo, hi)
+            self._scan(lo, hi, reset=True)
+        if parts:
+            self._unmapped.discard(span)
+        else:
+            self._unmapped.add(span)
+        return f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: {why}; reported whole"
+
+    def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
+        if self.closed:
+            raise errors.TrackerClosed("the tracker is closed")
+        found: list[np.ndarray] = []
+        conservative: list[np.ndarray] = []
+        reasons: list[str] = []
+        budget = max_pages
+        for span in list(self.spans):
+            if max_pages and budget <= 0:
+                break
+            if not self.kernel.is_mapped(self.pid, span.start, span.length):
+                if span in self._unmapped:
+                    continue  # already reported when it went away; nothing is mapped there
+                conservative.append(np.array([[span.start, span.end]], np.uint64))
+                reasons.append(self._recover(span, "unmapped or moved while tracked"))
+                continue
+            try:
+                regions, _ = self._scan(span.start, span.end, reset, budget)
+            except errors.InvalidTarget as exc:
+                if exc.errno != E.EPERM:
+                    raise
+                conservative.append(np.array([[span.start, span.end]], np.uint64))
+                reasons.append(self._recover(span, "remapped while tracked"))
+                continue
+            found.append(regions)
+            if max_pages:
+                budget -= int((regions[:, 1] - regions[:, 0]).sum()) // self.page_size
+            if self.hole_scan:
+                holes = self._holes(span.start, span.end)
+                if len(holes):
+                    conservative.append(holes)
+                    reasons.append(f"{len(holes)} zapped PMD range(s) in {span.label or 'span'}"
+                                   " (kernel without the 2026 PMD-hole fix)")
+                    if reset:
+                        for lo, hi in holes.tolist():
+                            self.kernel.uffdio_writeprotect(self.uffd, lo, hi - lo,
+                                                            U.UffdWriteprotectMode.WP)
+        cons = np.concatenate(conservative) if conservative else _EMPTY
+        written = np.concatenate([*found, cons]) if found or conservative else _EMPTY
+        self.stats.collects += 1
+        self.stats.pages_reported += int((written[:, 1] - written[:, 0]).sum()) // self.page_size
+        self.stats.pages_conservative += int((cons[:, 1] - cons[:, 0]).sum()) // self.page_size
+        return Collected(written, cons, tuple(reasons))
+
+    def _release(self) -> None:
+        self.kernel.close(self.pagemap)
+        self.kernel.close(self.uffd)

@@ -1,0 +1,317 @@
+"""Layer 4: ``track()`` and ``Tracker``, tracking writes to memory of this process."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import errors
+from .backends.base import REGISTRY, Backend, Collected, Span
+from .kernel import LINUX, KernelCalls
+from .pages import Pages
+
+__all__ = ["CollectInfo", "PartialPageWarning", "Target", "Tracker", "track"]
+
+
+class PartialPageWarning(UserWarning):
+    """A target does not start or end on a page boundary: its first or last page is shared with
+    other memory, and writes there to that other memory are reported too."""
+
+
+class Target(NamedTuple):
+    """One tracked object: its bytes ``[start, start+length)`` and the pages covering them."""
+
+    start: int
+    length: int
+    label: str
+    obj: Any = None  #: the tracked object, kept alive while tracked (None for a raw span)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def span(self, page_size: int) -> Span:
+        lo = self.start // page_size * page_size
+        hi = -(-self.end // page_size) * page_size
+        return Span(lo, hi, self.label)
+
+    def aligned(self, page_size: int) -> bool:
+        return self.start % page_size == 0 and self.length % page_size == 0
+
+
+@dataclass(frozen=True)
+class CollectInfo:
+    """Details of the last collect beyond the pages themselves."""
+
+    conservative: Pages  #: pages reported without proof of a write (see ``reasons``)
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrackerStats:
+    backend: str
+    collects: int
+    pages_reported: int
+    pages_conservative: int
+    scan_calls: int
+    rearms: int
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _byte_bounds(arr: np.ndarray) -> tuple[int, int]:
+    try:
+        from numpy.lib.array_utils import byte_bounds
+    except ImportError:  # numpy < 2
+        byte_bounds = np.byte_bounds  # type: ignore[attr-defined]
+    lo, hi = byte_bounds(arr)
+    return int(lo), int(hi)
+
+
+def resolve_target(obj: Any, page_size: int) -> Target:
+    """Turn what the user passed into a :class:`Target` (validated, never partially)."""
+    if isinstance(obj, Target):
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(v, int) for v in obj):
+        addr, length = obj
+        if length <= 0:
+            raise errors.InvalidTarget(f"span ({addr:#x}, {length}) is empty",
+                                       hint="give a positive length")
+        if addr <= 0 or addr % page_size or length % page_size:
+            raise errors.InvalidTarget(
+                f"explicit span ({addr:#x}, {length:#x}) is not page aligned",
+                hint=f"address and length must be multiples of the page size ({page_size}); "
+                     "pass the object itself to track the pages covering it")
+        return Target(addr, length, f"span@{addr:#x}")
+    if isinstance(obj, np.ndarray):
+        arr = obj
+    else:
+        try:
+            mv = memoryview(obj)
+        except TypeError:
+            raise errors.InvalidTarget(
+                f"cannot track a {type(obj).__name__}",
+                hint="pass a writable buffer (numpy array, bytearray, mmap.mmap, memoryview, "
+                     "ctypes array) or an (address, length) tuple") from None
+        if mv.readonly:
+            raise errors.InvalidTarget(f"{type(obj).__name__} is read-only",
+                                       hint="track writable memory")
+        arr = np.asarray(mv) if mv.nbytes else np.empty(0, np.uint8)
+    if not arr.flags.writeable:
+        raise errors.InvalidTarget(f"{type(obj).__name__} is read-only",
+                                   hint="track writable memory")
+    if arr.nbytes == 0:
+        raise errors.InvalidTarget(f"{type(obj).__name__} is empty (zero bytes)",
+                                   hint="track a non-empty buffer")
+    lo, hi = _byte_bounds(arr)
+    return Target(lo, hi - lo, f"{type(obj).__name__}@{lo:#x}", obj)
+
+
+def check_overlap(targets: list[Target]) -> None:
+    order = sorted(targets, key=lambda t: t.start)
+    for a, b in itertools.pairwise(order):
+        if b.start < a.end:
+            raise errors.InvalidTarget(
+                f"targets overlap: {a.label} and {b.label}",
+                hint="track each byte once (pass the larger object only)")
+
+
+def new_spans(existing: Iterable[Span], targets: list[Target], page_size: int) -> list[Span]:
+    """The pages covering ``targets`` that no existing span covers yet, as spans. Two objects
+    sharing a page share its span; an armed span is never re-armed (that would drop the
+    writes it holds)."""
+    covered = Pages([(s.start, s.end) for s in existing], page_size)
+    out: list[Span] = []
+    for t in sorted(targets, key=lambda t: t.start):
+        s = t.span(page_size)
+        need = Pages([(s.start, s.end)], page_size) - covered
+        out.extend(Span(lo, hi, t.label) for lo, hi in need)
+        covered = covered | need
+    return out
+
+
+def _warn_partial(targets: list[Target], page_size: int) -> None:
+    for t in targets:
+        if not t.aligned(page_size):
+            n = t.span(page_size).length // page_size
+            warnings.warn(
+                f"{t.label} is not page aligned: tracking the {n} pages covering it; writes to "
+                f"other data on its first and last page are reported too",
+                PartialPageWarning, stacklevel=3)
+
+
+class Tracker:
+    """Tracks writes to a set of targets. Create with :func:`track` (own memory),
+    :func:`writewatch.attach` or :func:`writewatch.launch` (another process).
+
+    ``collect()`` returns the pages written since tracking started or since the last
+    collect, and re-arms them in the same kernel call. Safe to call from several threads.
+    """
+
+    def __init__(self, backend: Backend, targets: Iterable[Target] = ()) -> None:
+        self._backend = backend
+        self._lock = threading.RLock()
+        self._targets: list[Target] = []
+        self._last = CollectInfo(Pages((), backend.page_size))
+        self._finalizer = weakref.finalize(self, backend.close)
+        try:
+            self._add(list(targets))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The mechanism in use: "uffd-async", "uffd-wp-sync", "soft-dirty" or "model"."""
+        return self._backend.name
+
+    @property
+    def page_size(self) -> int:
+        return self._backend.page_size
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return tuple(self._targets)
+
+    @property
+    def spans(self) -> tuple[Span, ...]:
+        """The page-aligned address ranges armed in the kernel."""
+        return tuple(self._backend.spans)
+
+    @property
+    def closed(self) -> bool:
+        return self._backend.closed
+
+    @property
+    def last(self) -> CollectInfo:
+        """Conservative pages and their reasons from the last collect."""
+        return self._last
+
+    @property
+    def stats(self) -> TrackerStats:
+        s = self._backend.stats
+        return TrackerStats(self.backend, s.collects, s.pages_reported, s.pages_conservative,
+                            s.scan_calls, s.rearms, dict(s.extra))
+
+    # -- operations --------------------------------------------------------------------------
+    def add(self, *targets: Any) -> None:
+        """Track more targets (same forms as :func:`track`)."""
+        new = [resolve_target(t, self.page_size) for t in targets]
+        self._add(new)
+        _warn_partial(new, self.page_size)
+
+    def _add(self, new: list[Target]) -> None:
+        with self._lock:
+            self._check_open()
+            ps = self.page_size
+            check_overlap(self._targets + new)
+            added: list[Span] = []
+            try:
+                for s in new_spans(self._backend.spans, new, ps):
+                    self._backend.add(s)
+                    added.append(s)
+            except BaseException:
+                for s in added:
+                    self._backend.remove(s)
+                raise
+            self._targets.extend(new)
+
+    def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
+        """Pages written since tracking started or since the last reset.
+
+        Args:
+            reset: re-arm the reported pages in the same kernel call (get + write-protect
+                atomically: a concurrent write lands in this result or the next, never lost).
+                ``reset=False`` only peeks.
+            max_pages: report (and re-arm) at most this many pages; the rest stay for the next
+                collect. 0 means no limit.
+        """
+        with self._lock:
+            self._check_open()
+            got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
+            ps = self.page_size
+            pages = Pages(got.written, ps)
+            self._last = CollectInfo(Pages(got.conservative, ps), got.reasons)
+            return pages
+
+    def close(self) -> None:
+        """Stop tracking: unregister every range (the kernel drops the protection) and close
+        the descriptors. Idempotent."""
+        with self._lock:
+            self._finalizer()
+            self._targets.clear()
+
+    def _check_open(self) -> None:
+        if self._backend.closed:
+            raise errors.TrackerClosed("this tracker is closed",
+                                       hint="create a new one with writewatch.track()")
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._backend.spans)} span(s)"
+        return f"<Tracker {self.backend} {state}>"
+
+
+def _pick_backend(name: str) -> str:
+    if name != "auto":
+        return name
+    from .features import features
+    auto = features().auto
+    if auto is None:
+        f = features()
+        raise errors.Unsupported(
+            "no write-tracking mechanism is usable on this kernel",
+            hint="; ".join(f"{b}: {r.reason}" for b, r in f.backends.items()))
+    return auto
+
+
+def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX,
+                 **options: Any) -> Backend:
+    """Instantiate backend ``name`` ("auto" picks the best usable one)."""
+    from . import backends  # noqa: F401  (registers the backends)
+    name = _pick_backend(name)
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise errors.InvalidTarget(f"unknown backend {name!r}",
+                                   hint=f"choose one of: auto, {', '.join(sorted(REGISTRY))}")
+    return cls(pid, kernel, **options)
+
+
+def track(*targets: Any, backend: str = "auto", kernel: KernelCalls = LINUX,
+          **options: Any) -> Tracker:
+    """Track writes to memory of this process.
+
+    Args:
+        targets: writable buffer-protocol objects (numpy arrays, bytearray, ``mmap.mmap``,
+            memoryview, ctypes arrays) or explicit page-aligned ``(address, length)`` spans.
+            An object that is not page aligned is tracked through the pages covering it
+            (a :class:`PartialPageWarning` says so).
+        backend: "auto" (the best this kernel offers, see :func:`writewatch.features`),
+            "uffd-async", "uffd-wp-sync" or "soft-dirty".
+        kernel: the kernel-call seam: the running kernel, or a
+            :class:`writewatch.model.ModelKernel`.
+        options: passed to the backend.
+
+    Returns:
+        A :class:`Tracker`, armed: writes from now on are reported by ``collect()``.
+    """
+    if not targets:
+        raise errors.InvalidTarget("nothing to track", hint="pass at least one buffer or span")
+    page_size = kernel.page_size
+    resolved = [resolve_target(t, page_size) for t in targets]
+    check_overlap(resolved)  # before touching the kernel
+    tracker = Tracker(make_backend(backend, "self", kernel, **options), resolved)
+    _warn_partial(resolved, page_size)
+    return tracker
