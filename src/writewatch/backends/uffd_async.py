@@ -113,7 +113,10 @@ class UffdAsyncBackend(Backend):
             hole_scan = not pmd_holes_reported()
         self.hole_scan = hole_scan
         self.batch = batch
-        self._unmapped: set[Span] = set()
+        #: per span, the mapped parts at arm time when the span was not fully mapped
+        self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
+        #: per span, mapped parts that could not be registered: reported at every collect
+        self._untracked: dict[Span, list[tuple[int, int, str]]] = {}
 
     # -- arming ------------------------------------------------------------------------------
     def add(self, span: Span) -> None:
@@ -122,11 +125,19 @@ class UffdAsyncBackend(Backend):
                 raise errors.InvalidTarget(
                     f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
                     f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
+        if not self.kernel.is_mapped(self.pid, span.start, span.length):
+            parts = tuple(self._mapped_parts(span))
+            if not parts:
+                raise errors.InvalidTarget(
+                    f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
+                    start=span.start, end=span.end, hint="track mapped memory")
+            self._layout[span] = parts
         self._register(span.start, span.end)
         try:
             self._scan(span.start, span.end, reset=True)  # arm; what it reports predates us
         except BaseException:
             self._unregister(span.start, span.end)
+            self._layout.pop(span, None)
             raise
         self.spans.append(span)
 
@@ -142,12 +153,13 @@ class UffdAsyncBackend(Backend):
 
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
-        self._unmapped.discard(span)
+        self._layout.pop(span, None)
+        self._untracked.pop(span, None)
         if self.kernel.is_mapped(self.pid, span.start, span.length):
             self._unregister(span.start, span.end)
         else:
-            for m in self._mapped_parts(span):
-                self._unregister(*m)
+            for lo, hi in self._mapped_parts(span):
+                self._unregister(lo, hi)
 
     # -- collecting --------------------------------------------------------------------------
     def _scan(self, start: int, end: int, reset: bool,
@@ -179,17 +191,33 @@ class UffdAsyncBackend(Backend):
         return out
 
     def _recover(self, span: Span, why: str) -> str:
-        """The span lost its registration: register and arm what is mapped there now."""
+        """The span's mappings changed: register and arm what is mapped there now. A part that
+        cannot be registered (another userfaultfd owns it, not writable...) is reported written
+        at every collect from now on, with the reason."""
         self.stats.rearms += 1
-        parts = self._mapped_parts(span)
+        parts = tuple(self._mapped_parts(span))
+        untracked = []
         for lo, hi in parts:
-            self._register(lo, hi)
-            self._scan(lo, hi, reset=True)
-        if parts:
-            self._unmapped.discard(span)
+            try:
+                self._register(lo, hi)
+                self._scan(lo, hi, reset=True)
+            except errors.WriteWatchError as exc:
+                untracked.append((lo, hi, str(exc)))
+        if parts == ((span.start, span.end),):
+            self._layout.pop(span, None)
         else:
-            self._unmapped.add(span)
+            self._layout[span] = parts
+        if untracked:
+            self._untracked[span] = untracked
+        else:
+            self._untracked.pop(span, None)
         return f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: {why}; reported whole"
+
+    def _layout_changed(self, span: Span) -> bool:
+        layout = self._layout.get(span)
+        if layout is None and self.kernel.is_mapped(self.pid, span.start, span.length):
+            return False
+        return tuple(self._mapped_parts(span)) != (layout or ((span.start, span.end),))
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
         if self.closed:
@@ -201,23 +229,25 @@ class UffdAsyncBackend(Backend):
         for span in list(self.spans):
             if max_pages and budget <= 0:
                 break
-            if not self.kernel.is_mapped(self.pid, span.start, span.length):
-                if span in self._unmapped:
-                    continue  # already reported when it went away; nothing is mapped there
-                conservative.append(np.array([[span.start, span.end]], np.uint64))
-                reasons.append(self._recover(span, "unmapped or moved while tracked"))
+            whole = np.array([[span.start, span.end]], np.uint64)
+            if self._layout_changed(span):
+                conservative.append(whole)
+                reasons.append(self._recover(span, "mappings replaced, moved or unmapped"))
                 continue
             try:
                 regions, _ = self._scan(span.start, span.end, reset, budget)
             except errors.InvalidTarget as exc:
                 if exc.errno != E.EPERM:
                     raise
-                conservative.append(np.array([[span.start, span.end]], np.uint64))
+                conservative.append(whole)
                 reasons.append(self._recover(span, "remapped while tracked"))
                 continue
             found.append(regions)
             if max_pages:
                 budget -= int((regions[:, 1] - regions[:, 0]).sum()) // self.page_size
+            for lo, hi, why in self._untracked.get(span, ()):
+                conservative.append(np.array([[lo, hi]], np.uint64))
+                reasons.append(f"{lo:#x}-{hi:#x} cannot be tracked ({why}); reported whole")
             if self.hole_scan:
                 holes = self._holes(span.start, span.end)
                 if len(holes):
