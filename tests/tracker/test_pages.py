@@ -1,0 +1,70 @@
+"""Pages: interval arithmetic checked against Python sets of page numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from writewatch import Pages
+
+PS = 4096
+page_sets = st.sets(st.integers(min_value=0, max_value=200), max_size=60)
+
+
+def to_pages(s: set[int]) -> Pages:
+    return Pages.from_addresses([p * PS for p in s], PS)
+
+
+def to_set(p: Pages) -> set[int]:
+    return {int(a) // PS for a in p.addresses()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(page_sets, page_sets)
+def test_set_operations_match_python_sets(a: set[int], b: set[int]) -> None:
+    pa, pb = to_pages(a), to_pages(b)
+    assert to_set(pa) == a and len(pa) == len(a)
+    assert to_set(pa | pb) == a | b
+    assert to_set(pa & pb) == a & b
+    assert to_set(pa - pb) == a - b
+    assert to_set(pa ^ pb) == a ^ b
+    assert (pa <= pb) == (a <= b)
+    # coalesced: no two ranges touch
+    r = (pa | pb).ranges
+    assert np.all(r[1:, 0] > r[:-1, 1])
+    for p in range(0, 201, 7):
+        assert (p * PS + 5 in pa) == (p in a)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=300), st.integers(0, 1000))
+def test_mask_round_trip(bits: list[bool], base_page: int) -> None:
+    mask = np.array(bits)
+    base = base_page * PS
+    p = Pages.from_mask(mask, base, PS)
+    assert np.array_equal(p.mask(base, len(bits) * PS), mask)
+    assert len(p) == int(mask.sum())
+
+
+def test_offsets_and_mask_relative_to_unaligned_target() -> None:
+    p = Pages([(0x10000, 0x12000), (0x20000, 0x21000)], PS)
+    start, length = 0x10800, 0x11000  # spans 0x10800..0x21800
+    assert p.offsets(start, length).tolist() == [[0, 0x1800], [0xF800, 0x10800]]
+    m = p.mask(start, length)
+    assert len(m) == 18 and m.sum() == 3 and m[0] and m[1] and m[16]
+
+
+def test_immutable_and_validated() -> None:
+    p = Pages([(0, PS)], PS)
+    with pytest.raises(ValueError):
+        p.ranges[0, 0] = 5
+    with pytest.raises(ValueError):
+        Pages([(1, PS)], PS)
+    with pytest.raises(ValueError):
+        p | Pages([(0, 8192)], 8192)
+    assert "1 pages" in repr(p) and p.nbytes == PS and p.page_size == PS
+    assert list(p) == [(0, PS)] and bool(p) and not Pages((), PS)
+    assert Pages([(0, PS), (PS, 2 * PS)], PS).ranges.tolist() == [[0, 2 * PS]]
+    assert hash(p) == hash(Pages([(0, PS)], PS)) and p == Pages([(0, PS)], PS)
