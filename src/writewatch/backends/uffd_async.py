@@ -36,9 +36,13 @@ import numpy as np
 from .. import _uapi as U
 from .. import errors
 from ..kernel import LINUX, KernelCalls
+from ..kernel.pagemap import scan_all
+from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
 WRITTEN = int(U.PageCategory.WRITTEN)
+PRESENT = int(U.PageCategory.PRESENT)
+FILE = int(U.PageCategory.FILE)
 _PRESENT_OR_SWAPPED = int(U.PageCategory.PRESENT | U.PageCategory.SWAPPED)
 _EMPTY = np.empty((0, 2), np.uint64)
 
@@ -117,6 +121,9 @@ class UffdAsyncBackend(Backend):
         self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
         #: per span, mapped parts that could not be registered: reported at every collect
         self._untracked: dict[Span, list[tuple[int, int, str]]] = {}
+        #: spans with file or shared memory, and their resident pages at the last collect
+        self._file_backed: set[Span] = set()
+        self._resident: dict[Span, tuple[Pages, Pages]] = {}
 
     # -- arming ------------------------------------------------------------------------------
     def add(self, span: Span) -> None:
@@ -125,19 +132,22 @@ class UffdAsyncBackend(Backend):
                 raise errors.InvalidTarget(
                     f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
                     f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
-        if not self.kernel.is_mapped(self.pid, span.start, span.length):
-            parts = tuple(self._mapped_parts(span))
-            if not parts:
-                raise errors.InvalidTarget(
-                    f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
-                    start=span.start, end=span.end, hint="track mapped memory")
+        parts = tuple(self._mapped_parts(span))
+        if not parts:
+            raise errors.InvalidTarget(
+                f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
+                start=span.start, end=span.end, hint="track mapped memory")
+        if parts != ((span.start, span.end),):
             self._layout[span] = parts
         self._register(span.start, span.end)
         try:
             self._scan(span.start, span.end, reset=True)  # arm; what it reports predates us
+            if span in self._file_backed:
+                self._resident_changes(span, update=True)
         except BaseException:
             self._unregister(span.start, span.end)
             self._layout.pop(span, None)
+            self._file_backed.discard(span)
             raise
         self.spans.append(span)
 
@@ -155,6 +165,8 @@ class UffdAsyncBackend(Backend):
         self.spans.remove(span)
         self._layout.pop(span, None)
         self._untracked.pop(span, None)
+        self._file_backed.discard(span)
+        self._resident.pop(span, None)
         if self.kernel.is_mapped(self.pid, span.start, span.length):
             self._unregister(span.start, span.end)
         else:
@@ -164,7 +176,6 @@ class UffdAsyncBackend(Backend):
     # -- collecting --------------------------------------------------------------------------
     def _scan(self, start: int, end: int, reset: bool,
               max_pages: int = 0) -> tuple[np.ndarray, int]:
-        from ..kernel.pagemap import scan_all
         flags = U.PmScanFlag.CHECK_WPASYNC | (U.PmScanFlag.WP_MATCHING if reset else 0)
         res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
                        flags=int(flags), category_mask=WRITTEN, return_mask=WRITTEN,
@@ -174,7 +185,6 @@ class UffdAsyncBackend(Backend):
 
     def _holes(self, start: int, end: int) -> np.ndarray:
         """Pages neither present nor swapped (no PTE, no marker): zapped since armed."""
-        from ..kernel.pagemap import scan_all
         res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
                        flags=int(U.PmScanFlag.CHECK_WPASYNC), category_inverted=_PRESENT_OR_SWAPPED,
                        category_mask=_PRESENT_OR_SWAPPED, return_mask=0,
@@ -182,12 +192,48 @@ class UffdAsyncBackend(Backend):
         self.stats.scan_calls += 1
         return res.regions[:, :2]
 
+    def _resident_changes(self, span: Span, update: bool) -> Pages:
+        """File and shared memory: pages whose content may have changed without a write
+        through this mapping, seen as residency changes since the last collect.
+
+        The kernel keeps the uffd-wp state of a zapped file/shmem PTE in a marker
+        (zap_install_uffd_wp_if_needed), so these read "not written" (observed on 6.18):
+        MADV_DONTNEED of a copied-on-write page of a MAP_PRIVATE file mapping (the page
+        reverts to the file's content), MADV_REMOVE / hole punching of a shared page (it
+        reads zero), reclaim of shmem (content kept: a false positive). A page resident at the
+        last collect that is gone now, or that was a private copy and is now the file's page,
+        is reported."""
+        ps = self.page_size
+        res = scan_all(self.kernel.pagemap_scan, self.pagemap, span.start, span.end,
+                       batch=self.batch, category_mask=PRESENT, return_mask=PRESENT | FILE,
+                       page_size=ps).regions
+        self.stats.scan_calls += 1
+        present = Pages(res[:, :2], ps)
+        private = Pages(res[(res[:, 2] & np.uint64(FILE)) == 0][:, :2], ps)
+        before = self._resident.get(span)
+        if update:
+            self._resident[span] = (present, private)
+        if before is None:
+            return Pages((), ps)
+        return (before[0] - present) | (before[1] - private)
+
     def _mapped_parts(self, span: Span) -> list[tuple[int, int]]:
-        out = []
+        """What of the span is mapped now, adjacent mappings coalesced (a registration may
+        merge or split VMAs without changing what is mapped)."""
+        out: list[tuple[int, int]] = []
+        file_backed = False
         for m in self.kernel.read_maps(self.pid):
             lo, hi = max(m.start, span.start), min(m.end, span.end)
             if lo < hi:
-                out.append((lo, hi))
+                file_backed |= m.inode != 0 or m.shared
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+        if file_backed:
+            self._file_backed.add(span)
+        else:
+            self._file_backed.discard(span)
         return out
 
     def _recover(self, span: Span, why: str) -> str:
@@ -211,6 +257,9 @@ class UffdAsyncBackend(Backend):
             self._untracked[span] = untracked
         else:
             self._untracked.pop(span, None)
+        self._resident.pop(span, None)
+        if span in self._file_backed:
+            self._resident_changes(span, update=True)
         return f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: {why}; reported whole"
 
     def _layout_changed(self, span: Span) -> bool:
@@ -230,19 +279,27 @@ class UffdAsyncBackend(Backend):
             if max_pages and budget <= 0:
                 break
             whole = np.array([[span.start, span.end]], np.uint64)
-            if self._layout_changed(span):
+            why = "mappings replaced, moved or unmapped" if self._layout_changed(span) else None
+            if why is None:
+                try:
+                    regions, _ = self._scan(span.start, span.end, reset, budget)
+                except errors.InvalidTarget as exc:
+                    if exc.errno != E.EPERM:
+                        raise
+                    why = "remapped while tracked"
+            if why is not None:
+                # a peek reports the change and leaves it for the next reset to report again
                 conservative.append(whole)
-                reasons.append(self._recover(span, "mappings replaced, moved or unmapped"))
-                continue
-            try:
-                regions, _ = self._scan(span.start, span.end, reset, budget)
-            except errors.InvalidTarget as exc:
-                if exc.errno != E.EPERM:
-                    raise
-                conservative.append(whole)
-                reasons.append(self._recover(span, "remapped while tracked"))
+                reasons.append(self._recover(span, why) if reset else
+                               f"{span.label or 'span'}: {why}; reported whole")
                 continue
             found.append(regions)
+            if span in self._file_backed:
+                gone = self._resident_changes(span, update=reset) - Pages(regions, self.page_size)
+                if gone:
+                    conservative.append(gone.ranges)
+                    reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
+                                   "(zapped, reclaimed or hole-punched): content may differ")
             if max_pages:
                 budget -= int((regions[:, 1] - regions[:, 0]).sum()) // self.page_size
             for lo, hi, why in self._untracked.get(span, ()):

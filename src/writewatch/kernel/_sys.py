@@ -36,8 +36,8 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
 #: errno -> (class, hint) used when the caller gives no more specific mapping.
 _DEFAULT_MAP: dict[int, tuple[type[errors.WriteWatchError], str | None]] = {
-    E.EPERM: (errors.PermissionDenied, "run as root or grant CAP_SYS_PTRACE"),
-    E.EACCES: (errors.PermissionDenied, "run as root or grant CAP_SYS_PTRACE"),
+    E.EPERM: (errors.PermissionDenied, None),
+    E.EACCES: (errors.PermissionDenied, None),
     E.EBUSY: (errors.AlreadyTracked, "another userfaultfd owns this range; close it first"),
     E.ENOSYS: (errors.Unsupported, "the kernel was built without this system call"),
     E.ENOTTY: (errors.Unsupported, "the kernel does not know this ioctl"),

@@ -1,0 +1,181 @@
+"""What happens to tracked memory around it: remaps, unmaps, fork, memory types."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import tempfile
+
+import pytest
+from memutil import PAGE, RW, Region
+
+import writewatch
+from writewatch import _uapi as U
+from writewatch.kernel import _sys
+
+pytestmark = pytest.mark.usefixtures("uffd_async")
+
+
+def written(t: writewatch.Tracker, **kw: int) -> set[int]:
+    return {int(a) for a in t.collect(**kw).addresses()}
+
+
+def test_map_fixed_over_a_span_reports_it_whole_then_tracks_again(region) -> None:
+    r = region(16)
+    for i in range(16):
+        r.write(i)
+    with writewatch.track(r.span) as t:
+        assert written(t) == set()
+        _sys.mmap(r.page(4), 4 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
+        r.write(5)
+        p = t.collect()
+        assert {int(a) for a in p.addresses()} == r.pages(range(16))  # whole span
+        assert len(t.last.conservative) == 16 and t.last.reasons
+        assert t.stats.rearms == 1
+        r.write(6)
+        r.write(12)
+        assert written(t) == r.pages([6, 12])  # exact again
+
+
+def test_munmap_reports_once_and_new_mapping_there_is_reported(region) -> None:
+    r = region(8)
+    with writewatch.track(r.span) as t:
+        _sys.munmap(r.page(2), 2 * PAGE)
+        assert written(t) == r.pages(range(8))
+        r.write(0)
+        assert written(t) == r.pages([0])  # the hole alone is not reported again
+        _sys.mmap(r.page(2), 2 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
+        assert written(t) == r.pages(range(8))  # layout changed again
+        r.write(3)
+        assert written(t) == r.pages([3])
+
+
+def test_mremap_away_and_back(region) -> None:
+    r = region(8)
+    other = region(8)
+    with writewatch.track(r.span) as t:
+        r.write(1)
+        # move the tracked pages elsewhere; the span becomes unmapped
+        _sys.mremap(r.addr, r.length, r.length, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, other.addr)
+        assert written(t) == r.pages(range(8))
+        # and back: the moved VMA lost its userfaultfd context (mremap_userfaultfd_prep)
+        _sys.mremap(other.addr, r.length, r.length, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, r.addr)
+        other._rawlen = 0  # its mapping now lives at r
+        assert written(t) == r.pages(range(8))
+        r.write(2)
+        assert written(t) == r.pages([2])
+
+
+def test_parent_keeps_tracking_across_fork(region) -> None:
+    r = region(16)
+    for i in range(16):
+        r.write(i)
+    with writewatch.track(r.span) as t:
+        r.write(1, 5)
+        pid = os.fork()
+        if pid == 0:  # child: its copy is not tracked; writing it must not disturb the parent
+            try:
+                for i in range(16):
+                    r.write(i, 99)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # page 1 was written before fork; pages 2 and 3 are written after (COW in the parent)
+        r.write(2, 6)
+        r.write(3, 7)
+        assert written(t) == r.pages([1, 2, 3])
+        assert r.read(5) == 1  # the child's writes stayed in the child
+        r.write(1, 8)
+        assert written(t) == r.pages([1])
+
+
+def _file(npages: int) -> int:
+    fd, path = tempfile.mkstemp()
+    os.unlink(path)
+    os.ftruncate(fd, npages * PAGE)
+    os.pwrite(fd, b"\1" * (npages * PAGE), 0)
+    return fd
+
+
+@pytest.mark.parametrize("kind", ["file-private", "file-shared", "memfd-shared", "memfd-private",
+                                  "shared-anon", "anon"])
+def test_memory_types(kind: str) -> None:
+    n = 32
+    fd = -1
+    if kind.startswith("file"):
+        fd = _file(n)
+    elif kind.startswith("memfd"):
+        fd = os.memfd_create("ww-test", os.MFD_CLOEXEC)
+        os.ftruncate(fd, n * PAGE)
+        os.pwrite(fd, b"\1" * (n * PAGE), 0)
+    shared = kind.endswith("shared")
+    flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+    if fd < 0:
+        flags |= mmap.MAP_ANONYMOUS
+    r = Region(n, flags=flags, fd=fd)
+    try:
+        for i in (0, 4):
+            r.write(i, 5)
+        r.read(5)
+        with writewatch.track(r.span) as t:
+            assert written(t) == set()
+            for i in (0, 1, 17, 31):
+                r.write(i, 3)
+            assert written(t) == r.pages([0, 1, 17, 31])
+            assert written(t) == set()
+            # page 4 holds written data, page 5 was read, page 6 never touched
+            before = [r.read(i) for i in (4, 5, 6)]
+            if shared and fd >= 0:
+                _sys.madvise(r.page(4), 3 * PAGE, U.MADV_REMOVE)  # content becomes zero
+            else:
+                _sys.madvise(r.page(4), 3 * PAGE, U.MADV_DONTNEED)  # reverts to file / zero
+            got = written(t)
+            changed = {i for i, v in zip((4, 5, 6), before, strict=True) if r.read(i) != v}
+            # every resident page whose content changed is reported (page 6 was never mapped
+            # here: a hole punched in the file under it is invisible to page tables)
+            assert r.pages(changed - {6}) <= got
+            assert written(t) == set()
+            r.write(4, 9)
+            assert written(t) == r.pages([4])
+    finally:
+        r.unmap()
+        if fd >= 0:
+            os.close(fd)
+
+
+def test_hugetlb() -> None:
+    path = "/proc/sys/vm/nr_hugepages"
+    try:
+        with open(path) as f:
+            old = int(f.read())
+        with open(path, "w") as f:
+            f.write(str(old + 4))
+        with open(path) as f:
+            got = int(f.read())
+    except OSError as exc:
+        pytest.skip(f"cannot reserve huge pages: {exc}")
+    try:
+        if got < old + 2:
+            pytest.skip(f"the kernel reserved {got - old} of 4 huge pages (memory fragmented)")
+        hp = 2 << 20
+        try:
+            r = Region(2 * hp // PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_HUGETLB)
+        except writewatch.WriteWatchError as exc:
+            pytest.skip(f"MAP_HUGETLB failed: {exc}")
+        try:
+            ctypes.memset(r.addr, 1, 2 * hp)
+            with writewatch.track(r.span) as t:
+                assert written(t) == set()
+                r.write(10)  # one byte in the first huge page: all of it reads written
+                got_pages = written(t)
+                assert got_pages == r.pages(range(512))
+                assert written(t) == set()
+            with pytest.raises(writewatch.InvalidTarget):
+                writewatch.track((r.addr, PAGE))  # not huge-page aligned
+        finally:
+            r.unmap()
+    finally:
+        with open(path, "w") as f:
+            f.write(str(old))
