@@ -26,13 +26,13 @@ class WriteWatchError(Exception):
         errno: int | None = None,
         hint: str | None = None,
     ) -> None:
+        super().__init__(message)
         self.message = message
         self.op = op
         self.start = start
         self.end = end
         self.errno = errno
         self.hint = hint
-        super().__init__(message)
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -69,8 +69,6 @@ class KernelError(WriteWatchError, OSError):
 
     def __init__(self, message: str, **kw: object) -> None:
         WriteWatchError.__init__(self, message, **kw)  # type: ignore[arg-type]
-        OSError.__init__(self, kw.get("errno") or 0, message)
-        self.args = (message,)
 
     def __str__(self) -> str:
         return WriteWatchError.__str__(self)
@@ -98,7 +96,6 @@ class PermissionDenied(WriteWatchError, PermissionError):
 
     def __init__(self, message: str, **kw: object) -> None:
         WriteWatchError.__init__(self, message, **kw)  # type: ignore[arg-type]
-        self.args = (message,)
 
     def __str__(self) -> str:
         return WriteWatchError.__str__(self)
@@ -131,7 +128,6 @@ class NoSuchProcess(WriteWatchError, ProcessLookupError):
     def __init__(self, pid: int, message: str | None = None, **kw: object) -> None:
         self.pid = pid
         WriteWatchError.__init__(self, message or f"process {pid} does not exist", **kw)  # type: ignore[arg-type]
-        self.args = (self.message,)
 
     def __str__(self) -> str:
         return WriteWatchError.__str__(self)
