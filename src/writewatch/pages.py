@@ -124,12 +124,13 @@ class Pages:
         counts = ((self._ranges[:, 1] - self._ranges[:, 0]) // ps).astype(np.int64)
         starts = np.repeat(self._ranges[:, 0], counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
-        return starts + (np.arange(counts.sum(), dtype=_U64) - first.astype(_U64)) * ps
+        out: np.ndarray = starts + (np.arange(counts.sum(), dtype=_U64) - first.astype(_U64)) * ps
+        return out
 
     def __contains__(self, addr: object) -> bool:
         if not isinstance(addr, (int, SupportsIndex)):
             return False
-        a = int(addr)  # type: ignore[arg-type]
+        a = int(addr)
         if a < 0 or not len(self._ranges):
             return False
         i = int(np.searchsorted(self._ranges[:, 0], _U64(a), side="right")) - 1

@@ -273,7 +273,7 @@ def _pick_backend(name: str) -> str:
         f = features()
         raise errors.Unsupported(
             "no write-tracking mechanism is usable on this kernel",
-            hint="; ".join(f"{b}: {r.reason}" for b, r in f.backends.items()))
+            hint="; ".join(f"{b}: {r.detail}" for b, r in f.backends.items()))
     return auto
 
 

@@ -106,7 +106,8 @@ class UffdAsyncBackend(Backend):
             raise errors.InvalidTarget(
                 "tracking another process needs a userfaultfd created inside it",
                 hint="use writewatch.attach(pid) or writewatch.launch(argv)")
-        self.uffd = uffd if uffd_negotiated else open_uffd(kernel, uffd)
+        self.uffd: int = uffd if uffd is not None and uffd_negotiated else \
+            open_uffd(kernel, uffd)
         try:
             self.pagemap = kernel.open_pagemap(pid)
         except BaseException:

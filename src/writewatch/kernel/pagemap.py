@@ -153,7 +153,8 @@ def decode_entries(raw: np.ndarray) -> np.ndarray:
     out = np.empty(raw.shape, PAGEMAP_ENTRY_DTYPE)
 
     def bit(b: int) -> np.ndarray:
-        return (raw & np.uint64(b)) != 0
+        out: np.ndarray = (raw & np.uint64(b)) != 0
+        return out
 
     out["present"] = bit(U.PagemapBit.PRESENT)
     out["swapped"] = bit(U.PagemapBit.SWAPPED)

@@ -78,7 +78,7 @@ def read_bytes(path: str, pid: int | None = None) -> bytes:
     fd = _sys.os_call(f"open {path}", os.open, path, os.O_RDONLY | os.O_CLOEXEC,
                       errmap=_PROC_ERRORS, pid=pid)
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = _sys.os_call(f"read {path}", os.read, fd, 1 << 16, errmap=_PROC_ERRORS,
                                  pid=pid)
