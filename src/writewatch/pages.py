@@ -16,6 +16,8 @@ def _coalesce(ranges: np.ndarray) -> np.ndarray:
     """Sort and merge overlapping or touching ranges; drop empty ones."""
     if len(ranges) == 0:
         return np.empty((0, 2), _U64)
+    if bool((ranges[:, 1] > ranges[:, 0]).all()) and bool((ranges[1:, 0] > ranges[:-1, 1]).all()):
+        return np.ascontiguousarray(ranges, dtype=_U64)  # already sorted and disjoint
     r = ranges[ranges[:, 1] > ranges[:, 0]]
     if len(r) == 0:
         return np.empty((0, 2), _U64)
@@ -69,6 +71,11 @@ class Pages:
         arr.flags.writeable = False
         self._ranges = arr
         self.page_size = page_size
+
+    @classmethod
+    def from_kernel(cls, ranges: np.ndarray, page_size: int) -> Pages:
+        """Ranges from the kernel: page aligned, possibly unsorted or overlapping."""
+        return cls._trusted(_coalesce(np.asarray(ranges, _U64).reshape(-1, 2)), page_size)
 
     @classmethod
     def _trusted(cls, arr: np.ndarray, page_size: int) -> Pages:

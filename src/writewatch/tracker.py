@@ -237,8 +237,8 @@ class Tracker:
             self._check_open()
             got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
             ps = self.page_size
-            pages = Pages(got.written, ps)
-            self._last = CollectInfo(Pages(got.conservative, ps), got.reasons)
+            pages = Pages.from_kernel(got.written, ps)
+            self._last = CollectInfo(Pages.from_kernel(got.conservative, ps), got.reasons)
             return pages
 
     def close(self) -> None:
