@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls
+from ..kernel import LINUX, KernelCalls, Mapping
 from ..kernel.pagemap import scan_all
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
@@ -125,9 +125,13 @@ class UffdAsyncBackend(Backend):
         #: spans with file or shared memory, and their resident pages at the last collect
         self._file_backed: set[Span] = set()
         self._resident: dict[Span, tuple[Pages, Pages]] = {}
+        #: /proc/PID/maps, read at most once per collect (or add)
+        self._maps: tuple[Mapping, ...] | None = None
+        self.own = pid in ("self", os.getpid())
 
     # -- arming ------------------------------------------------------------------------------
     def add(self, span: Span) -> None:
+        self._maps = None
         for s in self.spans:
             if span.start < s.end and s.start < span.end:
                 raise errors.InvalidTarget(
@@ -164,6 +168,7 @@ class UffdAsyncBackend(Backend):
 
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
+        self._maps = None
         self._layout.pop(span, None)
         self._untracked.pop(span, None)
         self._file_backed.discard(span)
@@ -223,7 +228,9 @@ class UffdAsyncBackend(Backend):
         merge or split VMAs without changing what is mapped)."""
         out: list[tuple[int, int]] = []
         file_backed = False
-        for m in self.kernel.read_maps(self.pid):
+        if self._maps is None:
+            self._maps = self.kernel.read_maps(self.pid)
+        for m in self._maps:
             lo, hi = max(m.start, span.start), min(m.end, span.end)
             if lo < hi:
                 file_backed |= m.inode != 0 or m.shared
@@ -265,8 +272,9 @@ class UffdAsyncBackend(Backend):
 
     def _layout_changed(self, span: Span) -> bool:
         layout = self._layout.get(span)
-        if layout is None and self.kernel.is_mapped(self.pid, span.start, span.length):
-            return False
+        if layout is None and self.own and self.kernel.is_mapped(self.pid, span.start,
+                                                                 span.length):
+            return False  # msync: no /proc read on the fast path
         return tuple(self._mapped_parts(span)) != (layout or ((span.start, span.end),))
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
@@ -276,6 +284,7 @@ class UffdAsyncBackend(Backend):
         conservative: list[np.ndarray] = []
         reasons: list[str] = []
         budget = max_pages
+        self._maps = None
         for span in list(self.spans):
             if max_pages and budget <= 0:
                 break
