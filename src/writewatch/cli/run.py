@@ -1,0 +1,95 @@
+"""``writewatch run [options] -- CMD...``: start a program under tracking and monitor it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from typing import Any
+
+from .. import errors
+from ..monitor.app import add_monitor_arguments, finish, monitor_tracker
+
+HELP = "run a command under write tracking: live dirty rate, time series, heatmap, trace"
+
+#: exit status when --duration ended the command, as timeout(1) does
+TIMEOUT_STATUS = 124
+GRACE = 5.0  #: seconds between SIGTERM and SIGKILL when ending the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]",
+                        help="the command to run (after --)")
+    parser.add_argument("--backend", default="auto",
+                        help="tracking mechanism (default: the best this kernel offers)")
+    parser.add_argument("--keep-running", action="store_true",
+                        help="at the end of --duration, leave the command running (untracked) "
+                             "instead of ending it with SIGTERM")
+    add_monitor_arguments(parser)
+
+
+def _status(code: int) -> int:
+    """A Popen return code as the shell shows it (a signal n becomes 128+n)."""
+    return 128 - code if code < 0 else code
+
+
+def _poll(proc: Any) -> int | None:
+    return proc.poll() if proc is not None and hasattr(proc, "poll") else None
+
+
+def _end(proc: Any, pid: int) -> None:
+    """SIGTERM, then SIGKILL after GRACE seconds."""
+    import subprocess
+    if hasattr(proc, "terminate"):
+        proc.terminate()
+        try:
+            proc.wait(GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    else:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def run(args: argparse.Namespace) -> int:
+    import writewatch
+
+    from ..monitor.app import _check_outputs
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise errors.InvalidTarget("no command given",
+                                   hint="usage: writewatch run [options] -- CMD [ARG...]")
+    _check_outputs(args)
+    launch = getattr(writewatch, "launch", None)
+    if launch is None:
+        raise errors.Unsupported("this build has no writewatch.launch()",
+                                 hint="install a writewatch with process tracking")
+    kw = {} if args.backend == "auto" else {"backend": args.backend}
+    tracker = launch(cmd, **kw)
+    proc = getattr(tracker, "process", None)
+    pid = int(getattr(proc, "pid", None) or getattr(tracker, "pid", 0))
+    target = f"pid {pid} ({os.path.basename(cmd[0])})"
+    timed_out = False
+    try:
+        series = monitor_tracker(tracker, args, target, pid=pid, argv=cmd,
+                                 alive=lambda: _poll(proc) is None)
+    finally:
+        tracker.close()
+        if _poll(proc) is None and not getattr(args, "keep_running", False):
+            # the duration ended, or the monitor was stopped: the command is ours to end
+            timed_out = True
+            _end(proc, pid)
+    code = _poll(proc)
+    if code is not None:
+        series.exit_status = code
+        if not timed_out:
+            series.ended = "command exited"
+    finish(series, args)
+    if timed_out and series.ended == "duration":
+        return TIMEOUT_STATUS
+    return _status(code) if code is not None else 0

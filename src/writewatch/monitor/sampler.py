@@ -1,0 +1,240 @@
+"""The sampling loop: collect from any tracker at a fixed period, attribute the pages to the
+target's mappings, and build a :class:`Series`.
+
+The source is anything with ``collect() -> Pages`` (a :class:`writewatch.Tracker`, the
+process trackers of :func:`writewatch.attach` / :func:`writewatch.launch`, or a fake in
+tests). When it also has ``mappings()`` (the target's /proc/PID/maps lines) pages are
+attributed to those; otherwise to its ``spans``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import errors
+from ..pages import Pages
+from .series import Interval, MappingChange, Region, Series, bytes_in
+
+__all__ = ["MIN_INTERVAL", "Sampler", "Source"]
+
+MIN_INTERVAL = 0.01  #: 10 ms: below this the collect itself dominates the interval
+
+
+class Source(Protocol):
+    def collect(self) -> Pages: ...
+
+
+def _region(m: Any) -> Region:
+    label = getattr(m, "path", None)
+    if label is None:
+        label = getattr(m, "label", "") or ""
+    return Region(int(m.start), int(m.end), str(label), str(getattr(m, "perms", "") or ""))
+
+
+class Sampler:
+    """Samples ``source`` every ``interval`` seconds on a drift-free schedule: sample *k* is
+    due at ``t0 + k * interval`` whatever the previous ones cost; a sample that is late by
+    more than a period skips the missed ticks (the interval it records is then longer, and
+    its rate uses the measured length).
+
+    Args:
+        source: the tracker.
+        interval: seconds between samples, at least :data:`MIN_INTERVAL`.
+        target: a description of what is sampled, for the outputs.
+        alive: polled every 50 ms between samples; when it returns false (the target
+            exited) sampling ends at once instead of at the next tick.
+        clock, wait: injectable time source and ``wait(seconds) -> stop requested`` (tests).
+    """
+
+    def __init__(self, source: Any, interval: float = 1.0, *, target: str = "",
+                 alive: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], bool] | None = None) -> None:
+        if not interval >= MIN_INTERVAL:
+            raise errors.InvalidTarget(
+                f"sampling interval {interval} s is too short",
+                hint=f"use at least {MIN_INTERVAL} s (10 ms)")
+        self.source = source
+        self.interval = float(interval)
+        self.clock = clock
+        self._stop = threading.Event()
+        self._alive = alive
+        self._wait = wait or self._wait_until
+        ps = int(getattr(source, "page_size", 0) or 4096)
+        self.series = Series(page_size=ps, interval=self.interval, target=target,
+                             backend=str(getattr(source, "backend", "") or ""))
+        self._index: dict[Region, int] = {}
+        self._current: list[int] = []  # region indices mapped at the last sample
+        self._listed = False
+        self._ws = Pages((), ps)
+        self._t0 = 0.0
+        self._last_t = 0.0
+
+    # -- control ----------------------------------------------------------------------------
+    def _wait_until(self, seconds: float) -> bool:
+        if self._alive is None:
+            return self._stop.wait(seconds)
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self._stop.wait(min(left, 0.05)) or not self._alive():
+                return True
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to take a last sample and return (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def regions(self) -> list[Region]:
+        """The target's mappings at the last sample."""
+        return [self.series.regions[i] for i in self._current]
+
+    # -- mappings ---------------------------------------------------------------------------
+    def _read_mappings(self) -> list[Region] | None:
+        fn = getattr(self.source, "mappings", None)
+        if callable(fn):
+            try:
+                return [_region(m) for m in fn()]
+            except errors.NoSuchProcess:
+                return None
+        spans = getattr(self.source, "spans", None)
+        if spans is not None:
+            return [_region(s) for s in spans]
+        return None
+
+    def _update_mappings(self, t: float) -> tuple[int, int, list[int]]:
+        """Read the mappings; record new and removed ones. Returns (new, removed, removed
+        region indices)."""
+        found = self._read_mappings()
+        if found is None:
+            return 0, 0, []
+        now = []
+        for g in found:
+            i = self._index.get(g)
+            if i is None:
+                i = self._index[g] = len(self.series.regions)
+                self.series.regions.append(g)
+            now.append(i)
+        before = set(self._current)
+        after = set(now)
+        new = sorted(after - before, key=lambda i: self.series.regions[i].start)
+        gone = sorted(before - after, key=lambda i: self.series.regions[i].start)
+        if self._listed:  # the first listing is the starting point, not a change
+            self.series.changes += [MappingChange(t, "new", i) for i in new]
+            self.series.changes += [MappingChange(t, "removed", i) for i in gone]
+        else:
+            new = []
+            self._listed = True
+        self._current = sorted(now, key=lambda i: self.series.regions[i].start)
+        return len(new), len(gone), gone
+
+    def _attribute(self, pages: Pages, extra: Iterable[int]) -> tuple[tuple[int, int], ...]:
+        """Pages written per region: current mappings first, then ones removed since the last
+        sample, the rest as region -1 ("[unmapped]")."""
+        ps = pages.page_size
+        left = pages.ranges
+        out: dict[int, int] = {}
+        for group in (self._current, list(extra)):
+            if not group or not len(left):
+                continue
+            regs = [self.series.regions[i] for i in group]
+            lo = np.array([g.start for g in regs], np.int64)
+            hi = np.array([g.end for g in regs], np.int64)
+            counts = bytes_in(left, lo, hi) // ps
+            for i, n in zip(group, counts.tolist(), strict=True):
+                if n:
+                    out[i] = out.get(i, 0) + int(n)
+            cover = Pages(np.stack([lo, hi], axis=1).astype(np.uint64), ps)
+            left = (Pages._trusted(left.copy(), ps) - cover).ranges
+        rest = int((left[:, 1] - left[:, 0]).sum()) // ps if len(left) else 0
+        if rest:
+            out[-1] = rest
+        return tuple(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    # -- sampling ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the reference point: the first interval starts now. Pages written before
+        (since the tracker was armed) are counted in the first interval."""
+        self._t0 = self._last_t = self.clock()
+        self.series.started_at = time.time()
+        self._update_mappings(0.0)
+
+    def sample(self) -> Interval:
+        """Collect once and record the interval since the previous sample."""
+        t = self.clock()
+        pages = self.source.collect()
+        t_end = t - self._t0
+        last = getattr(self.source, "last", None)
+        cons = len(getattr(last, "conservative", ()) or ())
+        for reason in getattr(last, "reasons", ()) or ():
+            if reason not in self.series.notes and len(self.series.notes) < 100:
+                self.series.notes.append(reason)
+        new, gone, gone_idx = self._update_mappings(t_end)
+        self._ws = self._ws | pages
+        iv = Interval(index=len(self.series.intervals), t_start=self._last_t - self._t0,
+                      t_end=t_end, written=pages, working_set_pages=len(self._ws),
+                      conservative_pages=cons, by_region=self._attribute(pages, gone_idx),
+                      new_mappings=new, removed_mappings=gone)
+        self._last_t = t
+        self.series.intervals.append(iv)
+        self.series._ws = self._ws
+        return iv
+
+    def run(self, duration: float | None = None,
+            on_interval: Callable[[Interval, Series], None] | None = None,
+            on_start: Callable[[Series], None] | None = None) -> Series:
+        """Sample until ``duration`` seconds passed, :meth:`stop` was called, Ctrl-C, or the
+        target is gone; then return the series (``series.ended`` says why).
+
+        A stop or Ctrl-C takes one last sample, so no write before it is left out."""
+        self.start()
+        if on_start is not None:
+            on_start(self.series)
+        k = 0
+        ended = ""
+        try:
+            while True:
+                k += 1
+                due = self.interval * k
+                if duration is not None and due >= duration:
+                    due = duration
+                now = self.clock() - self._t0
+                if due > now and self._wait(due - now):
+                    ended = "stopped"
+                    self._sample_or_end(on_interval)
+                    break
+                now = self.clock() - self._t0
+                if now - due >= self.interval:  # late by a period or more: skip those ticks
+                    k = int(now / self.interval)
+                if not self._sample_or_end(on_interval):
+                    break
+                if duration is not None and self.clock() - self._t0 >= duration - 1e-9:
+                    ended = "duration"
+                    break
+        except KeyboardInterrupt:
+            ended = "interrupted"
+            try:
+                self._sample_or_end(on_interval)
+            except KeyboardInterrupt:
+                pass
+        if not self.series.ended:
+            self.series.ended = ended
+        return self.series
+
+    def _sample_or_end(self, on_interval: Callable[[Interval, Series], None] | None) -> bool:
+        try:
+            iv = self.sample()
+        except errors.NoSuchProcess:
+            self.series.ended = "target exited"
+            return False
+        except errors.TrackerClosed:
+            self.series.ended = "tracker closed"
+            return False
+        if on_interval is not None:
+            on_interval(iv, self.series)
+        return True

@@ -1,0 +1,149 @@
+"""Terminal output of the monitor: one plain line per interval, a live rich view, and the
+summary printed at the end. Every figure comes from the :class:`Series`."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+from .series import Interval, Series
+
+__all__ = ["LineView", "LiveView", "format_summary", "human_bytes"]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _top_names(iv: Interval, series: Series, n: int = 3) -> str:
+    parts = []
+    for r, pages in iv.by_region[:n]:
+        name = series.regions[r].name if r >= 0 else "[unmapped]"
+        parts.append(f"{name} {pages}")
+    return ", ".join(parts)
+
+
+class LineView:
+    """One line per interval (for logs, pipes and ``--no-live``)."""
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self.file = file or sys.stdout
+        self._header = False
+
+    def __enter__(self) -> LineView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, iv: Interval, series: Series) -> None:
+        if not self._header:
+            print(f"{'t(s)':>8} {'pages':>8} {'written':>10} {'MB/s':>9} {'working set':>12}  "
+                  "top mappings (pages)", file=self.file)
+            self._header = True
+        extra = ""
+        if iv.new_mappings or iv.removed_mappings:
+            extra += f"  maps +{iv.new_mappings}/-{iv.removed_mappings}"
+        if iv.conservative_pages:
+            extra += f"  conservative {iv.conservative_pages}"
+        print(f"{iv.t_end:8.2f} {iv.pages:8d} {human_bytes(iv.nbytes):>10} {iv.rate:9.2f} "
+              f"{human_bytes(iv.working_set_pages * series.page_size):>12}  "
+              f"{_top_names(iv, series)}{extra}", file=self.file, flush=True)
+
+
+class LiveView:
+    """A rich live panel, redrawn at each interval: dirty rate, pages in the last interval,
+    working set so far, and the mappings written most."""
+
+    def __init__(self, file: IO[str] | None = None, top: int = 10) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        self.console = Console(file=file or sys.stdout)
+        self.top = top
+        self._live = Live(console=self.console, auto_refresh=False, transient=False)
+        self._rates: list[float] = []
+
+    def __enter__(self) -> LiveView:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def _spark(self, width: int = 40) -> str:
+        bars = " ▁▂▃▄▅▆▇█"
+        vals = self._rates[-width:]
+        hi = max(vals, default=0.0)
+        if hi <= 0:
+            return bars[0] * len(vals)
+        return "".join(bars[min(8, round(v / hi * 8))] for v in vals)
+
+    def render(self, iv: Interval, series: Series) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        self._rates.append(iv.rate)
+        s = series.summary(top=self.top)
+        head = Text.assemble(
+            ("writewatch ", "bold"), (series.target or "", "cyan"),
+            f"  backend {series.backend or '?'}  interval {series.interval * 1000:g} ms  "
+            f"t={iv.t_end:.1f} s\n",
+            ("dirty rate ", ""), (f"{iv.rate:10.2f} MB/s", "bold red"),
+            f"   peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  p95 {s.p95_rate:.2f}\n",
+            ("pages      ", ""), (f"{iv.pages:10d}", "bold"),
+            f"  ({human_bytes(iv.nbytes)} in the last {iv.dt * 1000:.0f} ms)\n",
+            ("working set", ""), (f"{human_bytes(s.working_set_bytes):>15}", "bold blue"),
+            f"  ({s.working_set_pages} distinct pages written)\n",
+            ("rate       ", ""), (self._spark(), "red"))
+        tab = Table(title="top mappings by writes", title_justify="left", expand=False)
+        tab.add_column("mapping")
+        tab.add_column("last interval", justify="right")
+        tab.add_column("pages written", justify="right")
+        tab.add_column("working set", justify="right")
+        last: dict[str, int] = {}
+        for r, n in iv.by_region:
+            name = series.regions[r].name if r >= 0 else "[unmapped]"
+            last[name] = last.get(name, 0) + n
+        for name, pages, ws in s.top:
+            tab.add_row(name, str(last.get(name, 0)), str(pages),
+                        human_bytes(ws * series.page_size))
+        foot = Text(f"mappings +{iv.new_mappings}/-{iv.removed_mappings} this interval"
+                    + (f", {iv.conservative_pages} conservative pages"
+                       if iv.conservative_pages else "")
+                    + "   Ctrl-C: stop and summarise", style="dim")
+        return Group(head, tab, foot)
+
+    def update(self, iv: Interval, series: Series) -> None:
+        self._live.update(self.render(iv, series), refresh=True)
+
+
+def format_summary(series: Series) -> str:
+    s = series.summary()
+    lines = [
+        f"summary: {series.target or 'target'} ({series.backend or '?'}), "
+        f"{s.intervals} intervals of {series.interval * 1000:g} ms over {s.duration:.2f} s"
+        + (f", ended: {series.ended}" if series.ended else "")
+        + (f", exit status {series.exit_status}" if series.exit_status is not None else ""),
+        f"  dirty rate MB/s: peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  "
+        f"p50 {s.p50_rate:.2f}  p95 {s.p95_rate:.2f}",
+        f"  written: {s.pages_written} pages ({human_bytes(s.bytes_written)}) in total; "
+        f"write working set {s.working_set_pages} pages ({human_bytes(s.working_set_bytes)})",
+    ]
+    if s.conservative_pages:
+        lines.append(f"  conservative: {s.conservative_pages} pages reported without proof "
+                     "of a write (new or changed mappings)")
+    changes = len(series.changes)
+    if changes:
+        new = sum(c.kind == "new" for c in series.changes)
+        lines.append(f"  mapping changes: {new} new, {changes - new} removed")
+    if s.top:
+        lines.append("  top mappings (pages written / working set):")
+        w = max(len(n) for n, _, _ in s.top)
+        for name, pages, ws in s.top:
+            lines.append(f"    {name:<{w}}  {pages:>9}  {human_bytes(ws * series.page_size):>10}")
+    return "\n".join(lines)
