@@ -1,0 +1,484 @@
+"""uffd-wp in synchronous mode (Linux 5.7+ for anonymous memory, 5.19+ for shmem): write
+faults are resolved by a handler process, and live (copy-before-write) snapshots.
+
+Each write to a write-protected page stops the writing thread in the kernel and queues a
+``UFFD_EVENT_PAGEFAULT`` message with ``UFFD_PAGEFAULT_FLAG_WP`` (fs/userfaultfd.c
+handle_userfault). The handler logs the page and unprotects it with UFFDIO_WRITEPROTECT mode 0,
+which wakes the writer. A Python thread stops there *holding the GIL*, so the handler cannot be
+a thread of this interpreter: it is a helper process
+(:mod:`writewatch.backends._uffd_sync_handler`) holding the only copy of the userfaultfd (a
+userfaultfd acts on the address space that created it, whoever holds it). This process keeps no
+copy: if the helper dies, the last reference goes, and userfaultfd_release() unregisters every
+range and wakes every blocked writer; the next call here raises :class:`HandlerDied`.
+
+What the helper does so that no write is lost:
+
+* A collect is one request to the helper, handled in order with the fault messages: read the
+  pending messages, swap the log, re-protect the logged pages; later faults go to the next log.
+* Pages can lose protection without a fault: ``MADV_DONTNEED`` of anonymous memory drops the
+  PTE and its uffd-wp bit ("Zap on anonymous always means dropping everything",
+  zap_install_uffd_wp_if_needed), and the next write maps a fresh page without a fault. Each
+  collect reads ``/proc/PID/pagemap`` over the spans and reports every page without the uffd-wp
+  bit (PM_UFFD_WP, bit 57, 5.13) that the log does not hold, conservatively.
+  ``UFFD_FEATURE_EVENT_REMOVE`` makes madvise(DONTNEED/FREE/REMOVE) wait until the helper has
+  read the event (userfaultfd_remove), so discards are ordered with collects; discarded ranges
+  are reported for two collects (the discard itself follows the event).
+* Without ``UFFD_FEATURE_WP_UNPOPULATED`` (before 6.4, e.g. Debian's 6.1) UFFDIO_WRITEPROTECT
+  skips none PTEs of anonymous memory (change_pte_range walks present PTEs only; markers are
+  used only with WP_UNPOPULATED: userfaultfd_wp_use_markers). The helper populates them by
+  reading them through /proc/PID/mem (a read fault maps the shared zero page, which is then
+  protected) and protects them, checking pagemap until every page carries the bit.
+* With ``UFFD_USER_MODE_ONLY`` (the only userfaultfd an unprivileged process gets when
+  ``vm.unprivileged_userfaultfd=0``), a kernel-mode write to protected memory, such as
+  ``read(2)`` into a tracked buffer, fails with EFAULT instead of waiting (handle_userfault).
+  :func:`open_uffd` asks for a full-privilege descriptor first; ``user_mode_only`` says which
+  one was obtained.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import mmap
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import _uapi as U
+from .. import errors
+from ..kernel import LINUX, KernelCalls, _sys
+from .base import Backend, Collected, Span, register
+
+__all__ = ["HandlerDied", "LiveSnapshot", "UffdSyncBackend", "live_snapshot", "open_uffd",
+           "probe"]
+
+_LEN = struct.Struct("<Q")
+_EMPTY = np.empty((0, 2), np.uint64)
+F = U.UffdFeature
+#: asked whenever offered: WP on shmem (5.19), markers for none anonymous PTEs (6.4)
+OPTIONAL = F.WP_HUGETLBFS_SHMEM | F.WP_UNPOPULATED
+#: required: WP faults (5.7) and discard events (4.11)
+REQUIRED = F.PAGEFAULT_FLAG_WP | F.EVENT_REMOVE
+#: seconds to wait for the helper to start, to answer, and to exit
+START_TIMEOUT = 60.0
+EXIT_TIMEOUT = 10.0
+
+
+class HandlerDied(errors.KernelError):
+    """The handler process of a uffd-wp-sync tracker or live snapshot exited. The kernel
+    dropped the write protection when its userfaultfd closed: writes since are not tracked."""
+
+    __module__ = "writewatch"
+
+
+def _offered(kernel: KernelCalls = LINUX) -> U.UffdFeature:
+    from .uffd_async import supported_features
+    return supported_features(kernel)
+
+
+def probe(kernel: KernelCalls = LINUX) -> tuple[bool, str]:
+    """Whether this backend can work here, and what it found (for :func:`writewatch.features`)."""
+    try:
+        have = _offered(kernel)
+    except errors.WriteWatchError as exc:
+        return False, f"no userfaultfd: {exc}"
+    missing = REQUIRED & ~have
+    if missing:
+        return False, (f"userfaultfd lacks {missing!r} (write-protect faults need Linux 5.7 "
+                       "and an architecture with a uffd-wp PTE bit)")
+    parts = ["userfaultfd write-protect faults resolved by a handler process"]
+    if not have & F.WP_UNPOPULATED:
+        parts.append("no WP_UNPOPULATED: unpopulated anonymous pages are populated (zero page) "
+                     "before protection")
+    if not have & F.WP_HUGETLBFS_SHMEM:
+        parts.append("no WP_HUGETLBFS_SHMEM: anonymous private memory only")
+    return True, "; ".join(parts)
+
+
+def open_uffd(kernel: KernelCalls = LINUX, unpopulated: bool | None = None
+              ) -> tuple[int, U.UffdFeature, bool]:
+    """A userfaultfd negotiated for synchronous write-protect: ``(fd, features, user_mode_only)``.
+
+    ``unpopulated``: ask for WP_UNPOPULATED (None: when offered; False: never, which is how
+    kernels before 6.4 behave; True: required).
+
+    A full-privilege descriptor (``userfaultfd(2)`` without UFFD_USER_MODE_ONLY, then
+    ``/dev/userfaultfd``) is preferred: with UFFD_USER_MODE_ONLY, kernel-mode writes to
+    protected memory fail with EFAULT."""
+    have = _offered(kernel)
+    missing = REQUIRED & ~have
+    if missing:
+        raise errors.Unsupported(f"userfaultfd lacks {missing!r}",
+                                 feature="UFFD_FEATURE_PAGEFAULT_FLAG_WP", since="5.7",
+                                 op="UFFDIO_API")
+    if unpopulated and not have & F.WP_UNPOPULATED:
+        raise errors.Unsupported("userfaultfd lacks WP_UNPOPULATED",
+                                 feature="UFFD_FEATURE_WP_UNPOPULATED", since="6.4",
+                                 op="UFFDIO_API")
+    want = REQUIRED | (OPTIONAL & have)
+    if unpopulated is False:
+        want &= ~F.WP_UNPOPULATED
+    flags = U.O_CLOEXEC | U.O_NONBLOCK
+    user_mode_only = False
+    fd = -1
+    nr = U.NR.get("userfaultfd")
+    if nr is not None and kernel is LINUX:
+        try:
+            fd = _sys.syscall("userfaultfd", nr, flags)
+        except errors.WriteWatchError as exc:
+            if exc.errno not in (E.EPERM, E.ENOSYS):
+                raise
+    if fd < 0 and kernel is LINUX:
+        try:
+            dev = _sys.os_call("open /dev/userfaultfd", os.open, "/dev/userfaultfd",
+                               os.O_RDWR | os.O_CLOEXEC)
+        except errors.WriteWatchError:
+            dev = -1
+        if dev >= 0:
+            try:
+                fd = _sys.ioctl("USERFAULTFD_IOC_NEW", dev, U.USERFAULTFD_IOC_NEW, flags)
+            except errors.WriteWatchError:
+                fd = -1
+            finally:
+                _sys.close(dev)
+    if fd < 0:
+        fd = kernel.userfaultfd(flags)  # falls back to UFFD_USER_MODE_ONLY
+        user_mode_only = kernel is LINUX
+    try:
+        kernel.uffdio_api(fd, int(want))
+    except BaseException:
+        kernel.close(fd)
+        raise
+    return fd, want, user_mode_only
+
+
+def _package_root() -> str:
+    import writewatch
+    return os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
+
+
+class _Helper:
+    """The handler process and the socket to it. Requests are serialized by a lock that the
+    handler never needs: it resolves faults whatever this process is doing."""
+
+    def __init__(self, uffd: int, features: int, snapshot_fd: int = -1) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mem = pm = -1
+        try:
+            mem = _sys.os_call("open /proc/self/mem", os.open, "/proc/self/mem",
+                               os.O_RDONLY | os.O_CLOEXEC)
+            pm = _sys.os_call("open /proc/self/pagemap", os.open, "/proc/self/pagemap",
+                              os.O_RDONLY | os.O_CLOEXEC)
+            fds = [uffd, child.fileno(), mem, pm]
+            args = [*map(str, fds), str(os.getpid()), str(int(features))]
+            if snapshot_fd >= 0:
+                fds.append(snapshot_fd)
+                args.append(str(snapshot_fd))
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "writewatch.backends._uffd_sync_handler", *args],
+                pass_fds=fds, stdin=subprocess.DEVNULL, env=env, close_fds=True)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+            for fd in (mem, pm):
+                if fd >= 0:
+                    _sys.close(fd)
+        self.sock = parent
+        self.lock = threading.Lock()
+        self.dead = False
+        try:
+            self.pid = int(self._receive(START_TIMEOUT))
+        except BaseException:
+            self.kill()
+            raise
+
+    def _died(self) -> HandlerDied:
+        self.dead = True
+        try:
+            rc = self.proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            rc = None
+        return HandlerDied(f"the uffd-wp-sync handler process {self.proc.pid} exited "
+                           f"(status {rc}): write protection was dropped with it",
+                           op="handler", hint="writes since its death are not tracked; "
+                           "track again (a killed or crashed handler)")
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except (ConnectionResetError, BrokenPipeError):
+                chunk = b""
+            except TimeoutError:
+                raise errors.KernelError("the uffd-wp-sync handler did not answer",
+                                         op="handler", errno=E.ETIMEDOUT) from None
+            if not chunk:
+                raise self._died()
+            buf += chunk
+        return bytes(buf)
+
+    def _receive(self, timeout: float | None) -> Any:
+        self.sock.settimeout(timeout)
+        (n,) = _LEN.unpack(self._recv_exact(_LEN.size))
+        status, value = pickle.loads(self._recv_exact(n))
+        if status == "err":
+            raise value
+        return value
+
+    def request(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+        with self.lock:
+            if self.dead:
+                raise errors.TrackerClosed("the uffd-wp-sync handler process is gone",
+                                           hint="track again")
+            data = pickle.dumps((op, *args), protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self.sock.settimeout(None)
+                self.sock.sendall(_LEN.pack(len(data)) + data)
+            except (BrokenPipeError, ConnectionResetError):
+                raise self._died() from None
+            return self._receive(timeout)
+
+    def close(self) -> None:
+        """Ask the helper to unprotect everything and exit; reap it (kill after a timeout)."""
+        try:
+            if not self.dead and self.proc.poll() is None:
+                self.request("close", timeout=EXIT_TIMEOUT)
+        except errors.WriteWatchError:
+            pass
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        self.dead = True
+        self.sock.close()
+        try:
+            self.proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _start_helper(kernel: KernelCalls, snapshot_fd: int = -1, unpopulated: bool | None = None
+                  ) -> tuple[_Helper, U.UffdFeature, bool]:
+    fd, feats, umo = open_uffd(kernel, unpopulated)
+    try:
+        helper = _Helper(fd, int(feats), snapshot_fd)
+    finally:
+        kernel.close(fd)  # the helper holds the only copy (see the module docstring)
+    return helper, feats, umo
+
+
+@register
+class UffdSyncBackend(Backend):
+    """Synchronous uffd-wp over this process's memory, faults resolved by a helper process.
+
+    Tracks anonymous private memory on any kernel with uffd-wp (5.7+), and shmem
+    (``mmap.mmap(-1, n)``, memfd) with WP_HUGETLBFS_SHMEM (5.19+). Each first write to a page
+    after a collect costs a round trip through the helper (see benchmarks/results-backends.md).
+    """
+
+    name: ClassVar[str] = "uffd-wp-sync"
+
+    def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
+                 unpopulated: bool | None = None) -> None:
+        if pid not in ("self", os.getpid()):
+            raise errors.InvalidTarget(
+                "the uffd-wp-sync backend tracks this process only",
+                hint="use writewatch.attach(pid) with the soft-dirty or uffd-async backend")
+        super().__init__("self", kernel)
+        #: negotiated UFFD_FEATURE_* bits; ``user_mode_only``: UFFD_USER_MODE_ONLY descriptor
+        self._helper, self.features, self.user_mode_only = _start_helper(kernel,
+                                                                         unpopulated=unpopulated)
+        self.helper_pid = self._helper.pid
+        self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
+
+    def _mapped_parts(self, span: Span) -> tuple[tuple[int, int], ...]:
+        out: list[tuple[int, int]] = []
+        for m in self.kernel.read_maps("self"):
+            lo, hi = max(m.start, span.start), min(m.end, span.end)
+            if lo < hi:
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+        return tuple(out)
+
+    def add(self, span: Span) -> None:
+        if self.closed:
+            raise errors.TrackerClosed("the tracker is closed")
+        for s in self.spans:
+            if span.start < s.end and s.start < span.end:
+                raise errors.InvalidTarget(
+                    f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
+                    f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
+        parts = self._mapped_parts(span)
+        if parts != ((span.start, span.end),):
+            raise errors.InvalidTarget(
+                f"{span.start:#x}-{span.end:#x} is not entirely mapped", op="track",
+                start=span.start, end=span.end, hint="track mapped memory")
+        self._helper.request("arm", span.start, span.end)
+        self._layout[span] = parts
+        self.spans.append(span)
+
+    def remove(self, span: Span) -> None:
+        self.spans.remove(span)
+        self._layout.pop(span, None)
+        self._helper.request("disarm", span.start, span.end)
+
+    def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
+        if self.closed:
+            raise errors.TrackerClosed("the tracker is closed")
+        ps = self.page_size
+        conservative: list[np.ndarray] = []
+        reasons: list[str] = []
+        for span in self.spans:
+            parts = self._mapped_parts(span)
+            if parts != self._layout.get(span):
+                conservative.append(np.array([[span.start, span.end]], np.uint64))
+                reasons.append(f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: "
+                               "mappings replaced, moved or unmapped; reported whole")
+                if reset:
+                    self.stats.rearms += 1
+                    self._helper.request("rearm", span.start, span.end)
+                    self._layout[span] = parts
+        spans = [(s.start, s.end) for s in self.spans]
+        raw, raw_cons, why = self._helper.request("collect", spans, reset, max_pages)
+        pages = np.frombuffer(raw, np.uint64)
+        cons_pages = np.frombuffer(raw_cons, np.uint64)
+        written = np.stack([pages, pages + np.uint64(ps)], axis=1) if len(pages) else _EMPTY
+        if len(cons_pages):
+            conservative.append(np.stack([cons_pages, cons_pages + np.uint64(ps)], axis=1))
+        reasons.extend(why)
+        cons = np.concatenate(conservative) if conservative else _EMPTY
+        written = np.concatenate([written, cons]) if len(cons) else written
+        self.stats.collects += 1
+        self.stats.scan_calls += len(spans)
+        self.stats.pages_reported += int((written[:, 1] - written[:, 0]).sum()) // ps
+        self.stats.pages_conservative += int((cons[:, 1] - cons[:, 0]).sum()) // ps
+        return Collected(written, cons, tuple(reasons))
+
+    def handler_stats(self) -> dict[str, int]:
+        """Counters kept by the helper (``faults``: write faults resolved)."""
+        return dict(self._helper.request("stats"))
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        # the helper unregisters every span itself; if it is gone the kernel already did
+        self.spans.clear()
+        self._layout.clear()
+        self.closed = True
+        self._release()
+
+    def _release(self) -> None:
+        self._helper.close()
+
+
+class LiveSnapshot:
+    """A copy of ``[address, address+length)`` as it was when the constructor returned, taken
+    while threads keep writing (copy-before-write, like QEMU's background snapshot).
+
+    The range is write-protected (populated first without WP_UNPOPULATED), then a helper
+    process copies it page by page into a shared buffer, unprotecting each page after copying
+    it; a write to a page not yet copied stops the writer until the helper has copied the
+    page's old content. ``wait()`` returns when every page is copied; :attr:`data` is then the
+    snapshot. Pages discarded by madvise(MADV_DONTNEED/REMOVE) during the snapshot are copied
+    when the helper reads the discard event, which the kernel sends before zapping but does not
+    wait on after it is read: such a page may read as already discarded
+    (``stats["discarded"]`` counts them).
+
+    ``address`` and ``length`` must be page aligned; the range must be mapped, writable,
+    anonymous private memory (or shmem with WP_HUGETLBFS_SHMEM), and not tracked by another
+    userfaultfd (EBUSY)."""
+
+    def __init__(self, address: int, length: int, *, kernel: KernelCalls = LINUX,
+                 unpopulated: bool | None = None) -> None:
+        ps = kernel.page_size
+        if length <= 0 or address <= 0 or address % ps or length % ps:
+            raise errors.InvalidTarget(
+                f"snapshot range ({address:#x}, {length:#x}) is empty or not page aligned",
+                hint=f"address and length must be positive multiples of {ps}")
+        self.address, self.length = address, length
+        self.stats: dict[str, int] = {}
+        self._done = False
+        self._closed = False
+        fd = _sys.os_call("memfd_create", os.memfd_create, "writewatch-snapshot",
+                          os.MFD_CLOEXEC)
+        try:
+            _sys.os_call("ftruncate", os.ftruncate, fd, length)
+            self._buf = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
+            self._helper, self.features, self.user_mode_only = _start_helper(kernel, fd,
+                                                                            unpopulated)
+        finally:
+            _sys.close(fd)
+        try:
+            self._helper.request("snapshot", address, address + length)
+        except BaseException:
+            self._helper.kill()
+            self._buf.close()
+            raise
+
+    def wait(self, timeout: float | None = None) -> LiveSnapshot:
+        """Block until every page is copied (the range is then unprotected and unregistered)."""
+        if not self._done:
+            if self._closed:
+                raise errors.TrackerClosed("the snapshot was closed before it completed")
+            self.stats = dict(self._helper.request("wait", timeout=timeout))
+            self._done = True
+            self._helper.close()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def data(self) -> np.ndarray:
+        """The snapshot as a read-only uint8 array (waits for completion)."""
+        self.wait()
+        arr = np.frombuffer(self._buf, np.uint8)
+        return arr
+
+    def tobytes(self) -> bytes:
+        self.wait()
+        return bytes(self._buf)
+
+    def close(self) -> None:
+        """Stop (unprotecting the range) and free the buffer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done:
+            self._helper.close()
+        try:
+            self._buf.close()
+        except BufferError:  # arrays from .data still reference the buffer
+            pass
+
+    def __enter__(self) -> LiveSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def live_snapshot(address: int, length: int, timeout: float | None = None) -> bytes:
+    """The bytes of ``[address, address+length)`` at the time of the call, taken without
+    stopping threads that write there (see :class:`LiveSnapshot`)."""
+    snap = LiveSnapshot(address, length)
+    try:
+        return snap.wait(timeout).tobytes()
+    finally:
+        snap.close()
