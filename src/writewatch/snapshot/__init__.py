@@ -1,0 +1,40 @@
+"""Incremental memory snapshots: store only what was written, restore any point exactly.
+
+>>> from writewatch.snapshot import Snapshotter
+>>> with Snapshotter(buf, "/var/tmp/snaps") as s:   # doctest: +SKIP
+...     first = s.save()          # full
+...     buf[:4096] = 1
+...     second = s.save()         # only the written page
+...     s.restore(first, into=buf)
+
+See docs/snapshot.md for the store layout, consistency and numbers.
+"""
+
+from .errors import CorruptSnapshot, NoSuchSnapshot, SizeMismatch, SnapshotError, StoreLocked
+from .format import Manifest, Region
+from .snapshotter import Diff, Image, SnapshotInfo, Snapshots, Snapshotter, VerifyReport
+from .source import BufferSource, ProcessSource, Source
+from .store import BlobNotFound, DirStore, Store, open_store
+
+__all__ = [
+    "BlobNotFound",
+    "BufferSource",
+    "CorruptSnapshot",
+    "Diff",
+    "DirStore",
+    "Image",
+    "Manifest",
+    "NoSuchSnapshot",
+    "ProcessSource",
+    "Region",
+    "SizeMismatch",
+    "SnapshotError",
+    "SnapshotInfo",
+    "Snapshots",
+    "Snapshotter",
+    "Source",
+    "Store",
+    "StoreLocked",
+    "VerifyReport",
+    "open_store",
+]

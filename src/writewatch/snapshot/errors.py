@@ -1,0 +1,66 @@
+"""Snapshot errors, rooted at :class:`writewatch.WriteWatchError`."""
+
+from __future__ import annotations
+
+from ..errors import InvalidTarget, WriteWatchError
+
+__all__ = ["CorruptSnapshot", "NoSuchSnapshot", "SizeMismatch", "SnapshotError", "StoreLocked"]
+
+
+class SnapshotError(WriteWatchError):
+    """Something about a snapshot store or one of its snapshots is wrong."""
+
+    __module__ = "writewatch.snapshot"
+
+
+class CorruptSnapshot(SnapshotError):
+    """A manifest or chunk failed its checksum or could not be decoded. Nothing was restored
+    from it: ``snapshot`` and ``chunk`` name what is damaged."""
+
+    __module__ = "writewatch.snapshot"
+
+    def __init__(self, message: str, *, snapshot: str | None = None, chunk: str | None = None,
+                 **kw: object) -> None:
+        self.snapshot = snapshot
+        self.chunk = chunk
+        where = []
+        if snapshot is not None:
+            where.append(f"snapshot {snapshot}")
+        if chunk is not None:
+            where.append(f"chunk {chunk}")
+        if where:
+            message = f"{', '.join(where)}: {message}"
+        kw.setdefault("hint", "restore an earlier snapshot; `writewatch snapshots STORE "
+                              "--verify` lists every damaged one")
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_corrupt, (self.message, self.snapshot, self.chunk))
+
+
+def _rebuild_corrupt(message: str, snapshot: str | None, chunk: str | None) -> CorruptSnapshot:
+    err = CorruptSnapshot.__new__(CorruptSnapshot)
+    err.snapshot, err.chunk = snapshot, chunk
+    WriteWatchError.__init__(err, message)
+    return err
+
+
+class NoSuchSnapshot(SnapshotError, KeyError):
+    """The store has no snapshot of that name."""
+
+    __module__ = "writewatch.snapshot"
+
+    def __str__(self) -> str:
+        return WriteWatchError.__str__(self)
+
+
+class SizeMismatch(SnapshotError, InvalidTarget):
+    """The buffer given to restore into does not have the snapshot's size."""
+
+    __module__ = "writewatch.snapshot"
+
+
+class StoreLocked(SnapshotError):
+    """Another writer holds the store's lock."""
+
+    __module__ = "writewatch.snapshot"

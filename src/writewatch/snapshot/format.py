@@ -1,0 +1,238 @@
+"""On-store formats: content-addressed chunks and snapshot manifests (pure: bytes in, values out).
+
+Chunk blob ``chunks/<key>``::
+
+    b"WWCK" | u8 version=1 | u8 codec (0 raw, 1 zstd) | u16 0 | u64 raw length | payload
+
+``key`` is the hex digest of the raw (uncompressed) bytes under the store's hash
+(``xxh3_128`` by default, ``blake2b-128`` without the xxhash package). Reading a chunk
+recomputes the digest of what it decodes to and compares it with the key: the key is the
+checksum, so a chunk can never yield bytes other than those it was written with.
+
+Manifest blob ``snapshots/<name>``::
+
+    b"WWSNAP01" | u32 json length | u32 extent count | json | extents | 16-byte digest
+
+The digest (same hash) covers everything before it. ``extents`` is a packed array of
+:data:`EXTENT` records: ``npages`` pages starting at ``addr`` whose bytes are pages
+``page .. page+npages`` of chunk ``chunk`` (an index into the manifest's chunk list), or zero
+pages when ``chunk`` is :data:`ZERO`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptSnapshot, SnapshotError
+
+__all__ = ["EXTENT", "ZERO", "Manifest", "Region", "decode_chunk", "decode_manifest",
+           "encode_chunk", "encode_manifest", "hasher"]
+
+CHUNK_MAGIC = b"WWCK"
+CHUNK_HEADER = struct.Struct("<4sBBHQ")
+CODEC_RAW, CODEC_ZSTD = 0, 1
+MANIFEST_MAGIC = b"WWSNAP01"
+MANIFEST_HEADER = struct.Struct("<8sII")
+DIGEST = 16
+
+#: One run of pages in a manifest.
+EXTENT = np.dtype([("addr", "<u8"), ("npages", "<u4"), ("chunk", "<u4"), ("page", "<u4")])
+#: ``chunk`` value of an extent of zero pages (no data stored).
+ZERO = 0xFFFFFFFF
+
+HASHES = ("xxh3_128", "blake2b-128")
+
+
+def hasher(name: str) -> Callable[[Any], bytes]:
+    """The 16-byte digest function named ``name``."""
+    if name == "xxh3_128":
+        try:
+            import xxhash
+        except ImportError:
+            raise SnapshotError("this store hashes with xxh3_128, which needs xxhash",
+                                hint="pip install 'writewatch[snapshot]'") from None
+        return xxhash.xxh3_128_digest  # type: ignore[no-any-return]
+    if name == "blake2b-128":
+        return lambda data: hashlib.blake2b(data, digest_size=16).digest()
+    raise SnapshotError(f"unknown hash {name!r}", hint=f"one of {', '.join(HASHES)}")
+
+
+def default_hash() -> str:
+    try:
+        import xxhash  # noqa: F401
+    except ImportError:
+        return "blake2b-128"
+    return "xxh3_128"
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        raise SnapshotError("zstd compression needs the zstandard package",
+                            hint="pip install 'writewatch[snapshot]' or compress=None") from None
+    return zstandard
+
+
+def encode_chunk(raw: Any, codec: int = CODEC_RAW, level: int = 1) -> list[Any]:
+    """The chunk blob for ``raw`` as a list of buffers (header, payload): no copy when raw."""
+    n = memoryview(raw).nbytes
+    if codec == CODEC_ZSTD:
+        payload: Any = _zstd().ZstdCompressor(level=level).compress(raw)
+        if len(payload) >= n:  # incompressible: store raw
+            codec, payload = CODEC_RAW, raw
+    else:
+        payload = raw
+    return [CHUNK_HEADER.pack(CHUNK_MAGIC, 1, codec, 0, n), payload]
+
+
+def decode_chunk(blob: Any, key: bytes, digest: Callable[[Any], bytes], *,
+                 snapshot: str | None = None) -> memoryview:
+    """The raw bytes of a chunk blob, checked against its key."""
+    name = key.hex()
+    mv = memoryview(blob)
+    if mv.nbytes < CHUNK_HEADER.size:
+        raise CorruptSnapshot(f"truncated ({mv.nbytes} bytes, header needs "
+                              f"{CHUNK_HEADER.size})", snapshot=snapshot, chunk=name)
+    magic, version, codec, _, n = CHUNK_HEADER.unpack_from(mv)
+    if magic != CHUNK_MAGIC or version != 1:
+        raise CorruptSnapshot("bad header (not a writewatch chunk)", snapshot=snapshot,
+                              chunk=name)
+    payload = mv[CHUNK_HEADER.size:]
+    if codec == CODEC_RAW:
+        raw = payload
+    elif codec == CODEC_ZSTD:
+        try:
+            raw = memoryview(_zstd().ZstdDecompressor().decompress(payload, max_output_size=n))
+        except SnapshotError:
+            raise
+        except Exception as exc:
+            raise CorruptSnapshot(f"zstd frame does not decode ({exc})", snapshot=snapshot,
+                                  chunk=name) from None
+    else:
+        raise CorruptSnapshot(f"unknown codec {codec}", snapshot=snapshot, chunk=name)
+    if raw.nbytes != n:
+        raise CorruptSnapshot(f"holds {raw.nbytes} bytes, header says {n} (truncated?)",
+                              snapshot=snapshot, chunk=name)
+    if digest(raw) != key:
+        raise CorruptSnapshot("checksum mismatch: content differs from what was stored",
+                              snapshot=snapshot, chunk=name)
+    return raw
+
+
+@dataclass(frozen=True)
+class Region:
+    """One mapping of the snapshotted address space (a tracked buffer's pages, or one
+    writable mapping of a process as in /proc/PID/maps)."""
+
+    start: int
+    end: int
+    perms: str = "rw-p"
+    offset: int = 0
+    path: str = ""
+    #: for a buffer: the exact bytes of the object inside the page-aligned region
+    data_start: int | None = None
+    data_length: int | None = None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"start": self.start, "end": self.end, "perms": self.perms,
+                             "offset": self.offset, "path": self.path}
+        if self.data_start is not None:
+            d["data_start"], d["data_length"] = self.data_start, self.data_length
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Region:
+        return cls(int(d["start"]), int(d["end"]), str(d.get("perms", "rw-p")),
+                   int(d.get("offset", 0)), str(d.get("path", "")),
+                   None if d.get("data_start") is None else int(d["data_start"]),
+                   None if d.get("data_length") is None else int(d["data_length"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One snapshot: the regions at that moment and where each page's bytes are.
+
+    A ``full`` manifest covers every page of its regions. A ``delta`` covers the pages
+    written since ``parent``; every other page of a region is the parent's page at the same
+    address (a region absent from the parent is covered in full)."""
+
+    name: str
+    parent: str | None
+    created: float
+    page_size: int
+    regions: tuple[Region, ...]
+    chunks: tuple[bytes, ...]
+    extents: np.ndarray  #: EXTENT records sorted by addr, non-overlapping
+    source: dict[str, Any] = field(default_factory=dict)
+    #: every mapping of a process (data is stored for the writable ones only)
+    maps: tuple[Region, ...] = ()
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.parent is None else "delta"
+
+    @property
+    def npages(self) -> int:
+        return int(self.extents["npages"].sum(dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.length for r in self.regions)
+
+
+def encode_manifest(m: Manifest, digest: Callable[[Any], bytes]) -> bytes:
+    meta = {
+        "name": m.name, "parent": m.parent, "created": m.created, "page_size": m.page_size,
+        "regions": [r.to_json() for r in m.regions], "chunks": [c.hex() for c in m.chunks],
+        "source": m.source, "maps": [r.to_json() for r in m.maps], "stats": m.stats,
+    }
+    js = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+    ext = np.ascontiguousarray(m.extents, dtype=EXTENT)
+    body = MANIFEST_HEADER.pack(MANIFEST_MAGIC, len(js), len(ext)) + js + ext.tobytes()
+    return body + digest(body)
+
+
+def decode_manifest(blob: bytes, digest: Callable[[Any], bytes], name: str) -> Manifest:
+    """Parse and check a manifest; any damage raises :class:`CorruptSnapshot`."""
+    hs = MANIFEST_HEADER.size
+    if len(blob) < hs + DIGEST:
+        raise CorruptSnapshot(f"manifest truncated ({len(blob)} bytes)", snapshot=name)
+    body, check = blob[:-DIGEST], blob[-DIGEST:]
+    if digest(body) != check:
+        raise CorruptSnapshot("manifest checksum mismatch (damaged or truncated)",
+                              snapshot=name)
+    magic, jlen, count = MANIFEST_HEADER.unpack_from(body)
+    if magic != MANIFEST_MAGIC or hs + jlen + count * EXTENT.itemsize != len(body):
+        raise CorruptSnapshot("manifest layout is inconsistent", snapshot=name)
+    try:
+        meta = json.loads(body[hs:hs + jlen])
+        extents = np.frombuffer(body, EXTENT, count, hs + jlen).copy()
+        m = Manifest(str(meta["name"]), meta["parent"], float(meta["created"]),
+                     int(meta["page_size"]),
+                     tuple(Region.from_json(r) for r in meta["regions"]),
+                     tuple(bytes.fromhex(c) for c in meta["chunks"]), extents,
+                     dict(meta.get("source", {})),
+                     tuple(Region.from_json(r) for r in meta.get("maps", ())),
+                     dict(meta.get("stats", {})))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptSnapshot(f"manifest does not parse ({exc})", snapshot=name) from None
+    if m.name != name:
+        raise CorruptSnapshot(f"manifest names itself {m.name!r}", snapshot=name)
+    bad = (m.extents["chunk"] != ZERO) & (m.extents["chunk"] >= len(m.chunks))
+    if bad.any():
+        raise CorruptSnapshot("an extent refers to a chunk the manifest does not list",
+                              snapshot=name)
+    return m

@@ -1,0 +1,295 @@
+"""What a snapshot reads: the tracked buffers of this process, or another process's writable
+mappings. A source gives the layout (regions), the pages written since the last collect,
+a consistent point (``paused()``) and page reads."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import ctypes
+import ctypes.util
+import errno as E
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..kernel import LINUX, _sys, procfs
+from ..pages import Pages
+from .errors import SnapshotError
+from .format import Region
+
+__all__ = ["BufferSource", "ProcessSource", "Source", "process_vm_readv"]
+
+_U64 = np.uint64
+
+
+class Source(abc.ABC):
+    kind: str
+    page_size: int
+
+    @abc.abstractmethod
+    def regions(self) -> tuple[Region, ...]:
+        """The memory a snapshot holds now, sorted by address."""
+
+    def maps(self) -> tuple[Region, ...]:
+        """Every mapping (metadata only); empty for buffers."""
+        return ()
+
+    @abc.abstractmethod
+    def collect(self) -> Pages:
+        """Pages written since the last collect (re-armed in the same step)."""
+
+    @abc.abstractmethod
+    def tracked(self) -> Pages:
+        """Pages whose writes :meth:`collect` reports; other pages of the regions are
+        compared by content."""
+
+    def paused(self) -> contextlib.AbstractContextManager[Any]:
+        """A context during which the memory does not change (processes: stopped)."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    def read(self, runs: np.ndarray, out: np.ndarray) -> None:
+        """Copy the pages of ``runs`` (``(k, 2)`` [start, end) addresses) back to back into
+        ``out`` (uint8, exactly their total size)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+
+class BufferSource(Source):
+    """The targets of a :class:`writewatch.Tracker` on this process's memory."""
+
+    kind = "buffer"
+
+    def __init__(self, tracker: Any, *, owned: bool = False) -> None:
+        self.tracker = tracker
+        self.page_size = tracker.page_size
+        self.owned = owned
+
+    def regions(self) -> tuple[Region, ...]:
+        ps = self.page_size
+        out = []
+        for t in sorted(self.tracker.targets, key=lambda t: t.start):
+            s = t.span(ps)
+            out.append(Region(s.start, s.end, "rw-p", 0, t.label, t.start, t.length))
+        return tuple(out)
+
+    def collect(self) -> Pages:
+        return self.tracker.collect()  # type: ignore[no-any-return]
+
+    def tracked(self) -> Pages:
+        return Pages([(s.start, s.end) for s in self.tracker.spans], self.page_size)
+
+    def read(self, runs: np.ndarray, out: np.ndarray) -> None:
+        base = out.ctypes.data
+        pos = 0
+        for lo, hi in runs.tolist():
+            n = hi - lo
+            # an unmapped page would fault the whole process: check first (msync ENOMEM)
+            if not LINUX.is_mapped("self", lo, n):
+                raise SnapshotError(
+                    f"tracked memory {lo:#x}-{hi:#x} is not mapped any more",
+                    hint="keep the buffer mapped while it is snapshotted")
+            ctypes.memmove(base + pos, lo, n)
+            pos += n
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": os.getpid(),
+                "targets": [t.label for t in self.tracker.targets]}
+
+    def close(self) -> None:
+        if self.owned:
+            self.tracker.close()
+
+
+# -- other processes --------------------------------------------------------------------------
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.process_vm_readv.restype = ctypes.c_ssize_t
+_libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong,
+                                   ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+#: UIO_MAXIOV (include/uapi/linux/uio.h): most iovecs one call takes
+UIO_MAXIOV = 1024
+
+_READ_ERRORS: _sys.ErrMap = {
+    E.EPERM: (errors.PermissionDenied,
+              "process_vm_readv needs PTRACE_MODE_ATTACH_REALCREDS on the target: same uid "
+              "(yama ptrace_scope 0) or CAP_SYS_PTRACE"),
+    E.EFAULT: (SnapshotError, "a range is not readable in the target (unmapped or VM_IO)"),
+}
+
+
+def process_vm_readv(pid: int, runs: np.ndarray, out: np.ndarray) -> None:
+    """Read the ``(k, 2)`` [start, end) ranges of process ``pid`` back to back into ``out``
+    with process_vm_readv(2), UIO_MAXIOV ranges per call. A short read (the man page: partial
+    transfers stop at the first iovec that fails) raises: bytes are never left unread."""
+    runs = np.ascontiguousarray(runs, dtype=_U64)
+    lengths = runs[:, 1] - runs[:, 0]
+    if int(lengths.sum()) != out.nbytes:
+        raise ValueError("output size differs from the ranges' total")
+    remote = np.empty((len(runs), 2), _U64)
+    remote[:, 0] = runs[:, 0]
+    remote[:, 1] = lengths
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    base = out.ctypes.data
+    local = _IOVec()
+    i = 0
+    while i < len(runs):
+        j = min(i + UIO_MAXIOV, len(runs))
+        want = int(offsets[j] - offsets[i])
+        local.iov_base = base + int(offsets[i])
+        local.iov_len = want
+        got = _sys.call("process_vm_readv", _libc.process_vm_readv, pid,
+                        ctypes.addressof(local), 1, remote[i:j].ctypes.data, j - i, 0,
+                        errmap=_READ_ERRORS, pid=pid)
+        if got != want:
+            # partial: the iovec after the last complete one failed
+            done = int(np.searchsorted(offsets[i:j + 1] - offsets[i], got, side="right")) - 1
+            lo, hi = runs[i + done].tolist()
+            if got > int(offsets[i + done] - offsets[i]) or done + i >= j:
+                raise SnapshotError(f"process {pid}: short read at {lo:#x}-{hi:#x}")
+            # retry from the failed range alone to get its errno
+            sub = out[int(offsets[i + done]):int(offsets[i + done + 1])]
+            local.iov_base, local.iov_len = sub.ctypes.data, sub.nbytes
+            single = remote[i + done:i + done + 1]
+            r = _sys.call("process_vm_readv", _libc.process_vm_readv, pid,
+                          ctypes.addressof(local), 1, single.ctypes.data, 1, 0,
+                          errmap=_READ_ERRORS, pid=pid)
+            if r != sub.nbytes:
+                raise SnapshotError(f"process {pid}: could not read {lo:#x}-{hi:#x}",
+                                    start=lo, end=hi)
+            i = i + done + 1
+            continue
+        i = j
+
+
+def _thread_states(pid: int) -> list[str]:
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue
+        # state follows the ")" closing comm (fs/proc/array.c do_task_stat)
+        states.append(data[data.rindex(b")") + 2:][:1].decode())
+    return states
+
+
+@contextlib.contextmanager
+def stopped(pid: int, timeout: float = 5.0) -> Iterator[float]:
+    """Stop every thread of ``pid`` with SIGSTOP, yield, and resume it with SIGCONT, always.
+
+    SIGSTOP is delivered asynchronously: this waits until every thread shows state ``T``
+    (stopped) or ``t`` (traced) in /proc/PID/task/TID/stat. A process that was already
+    stopped when called stays stopped. Yields the time the stop took to settle."""
+    t0 = time.perf_counter()
+    try:
+        before = _thread_states(pid)
+    except FileNotFoundError:
+        raise errors.NoSuchProcess(pid) from None
+    if before and all(s in "Tt" for s in before):
+        yield 0.0
+        return
+    _sys.os_call("kill SIGSTOP", os.kill, pid, signal.SIGSTOP, pid=pid)
+    try:
+        delay = 1e-5
+        while True:
+            states = _thread_states(pid)
+            if all(s in "TtXZ" for s in states):
+                break
+            if time.perf_counter() - t0 > timeout:
+                raise SnapshotError(f"process {pid} did not stop within {timeout:g} s",
+                                    hint="is it in uninterruptible sleep (state D)?")
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
+        yield time.perf_counter() - t0
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+class ProcessSource(Source):
+    """Every readable, writable mapping of process ``pid``.
+
+    With a process tracker (``writewatch.attach(pid)``), the pages it covers are read only
+    when written. Without one (or for mappings it does not cover) each save reads the pages
+    and keeps those whose content hash changed."""
+
+    kind = "process"
+
+    def __init__(self, pid: int, tracker: Any = None, *, stop: bool = True) -> None:
+        self.pid = pid
+        self.tracker = tracker
+        self.stop = stop
+        self.page_size = LINUX.page_size
+        self.last_pause = 0.0
+        self.on_pause: Any = None  #: called with the source while the target is stopped
+        if not os.path.exists(f"/proc/{pid}"):
+            raise errors.NoSuchProcess(pid)
+
+    def maps(self) -> tuple[Region, ...]:
+        return tuple(Region(m.start, m.end, m.perms, m.offset, m.path)
+                     for m in procfs.read_maps(self.pid))
+
+    def regions(self) -> tuple[Region, ...]:
+        return tuple(r for r in self.maps()
+                     if r.perms[0] == "r" and r.perms[1] == "w"
+                     and r.path not in ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]",
+                                        "[uprobes]"))
+
+    def collect(self) -> Pages:
+        if self.tracker is None:
+            return Pages((), self.page_size)
+        return self.tracker.collect()  # type: ignore[no-any-return]
+
+    def tracked(self) -> Pages:
+        if self.tracker is None:
+            return Pages((), self.page_size)
+        spans = getattr(self.tracker, "spans", ())
+        return Pages([(s.start, s.end) for s in spans], self.page_size)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if not self.stop:
+            yield
+            return
+        try:
+            with stopped(self.pid):
+                yield
+                if self.on_pause is not None:
+                    self.on_pause(self)
+        finally:
+            self.last_pause = time.perf_counter() - t0
+
+    def read(self, runs: np.ndarray, out: np.ndarray) -> None:
+        process_vm_readv(self.pid, runs, out)
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            cmd = procfs.read_bytes(f"/proc/{self.pid}/cmdline").replace(b"\0", b" ").decode(
+                errors="replace").strip()
+        except errors.WriteWatchError:
+            cmd = ""
+        return {"kind": self.kind, "pid": self.pid, "cmdline": cmd,
+                "tracker": type(self.tracker).__name__ if self.tracker else None}
+
+    def close(self) -> None:
+        if self.tracker is not None and getattr(self, "owned", False):
+            self.tracker.close()
