@@ -153,8 +153,7 @@ def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: i
                 transform=ax.transAxes)
     else:
         masked = np.ma.masked_less_equal(m, 0)
-        cmap = matplotlib.colormaps["inferno_r"].copy()
-        cmap.set_bad("white")
+        cmap = matplotlib.colormaps["inferno_r"].with_extremes(bad="white")
         lo = max(float(masked.min()) if masked.count() else 1.0, 1e-4)
         ybounds = np.cumsum([0.0] + [b.height for b in bl])
         yedges = np.concatenate([np.linspace(y0, y0 + b.height, b.rows + 1)[:-1]

@@ -110,7 +110,7 @@ class LiveView:
             name = series.regions[r].name if r >= 0 else "[unmapped]"
             last[name] = last.get(name, 0) + n
         for name, pages, ws in s.top:
-            tab.add_row(name, str(last.get(name, 0)), str(pages),
+            tab.add_row(Text(name), str(last.get(name, 0)), str(pages),
                         human_bytes(ws * series.page_size))
         foot = Text(f"mappings +{iv.new_mappings}/-{iv.removed_mappings} this interval"
                     + (f", {iv.conservative_pages} conservative pages"
