@@ -133,6 +133,12 @@ def heatmap_matrix(series: Series, max_bands: int = 16, rows: int = 480,
     return m, edges, bl
 
 
+def _save(fig: Any, path: str) -> None:
+    """Save in the format the suffix names, PNG when it names none matplotlib knows."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    fig.savefig(path, format=ext if ext in fig.canvas.get_supported_filetypes() else "png")
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
@@ -177,7 +183,7 @@ def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: i
         f"pages written — {series.target or 'target'}: {s.working_set_bytes / 2**20:.1f} MiB "
         f"working set, peak {s.peak_rate:.1f} MB/s, {series.interval * 1000:g} ms interval"),
         fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -216,5 +222,5 @@ def rate_plot(series: Series, path: str, *, title: str | None = None, dpi: int =
     ax.set_title(title or f"dirty rate — {series.target or 'target'} "
                  f"({series.interval * 1000:g} ms interval, peak {s.peak_rate:.1f} MB/s)",
                  fontsize=9)
-    fig.savefig(path)
+    _save(fig, path)
     plt.close(fig)
