@@ -1,0 +1,863 @@
+"""The concurrency explorer: every interleaving of the fault path and the tracker, per design.
+
+For a small scenario (a few pages, two or three threads: writers, a reclaim thread, and the
+tracker - a collector for the designs that collect, the fault handler for the synchronous
+ones), :func:`explore` runs every interleaving of the threads' atomic steps and decides, with
+ground truth the explorer keeps itself, whether the design lost a write. The steps are those
+of the kernel's fault path and of the tracker:
+
+* writer: the store instruction (it lands when the PTE is present, writable and not
+  uffd-wp), fault entry with the lockless PTE read (``handle_pte_fault``: ``vmf->orig_pte``),
+  page allocation or page-cache lookup (done before the PTL is taken), the PTE update under
+  the PTL with the ``pte_same`` re-check (a changed PTE backs the fault off and the store
+  re-executes), ``handle_userfault`` (queue the message and sleep, unless
+  ``userfaultfd_must_wait()`` finds the protection already gone), read faults, MADV_DONTNEED;
+* reclaim (``kswapd``): shmem reclaim zaps the PTE and keeps the page in the cache
+  (``try_to_unmap``; a uffd-wp PTE becomes a marker where markers are in use);
+* handler (synchronous designs): read the message, copy the page into the live snapshot
+  (copy-before-write), ``UFFDIO_WRITEPROTECT`` mode=0, which wakes the faulting threads;
+* tracker (collecting designs): PAGEMAP_SCAN get+WP, atomic per page under the PTL; or
+  soft-dirty's pagemap read per page followed by ``clear_refs`` 4 (not atomic together); or
+  a write-log ring drain followed by re-protection; then the copy of each reported page.
+
+After the last step a final collect runs with every thread quiescent.
+
+Loss, decided against ground truth:
+
+* collecting designs keep an incremental replica (the arm-time content, then each reported
+  page copied): after the final collect it must equal memory. A page whose content differs
+  is a lost write (or a lost discard, when the memory now holds zeros after MADV_DONTNEED);
+* synchronous designs keep a live snapshot: the handler copies each notified page before
+  unprotecting it, and a page never notified is copied at the end. The snapshot must equal
+  memory at arm time: a copy taken after new content landed is a lost write, and so is a page
+  that changed without ever being notified.
+
+Duplicates: a notification for a page the handler had already copied and unprotected, or a
+collect reporting a page whose content equals the replica (a false positive).
+
+The search is exhaustive: a depth-first search over interleavings, memoised on the complete
+state (PTEs, page contents, thread program counters, message queue, replica or snapshot,
+ring), so that schedules reaching the same state share the count of their continuations.
+Schedules are counted, not sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from ..errors import WriteWatchError
+
+__all__ = [
+    "DESIGNS",
+    "SCENARIOS",
+    "Design",
+    "ExploreResult",
+    "RaceExplorerError",
+    "Scenario",
+    "Step",
+    "add_arguments",
+    "explore",
+    "format_schedule",
+    "run",
+]
+
+HELP = "enumerate the interleavings of fault path and tracker; show schedules that lose writes"
+
+
+class RaceExplorerError(WriteWatchError, ValueError):
+    """An unknown design or scenario name, or a malformed scenario."""
+
+    __module__ = "writewatch"
+
+
+# PTE kinds of one page-table entry.
+NONE, MARKER, ZERO, PAGE = 0, 1, 2, 3
+_KIND = {NONE: "none", MARKER: "marker", ZERO: "zero page", PAGE: "page"}
+
+# Content values: 0 is a zero-filled page; ARM_BASE + p the data page p held before arming;
+# a store by writer w's op i writes w * 100 + i + 1, so every store's data is distinct.
+ARM_BASE = 1000
+
+# A PTE: (kind, uffd-wp bit (always set on a marker), writable, soft-dirty, content).
+# The content of NONE / MARKER is what a fault would map: 0 for anon, the page-cache page
+# for shmem (the cache outlives the PTE).
+Pte = tuple[int, bool, bool, bool, int]
+
+
+class Step(NamedTuple):
+    """One atomic step of one thread."""
+
+    thread: str
+    action: str
+
+
+@dataclass(frozen=True)
+class Design:
+    """A write-tracking design as the explorer sees it (one policy per field)."""
+
+    name: str
+    summary: str
+    sync: bool = False            # writer blocks, the handler copies before unprotecting
+    markers: bool = False         # arm installs uffd-wp PTE markers on pte_none
+    none_protected: bool = False  # pte_none counts as protected / clean (no markers)
+    notify_after_map: bool = False  # sync write fault on pte_none maps first, notifies after
+    discard_marker: bool = False  # a discard (MADV_DONTNEED) leaves a uffd-wp marker
+    collect: str = ""             # "scan" (get+WP), "softdirty", "ring", "" (sync handler)
+
+
+DESIGNS: dict[str, Design] = {d.name: d for d in (
+    Design("uffd-wp-sync",
+           "uffd-wp synchronous, WP_UNPOPULATED markers on pte_none (6.4+)",
+           sync=True, markers=True),
+    Design("uffd-wp-async",
+           "uffd-wp async + PAGEMAP_SCAN get+WP, atomic per page under the PTL (6.7+)",
+           markers=True, collect="scan"),
+    Design("fault-time-sync",
+           "fault-time proposal, sync: read fault maps zero page + wp bit, write fault maps "
+           "a fresh page WITHOUT the bit and notifies after mapping; marker only on discard",
+           sync=True, none_protected=True, notify_after_map=True, discard_marker=True),
+    Design("fault-time-async",
+           "fault-time proposal, async: pte_none is clean, write fault maps a page without "
+           "the bit (written); marker only on discard; PAGEMAP_SCAN get+WP",
+           none_protected=True, discard_marker=True, collect="scan"),
+    Design("vma-flag-sync",
+           "per-VMA 'protection starts right away' flag, no markers: a write fault on "
+           "pte_none notifies before mapping",
+           sync=True, none_protected=True),
+    Design("soft-dirty",
+           "soft-dirty: user tracker reads pagemap bit 55, then writes 4 to clear_refs "
+           "(get and clear not atomic)",
+           collect="softdirty"),
+    Design("write-log",
+           "write-log ring: the fault that unprotects a page appends it under the PTL; "
+           "collect drains the ring, re-protects, copies (no overflow)",
+           none_protected=True, collect="ring"),
+)}
+
+
+Op = tuple[str, int]  # ("write" | "read" | "dontneed" | "reclaim", page)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A small concurrent program: initial pages, threads, and concurrent collects."""
+
+    name: str
+    summary: str
+    memory: str                                  # "anon" or "shmem"
+    pages: tuple[str, ...]                       # per page: "none" or "mapped"
+    threads: tuple[tuple[str, tuple[Op, ...]], ...]
+    collects: int = 1                            # collects the tracker runs concurrently
+    expect: str = ""                             # what the scenario is there to show
+
+    def __post_init__(self) -> None:
+        if self.memory not in ("anon", "shmem"):
+            raise RaceExplorerError(f"scenario {self.name!r}: memory {self.memory!r}",
+                                    hint="use 'anon' or 'shmem'")
+        if any(k not in ("none", "mapped") for k in self.pages):
+            raise RaceExplorerError(f"scenario {self.name!r}: page kinds {self.pages}",
+                                    hint="each page is 'none' or 'mapped'")
+        for tname, prog in self.threads:
+            for op, p in prog:
+                if op not in ("write", "read", "dontneed", "reclaim"):
+                    raise RaceExplorerError(f"scenario {self.name!r}: op {op!r} in {tname}",
+                                            hint="ops are write, read, dontneed, reclaim")
+                if not 0 <= p < len(self.pages):
+                    raise RaceExplorerError(f"scenario {self.name!r}: page {p} in {tname}",
+                                            hint=f"pages are 0..{len(self.pages) - 1}")
+                if op == "reclaim" and self.memory != "shmem":
+                    raise RaceExplorerError(f"scenario {self.name!r}: reclaim on anon",
+                                            hint="reclaim keeps the page in the shmem cache; "
+                                                 "use it on shmem scenarios")
+
+
+def _w(p: int) -> Op:
+    return ("write", p)
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Scenario("shmem-zapped-2w",
+             "shmem page in the page cache, PTE zapped before arming; two threads write it",
+             "shmem", ("none",), (("W1", (_w(0),)), ("W2", (_w(0),)))),
+    Scenario("shmem-reclaim",
+             "shmem page mapped and armed; W1 writes it twice, reclaim zaps the PTE, W2 "
+             "writes it", "shmem", ("mapped",),
+             (("W1", (_w(0), _w(0))), ("kswapd", (("reclaim", 0),)), ("W2", (_w(0),)))),
+    Scenario("anon-unpopulated-2w",
+             "anon page never touched; two threads write it", "anon", ("none",),
+             (("W1", (_w(0),)), ("W2", (_w(0),)))),
+    Scenario("anon-read-write",
+             "anon page never touched; W1 reads it (zero page), W2 writes it", "anon",
+             ("none",), (("W1", (("read", 0),)), ("W2", (_w(0),)))),
+    Scenario("anon-2w-2p",
+             "two anon pages, one mapped and one not; two threads write both in opposite "
+             "orders", "anon", ("mapped", "none"),
+             (("W1", (_w(0), _w(1))), ("W2", (_w(1), _w(0))))),
+    Scenario("anon-collect",
+             "two mapped anon pages; W1 writes p0, p1, p0 while the tracker collects twice",
+             "anon", ("mapped", "mapped"), (("W1", (_w(0), _w(1), _w(0))),), collects=2),
+    Scenario("anon-dontneed",
+             "mapped anon page; W1 writes it, MADV_DONTNEED, writes it again", "anon",
+             ("mapped",), (("W1", (_w(0), ("dontneed", 0), _w(0))),)),
+    Scenario("anon-dontneed-last",
+             "mapped anon page; W1 writes it, then MADV_DONTNEED (the last change is the "
+             "discard)", "anon", ("mapped",), (("W1", (_w(0), ("dontneed", 0))),)),
+    Scenario("shmem-mixed",
+             "two shmem pages (p1 zapped before arming); W1 writes p0, p1, p0, W2 writes "
+             "p1, p0, reclaim zaps p0, the tracker collects twice", "shmem",
+             ("mapped", "none"), (("W1", (_w(0), _w(1), _w(0))), ("W2", (_w(1), _w(0))),
+                                  ("kswapd", (("reclaim", 0),))), collects=2),
+    Scenario("shmem-dontneed",
+             "mapped shmem page; W1 writes it, MADV_DONTNEED (cache kept), writes it again",
+             "shmem", ("mapped",), (("W1", (_w(0), ("dontneed", 0), _w(0))),)),
+)}
+
+
+@dataclass(frozen=True)
+class ExploreResult:
+    """What :func:`explore` found for one design on one scenario.
+
+    ``losing`` holds up to ``limit`` losing schedules (depth-first order), each a tuple of
+    :class:`Step`; ``reasons[i]`` says what schedule ``losing[i]`` lost. ``losing_count`` is
+    exact. ``duplicates`` sums duplicate notifications / false-positive reports over all
+    schedules; ``duplicate_schedules`` counts the schedules with at least one. ``example_dup``
+    is one schedule with a duplicate, when there is one.
+    """
+
+    design: str
+    scenario: str
+    schedules: int
+    states: int
+    losing_count: int
+    losing: tuple[tuple[Step, ...], ...]
+    reasons: tuple[tuple[str, ...], ...]
+    duplicates: int
+    duplicate_schedules: int
+    deadlocks: int
+    threads: tuple[str, ...]
+    seconds: float = field(compare=False)
+    example_dup: tuple[Step, ...] = ()
+
+    @property
+    def loses(self) -> bool:
+        return self.losing_count > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "design": self.design, "scenario": self.scenario, "schedules": self.schedules,
+            "states": self.states, "losing_schedules": self.losing_count,
+            "duplicates": self.duplicates, "duplicate_schedules": self.duplicate_schedules,
+            "deadlocks": self.deadlocks, "seconds": round(self.seconds, 3),
+            "losing": [{"steps": [list(s) for s in sched], "lost": list(why)}
+                       for sched, why in zip(self.losing, self.reasons, strict=True)],
+        }
+
+
+# Per-thread local state: (op index, pc, aux). State: (ptes, threads, queue, copies, ring).
+Local = tuple[int, str, Any]
+State = tuple[tuple[Pte, ...], tuple[Local, ...], tuple[int, ...], tuple[Any, ...],
+              tuple[int, ...]]
+Move = tuple[Step, State, str, int]  # step, next state, loss reason ("" = none), duplicates
+Stats = tuple[int, int, int, int, int]  # schedules, losing, dup schedules, dups, deadlocks
+
+
+def _pte_desc(pte: Pte, softdirty: bool) -> str:
+    kind, wp, wr, sd, _ = pte
+    if kind == PAGE:
+        if softdirty:
+            return "page " + ("rw" if wr else "ro") + (" soft-dirty" if sd else "")
+        return "page wp" if wp else "page"
+    if kind == ZERO:
+        return "zero page wp" if wp else "zero page"
+    return _KIND[kind]
+
+
+class _Explorer:
+    def __init__(self, design: Design, scen: Scenario) -> None:
+        self.d = design
+        self.s = scen
+        self.shmem = scen.memory == "shmem"
+        self.names = (*tuple(n for n, _ in scen.threads), "handler" if design.sync else "tracker")
+        self.progs = tuple(prog for _, prog in scen.threads)
+        self.nw = len(self.progs)
+        self.npages = len(scen.pages)
+        self.arm = tuple(ARM_BASE + p if (self.shmem or k == "mapped") else 0
+                         for p, k in enumerate(scen.pages))
+        self.memo: dict[State, Stats] = {}
+
+    # ---------------------------------------------------------------- initial state
+    def initial(self) -> State:
+        d = self.d
+        ptes: list[Pte] = []
+        for p, k in enumerate(self.s.pages):
+            c = self.arm[p]
+            if k == "mapped":
+                if d.collect == "softdirty":      # clear_refs 4 write-protects, clears sd
+                    ptes.append((PAGE, False, False, False, c))
+                else:                             # UFFDIO_WRITEPROTECT sets the bit
+                    ptes.append((PAGE, True, True, True, c))
+            elif d.markers:                       # WP_UNPOPULATED / non-anon: marker
+                ptes.append((MARKER, True, False, False, c))
+            else:
+                ptes.append((NONE, False, False, False, c))
+        threads: list[Local] = [(0, "go", None) for _ in self.progs]
+        if d.sync:
+            threads.append((0, "idle", None))
+            copies: tuple[Any, ...] = (None,) * self.npages       # live snapshot
+        else:
+            threads.append((0, "start", None))
+            copies = self.arm                                     # incremental replica
+        return (tuple(ptes), tuple(threads), (), copies, ())
+
+    # ---------------------------------------------------------------- predicates
+    def _protected(self, pte: Pte) -> bool:
+        kind, wp = pte[0], pte[1]
+        if kind == MARKER:
+            return True
+        if kind in (PAGE, ZERO):
+            return wp
+        return self.d.none_protected
+
+    def _userfault(self, pte: Pte) -> bool:
+        """Does a write fault on this PTE call handle_userfault before mapping?"""
+        if not self.d.sync:
+            return False
+        if pte[0] == NONE and self.d.notify_after_map:
+            return False
+        return self._protected(pte)
+
+    def _written(self, pte: Pte) -> bool:
+        """Does the design's collect report this PTE (before the final replica check)?"""
+        d = self.d
+        kind, wp, _, sd, _ = pte
+        if d.collect == "softdirty":
+            return kind == PAGE and sd          # VM_SOFTDIRTY was cleared at arm
+        if kind in (PAGE, ZERO):
+            return not wp
+        # PAGEMAP_SCAN WRITTEN fast path (and the generic path after the 2026 fix):
+        # pte_none in a uffd-wp VMA reads written (kernel-interfaces.md 2.5).
+        return kind == NONE and d.markers
+
+    def _wp(self, pte: Pte) -> Pte:
+        kind, _, wr, sd, c = pte
+        if kind in (PAGE, ZERO):
+            return (kind, True, wr, sd, c)
+        if kind == NONE and self.d.markers:    # get+WP on a hole arms a marker
+            return (MARKER, True, False, False, c)
+        return pte
+
+    def _zap(self, pte: Pte, discard: bool) -> Pte:
+        """MADV_DONTNEED (discard=True) or shmem reclaim of one PTE."""
+        d = self.d
+        kind, wp = pte[0], pte[1]
+        content = pte[4] if self.shmem else 0     # anon DONTNEED drops the page
+        if d.markers:
+            # zap_install_uffd_wp_if_needed(): anon drops everything; file/shmem keeps
+            # the protection as a marker (also on swap-out via try_to_unmap).
+            keep = self.shmem and (kind == MARKER or wp)
+        elif d.discard_marker and discard:
+            keep = kind != NONE
+        else:
+            keep = False
+        return (MARKER, True, False, False, content) if keep else (NONE, False, False,
+                                                                   False, content)
+
+    # ---------------------------------------------------------------- moves
+    def moves(self, st: State) -> list[Move]:
+        out: list[Move] = []
+        for i in range(self.nw):
+            m = self._writer(st, i)
+            if m is not None:
+                out.append(m)
+        m = self._handler(st) if self.d.sync else self._tracker(st)
+        if m is not None:
+            out.append(m)
+        return out
+
+    def _set(self, tup: tuple[Any, ...], i: int, v: Any) -> tuple[Any, ...]:
+        return (*tup[:i], v, *tup[i + 1:])
+
+    def _writer(self, st: State, i: int) -> Move | None:
+        ptes, threads, queue, copies, ring = st
+        op_idx, pc, aux = threads[i]
+        prog = self.progs[i]
+        if op_idx >= len(prog) or pc == "wait":
+            return None
+        name = self.names[i]
+        op, p = prog[op_idx]
+        pte = ptes[p]
+        sdm = self.d.collect == "softdirty"
+        desc = _pte_desc(pte, sdm)
+
+        def thr(idx: int, npc: str, naux: Any = None) -> tuple[Local, ...]:
+            return self._set(threads, i, (idx, npc, naux))
+
+        def step(action: str, nptes: tuple[Pte, ...], nthreads: tuple[Local, ...],
+                 nqueue: tuple[int, ...] = queue, nring: tuple[int, ...] = ring,
+                 dup: int = 0) -> Move:
+            return (Step(name, action), (nptes, nthreads, nqueue, copies, nring), "", dup)
+
+        if op in ("dontneed", "reclaim"):
+            if op == "reclaim" and pte[0] != PAGE:
+                return step(f"reclaim p{p}: nothing mapped", ptes, thr(op_idx + 1, "go"))
+            zapped = self._zap(pte, op == "dontneed")
+            what = ("madvise(MADV_DONTNEED) p{p}: zap" if op == "dontneed" else
+                    "reclaim p{p}: zap PTE, page stays in cache").format(p=p)
+            return step(f"{what} -> {_pte_desc(zapped, sdm)}", self._set(ptes, p, zapped),
+                        thr(op_idx + 1, "go"))
+
+        if op == "read":
+            if pc == "go":
+                if pte[0] in (PAGE, ZERO):
+                    return step(f"read p{p}", ptes, thr(op_idx + 1, "go"))
+                return step(f"read fault on p{p} (pte: {desc})", ptes,
+                            thr(op_idx, "ptl", pte))
+            # pc == "ptl": map for read under the PTL
+            if pte != aux:
+                return step(f"PTL: p{p} changed ({desc}), back off", ptes, thr(op_idx, "go"))
+            wp = self._protected(aux) and not sdm
+            if self.shmem:
+                new: Pte = (PAGE, wp, not sdm, False, aux[4])
+            else:
+                new = (ZERO, wp, False, False, 0)
+            return step(f"PTL: map p{p} for read -> {_pte_desc(new, sdm)}",
+                        self._set(ptes, p, new), thr(op_idx, "go"))
+
+        # op == "write"
+        data = (i + 1) * 100 + op_idx + 1
+        if pc == "go":
+            if pte[0] == PAGE and pte[2] and not pte[1]:
+                return step(f"store to p{p} lands", self._set(
+                    ptes, p, (PAGE, False, True, pte[3], data)), thr(op_idx + 1, "go"))
+            return step(f"write fault on p{p} (pte: {desc})", ptes, thr(op_idx, "fault", pte))
+        if pc == "fault":
+            if self._userfault(aux):
+                # userfaultfd_must_wait(): do not sleep if the protection is gone.
+                if pte != aux:
+                    return step(f"handle_userfault: p{p} changed ({desc}), retry", ptes,
+                                thr(op_idx, "go"))
+                return step(f"handle_userfault: queue wp message for p{p}, sleep", ptes,
+                            thr(op_idx, "wait", p), (*queue, p), dup=self._dup(st, p))
+            if aux[0] != PAGE:
+                what = "look up p{p} in page cache" if self.shmem and aux[0] != ZERO \
+                    else "allocate page for p{p}"
+                return step(what.format(p=p), ptes, thr(op_idx, "ptl", aux))
+            pc = "ptl"
+        # pc == "ptl": install under the PTL after the pte_same() re-check
+        if pc == "ptl":
+            if pte != aux:
+                return step(f"PTL: p{p} changed ({desc}), back off", ptes, thr(op_idx, "go"))
+            new = (PAGE, False, True, True, aux[4] if aux[0] != ZERO else 0)
+            nring = ring
+            if self.d.collect == "ring" and self._protected(aux):
+                nring = (*ring, p)
+            post = "notify" if (self.d.notify_after_map and aux[0] == NONE) else "go"
+            what = "map page" if aux[0] in (NONE, MARKER) else (
+                "copy-on-write zero page" if aux[0] == ZERO else
+                "make writable (soft-dirty)" if sdm else "clear uffd-wp bit")
+            if nring is not ring:
+                what += f", append p{p} to ring"
+            if post == "notify":
+                what += " WITHOUT uffd-wp bit"
+            return step(f"PTL: {what} -> {_pte_desc(new, sdm)}", self._set(ptes, p, new),
+                        thr(op_idx, post, aux), nring=nring)
+        if pc == "notify":
+            return step(f"queue wp message for p{p} (after mapping), sleep", ptes,
+                        thr(op_idx, "wait", p), (*queue, p), dup=self._dup(st, p))
+        raise AssertionError(pc)
+
+    def _c(self, c: int | None) -> str:
+        return _content(c, self.names)
+
+    def _dup(self, st: State, p: int) -> int:
+        """1 if a message for p now repeats one the handler already resolved.
+
+        A message queued while another for p is still queued or being handled is a
+        concurrent fault on the same page, not a duplicate."""
+        _, threads, queue, copies, _ = st
+        hpc, hp = threads[-1][1], threads[-1][2]
+        busy = p in queue or (hpc in ("copy", "unprotect") and hp == p)
+        return int(copies[p] is not None and not busy)
+
+    def _handler(self, st: State) -> Move | None:
+        ptes, threads, queue, copies, ring = st
+        _op_idx, pc, p = threads[-1]
+        name = self.names[-1]
+        sdm = False
+
+        def thr(npc: str, naux: Any = None) -> tuple[Local, ...]:
+            return (*threads[:-1], (0, npc, naux))
+
+        if pc == "idle":
+            if not queue:
+                return None
+            q = queue[0]
+            nxt = "copy" if copies[q] is None else "unprotect"
+            note = "" if nxt == "copy" else " (already in snapshot)"
+            return (Step(name, f"read message: wp fault on p{q}{note}"),
+                    (ptes, thr(nxt, q), queue[1:], copies, ring), "", 0)
+        if pc == "copy":
+            c = ptes[p][4]
+            loss = "" if c == self.arm[p] else (
+                f"p{p}: snapshot copied after new content landed "
+                f"({self._c(c)} instead of {self._c(self.arm[p])})")
+            return (Step(name, f"copy p{p} into snapshot ({self._c(c)})"),
+                    (ptes, thr("unprotect", p), queue, self._set(copies, p, c), ring), loss, 0)
+        # pc == "unprotect": UFFDIO_WRITEPROTECT mode=0 on p, then wake waiters on p
+        kind, _wp, wr, sd, c = ptes[p]
+        if kind in (NONE, MARKER) and self.d.none_protected:
+            # pte_none means "protected" here, so an unprotected page cannot be left
+            # unpopulated: the resolver maps it.
+            new: Pte = (PAGE, False, True, True, c)
+        elif kind == MARKER:
+            new = (NONE, False, False, False, c)
+        else:
+            new = (kind, False, wr, sd, c)
+        nthreads = (*((t[0], "go", None) if t[1] == "wait" and t[2] == p else t
+                      for t in threads[:-1]), (0, "idle", None))
+        woken = [self.names[j] for j, t in enumerate(threads[:-1])
+                 if t[1] == "wait" and t[2] == p]
+        return (Step(name, f"UFFDIO_WRITEPROTECT(mode=0) p{p} -> {_pte_desc(new, sdm)}"
+                     + (f", wake {', '.join(woken)}" if woken else "")),
+                (self._set(ptes, p, new), nthreads, queue, copies, ring), "", 0)
+
+    def _tracker(self, st: State) -> Move | None:
+        ptes, threads, queue, copies, ring = st
+        op_idx, pc, aux = threads[-1]
+        if op_idx >= self.s.collects:
+            return None
+        name = self.names[-1]
+        d = self.d
+        sdm = d.collect == "softdirty"
+
+        def thr(nidx: int, npc: str, naux: Any = None) -> tuple[Local, ...]:
+            return (*threads[:-1], (nidx, npc, naux))
+
+        def mv(action: str, nthreads: tuple[Local, ...], nptes: tuple[Pte, ...] = ptes,
+               ncopies: tuple[Any, ...] = copies, nring: tuple[int, ...] = ring,
+               dup: int = 0) -> Move:
+            return (Step(name, action), (nptes, nthreads, queue, ncopies, nring), "", dup)
+
+        if pc == "start":
+            if d.collect == "ring":
+                pages = tuple(sorted(set(ring)))
+                return mv(f"drain ring: {_plist(pages)}", thr(op_idx, "reprotect",
+                                                              (0, pages)), nring=())
+            pc, aux = "scan", (0, ())
+        if pc == "scan":
+            k, rep = aux
+            pte = ptes[k]
+            w = self._written(pte)
+            nrep = (*rep, k) if w else rep
+            nxt = thr(op_idx, "scan", (k + 1, nrep)) if k + 1 < self.npages else (
+                thr(op_idx, "clear", (0, nrep)) if sdm else thr(op_idx, "copy", (0, nrep)))
+            if sdm:
+                return mv(f"read pagemap p{k}: soft-dirty={int(w)}", nxt)
+            new = self._wp(pte) if w else pte
+            return mv(f"PAGEMAP_SCAN get+WP p{k}: "
+                      + (f"written, -> {_pte_desc(new, False)}" if w else "not written"),
+                      nxt, nptes=self._set(ptes, k, new))
+        if pc == "clear":
+            nptes = tuple((PAGE, False, False, False, t[4]) if t[0] == PAGE else t
+                          for t in ptes)
+            return mv("write 4 to clear_refs: all PTEs read-only, soft-dirty cleared",
+                      thr(op_idx, "copy", aux), nptes=nptes)
+        if pc == "reprotect":
+            k, rep = aux
+            if k < len(rep):
+                p = rep[k]
+                new = self._wp(ptes[p])
+                return mv(f"re-protect p{p} -> {_pte_desc(new, False)}",
+                          thr(op_idx, "reprotect", (k + 1, rep)),
+                          nptes=self._set(ptes, p, new))
+            pc, aux = "copy", (0, rep)
+        if pc == "copy":
+            k, rep = aux
+            if k >= len(rep):
+                return mv("collect done, nothing reported" if not rep else
+                          f"collect done: reported {_plist(rep)}", thr(op_idx + 1, "start"))
+            p = rep[k]
+            c = ptes[p][4]
+            dup = 1 if copies[p] == c else 0
+            return mv(f"copy p{p} into replica ({self._c(c)})",
+                      thr(op_idx, "copy", (k + 1, rep)), ncopies=self._set(copies, p, c),
+                      dup=dup)
+        raise AssertionError(pc)
+
+    # ---------------------------------------------------------------- end of a schedule
+    def final(self, st: State) -> tuple[tuple[str, ...], int, bool]:
+        """Reasons lost, duplicates of the final collect, deadlock: with all threads idle."""
+        ptes, threads, _queue, copies, ring = st
+        deadlock = any(t[0] < len(prog) for t, prog in zip(threads, self.progs, strict=False))
+        reasons: list[str] = []
+        dup = 0
+        if self.d.sync:
+            for p, pte in enumerate(ptes):
+                if copies[p] is None and pte[4] != self.arm[p]:
+                    reasons.append(f"p{p}: changed ({self._c(pte[4])}) without a "
+                                   f"notification; snapshot would hold it, not "
+                                   f"{self._c(self.arm[p])}")
+            return tuple(reasons), 0, deadlock
+        if self.d.collect == "ring":
+            rep = set(ring)
+        else:
+            rep = {p for p, pte in enumerate(ptes) if self._written(pte)}
+        for p, pte in enumerate(ptes):
+            c = pte[4]
+            if p in rep:
+                dup += copies[p] == c
+            elif copies[p] != c:
+                kind = "discard" if c == 0 else "write"
+                reasons.append(f"lost {kind}: p{p} holds {self._c(c)}, the replica "
+                               f"{self._c(copies[p])}; final collect reports "
+                               f"{_plist(tuple(sorted(rep)))}")
+        return tuple(reasons), dup, deadlock
+
+    # ---------------------------------------------------------------- search
+    def count(self, st: State) -> Stats:
+        memo = self.memo
+        got = memo.get(st)
+        if got is not None:
+            return got
+        mvs = self.moves(st)
+        if not mvs:
+            reasons, dup, dead = self.final(st)
+            res: Stats = (1, 1 if reasons else 0, 1 if dup else 0, dup, int(dead))
+        else:
+            s_ = lo = ds = dt = dl = 0
+            for _, nxt, loss, dup in mvs:
+                cs, cl, cds, cdt, cdl = self.count(nxt)
+                s_ += cs
+                lo += cs if loss else cl
+                ds += cs if dup else cds
+                dt += cdt + dup * cs
+                dl += cdl
+            res = (s_, lo, ds, dt, dl)
+        memo[st] = res
+        return res
+
+    def losing(self, st: State, limit: int) -> list[tuple[tuple[Step, ...], tuple[str, ...]]]:
+        out: list[tuple[tuple[Step, ...], tuple[str, ...]]] = []
+
+        def walk(s: State, path: list[Step], why: tuple[str, ...]) -> None:
+            if len(out) >= limit:
+                return
+            mvs = self.moves(s)
+            if not mvs:
+                reasons = why + self.final(s)[0]
+                if reasons:
+                    out.append((tuple(path), reasons))
+                return
+            for stp, nxt, loss, _ in mvs:
+                if not loss and not why and self.memo[nxt][1] == 0:
+                    continue
+                path.append(stp)
+                walk(nxt, path, why + ((loss,) if loss else ()))
+                path.pop()
+                if len(out) >= limit:
+                    return
+
+        walk(st, [], ())
+        return out
+
+    def first_dup(self, st: State) -> tuple[Step, ...]:
+        """The first schedule (depth-first) with a duplicate; that step is marked."""
+        path: list[Step] = []
+        s = st
+        while True:
+            mvs = self.moves(s)
+            if not mvs:
+                if not self.final(s)[1]:
+                    return ()
+                return (*path, Step(self.names[-1], "final collect: reports a page whose "
+                                    "content equals the replica [false positive]"))
+            for stp, nxt, _, dup in mvs:
+                if dup or self.memo[nxt][2]:
+                    if dup:
+                        tag = " [duplicate]" if self.d.sync else " [false positive]"
+                        return (*path, stp._replace(action=stp.action + tag),
+                                *self._finish(nxt))
+                    path.append(stp)
+                    s = nxt
+                    break
+            else:
+                return ()
+
+    def _finish(self, s: State) -> tuple[Step, ...]:
+        path: list[Step] = []
+        while mvs := self.moves(s):
+            path.append(mvs[0][0])
+            s = mvs[0][1]
+        return tuple(path)
+
+
+def _content(c: int | None, names: Sequence[str] = ()) -> str:
+    if c is None:
+        return "nothing"
+    if c == 0:
+        return "zeros"
+    if c >= ARM_BASE:
+        return f"arm-time data of p{c - ARM_BASE}"
+    who = names[c // 100 - 1] if c // 100 <= len(names) else f"thread {c // 100}"
+    return f"{who}'s write {c % 100}"
+
+
+def _plist(pages: Iterable[int]) -> str:
+    ps = list(pages)
+    return "[" + ", ".join(f"p{p}" for p in ps) + "]" if ps else "[]"
+
+
+def _lookup(design: str | Design, scenario: str | Scenario) -> tuple[Design, Scenario]:
+    if isinstance(design, str):
+        if design not in DESIGNS:
+            raise RaceExplorerError(f"unknown design {design!r}",
+                                    hint="one of: " + ", ".join(DESIGNS))
+        design = DESIGNS[design]
+    if isinstance(scenario, str):
+        if scenario not in SCENARIOS:
+            raise RaceExplorerError(f"unknown scenario {scenario!r}",
+                                    hint="one of: " + ", ".join(SCENARIOS))
+        scenario = SCENARIOS[scenario]
+    return design, scenario
+
+
+def explore(design: str | Design, scenario: str | Scenario, *, limit: int = 20
+            ) -> ExploreResult:
+    """Run every interleaving of ``scenario`` under ``design``; keep ``limit`` losing ones."""
+    d, s = _lookup(design, scenario)
+    t0 = time.perf_counter()
+    ex = _Explorer(d, s)
+    init = ex.initial()
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 10000))
+    try:
+        n, lo, ds, dt, dl = ex.count(init)
+        lost = ex.losing(init, limit) if lo and limit > 0 else []
+        dup_ex = ex.first_dup(init) if ds else ()
+    finally:
+        sys.setrecursionlimit(old)
+    return ExploreResult(
+        design=d.name, scenario=s.name, schedules=n, states=len(ex.memo), losing_count=lo,
+        losing=tuple(p for p, _ in lost), reasons=tuple(r for _, r in lost),
+        duplicates=dt, duplicate_schedules=ds, deadlocks=dl, threads=ex.names,
+        seconds=time.perf_counter() - t0, example_dup=dup_ex)
+
+
+def format_schedule(schedule: Sequence[Step], threads: Sequence[str] | None = None,
+                    reasons: Sequence[str] = (), width: int = 46) -> str:
+    """A schedule as a numbered step list, one column per thread."""
+    names = list(threads) if threads else list(dict.fromkeys(s.thread for s in schedule))
+    col = {n: i for i, n in enumerate(names)}
+    lines = ["  #  " + "".join(n.ljust(width) for n in names).rstrip()]
+    for k, stp in enumerate(schedule, 1):
+        cells = [""] * len(names)
+        cells[col[stp.thread]] = stp.action
+        lead = "".join(c.ljust(width) for c in cells[:col[stp.thread]])
+        lines.append(f"{k:3d}  {lead}{stp.action}")
+    lines.extend(f"  => {r}" for r in reasons)
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--design", action="append", choices=list(DESIGNS),
+                        help="design to explore (repeatable; default: all)")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+                        help="scenario to explore (repeatable; default: all)")
+    parser.add_argument("--show", type=int, default=1, metavar="N",
+                        help="losing schedules to print per design and scenario (default 1)")
+    parser.add_argument("--dups", action="store_true",
+                        help="also print one schedule with a duplicate notification")
+    parser.add_argument("--list", action="store_true",
+                        help="describe the designs and scenarios and exit")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows])
+                  for i, c in enumerate(columns)]
+        print(title)
+        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
+        for r in rows:
+            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+        return
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(str(c), justify="left" if c in ("design", "scenario", "lost")
+                     else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+
+
+def _kinds(res: ExploreResult) -> str:
+    kinds = set()
+    for why in res.reasons:
+        for r in why:
+            kinds.add("snapshot" if "snapshot" in r else "discard" if "lost discard" in r
+                      else "write")
+    return ",".join(sorted(kinds)) or "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "list", False):
+        print("designs:")
+        for d in DESIGNS.values():
+            print(f"  {d.name:18s} {d.summary}")
+        print("scenarios:")
+        for s in SCENARIOS.values():
+            threads = "; ".join(f"{n}: " + ", ".join(f"{o} p{p}" for o, p in prog)
+                                for n, prog in s.threads)
+            print(f"  {s.name:20s} {s.summary}\n  {'':20s} [{s.memory}; {threads}; "
+                  f"{s.collects} concurrent collect(s)]")
+        return 0
+    designs = args.design or list(DESIGNS)
+    scenarios = args.scenario or list(SCENARIOS)
+    show = max(0, args.show)
+    results = [explore(d, s, limit=max(show, 1)) for d in designs for s in scenarios]
+    if args.json:
+        from ..cli._fmt import dump_json
+        dump_json([r.to_dict() for r in results])
+        return 0
+    _table("Concurrency explorer: every interleaving, per design and scenario",
+           ["design", "scenario", "schedules", "states", "losing", "lost", "dup/fp sched.",
+            "s"],
+           [(r.design, r.scenario, r.schedules, r.states, r.losing_count, _kinds(r),
+             r.duplicate_schedules, f"{r.seconds:.2f}") for r in results])
+    for r in results:
+        for sched, why in list(zip(r.losing, r.reasons, strict=True))[:show]:
+            print(f"\n{r.design} / {r.scenario}: loses in {r.losing_count} of "
+                  f"{r.schedules} schedules; for example:")
+            print(format_schedule(sched, r.threads, why))
+        if args.dups and r.example_dup:
+            print(f"\n{r.design} / {r.scenario}: duplicate notification or false positive "
+                  f"in {r.duplicate_schedules} of {r.schedules} schedules; for example:")
+            print(format_schedule(r.example_dup, r.threads))
+    for r in results:
+        if r.deadlocks:
+            print(f"warning: {r.design} / {r.scenario}: {r.deadlocks} schedules deadlock",
+                  file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="writewatch model races", description=HELP)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except WriteWatchError as exc:
+        print(f"writewatch model races: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
