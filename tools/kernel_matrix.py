@@ -480,18 +480,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--env", action="append", default=[], metavar="K=V",
                        help="extra environment variable for the guest command")
 
-    p = sub.add_parser("run", help="run a command in the guest: run [opts] -- CMD...")
+    p = sub.add_parser("run", allow_abbrev=False,
+                       help="run a command in the guest: run [opts] -- CMD...")
     common(p)
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p = sub.add_parser("pytest", help="run this project's pytest in the guest")
+    p = sub.add_parser("pytest", allow_abbrev=False,
+                       help="run this project's pytest in the guest: pytest [opts] [-- ARGS]; "
+                            "arguments the tool does not know go to pytest")
     common(p)
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("fetch", help="download and cache the kernel only")
     p.add_argument("--kernel", default="debian-6.1")
     p.add_argument("--refresh", action="store_true", help="download again")
     sub.add_parser("list", help="known kernels")
 
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.cmd != "pytest":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "list":
         for spec in KERNELS.values():
             meta = CACHE / spec.name / "kernel.json"
@@ -505,12 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.cmd == "run":
-        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        command = rest
         if not command:
             ap.error("run needs a command after --")
     else:
-        rest = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
-        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *rest]
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *extra, *rest]
         os.chdir(ROOT)
     res = boot(spec, command, env=env, timeout=args.timeout, memory=args.memory,
                smp=args.smp, accel=args.accel)
