@@ -24,6 +24,11 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     attach = getattr(writewatch, "attach", None)
     if attach is None:
+        try:
+            from ..process import attach
+        except ImportError:
+            pass
+    if attach is None:
         raise errors.Unsupported("this build has no writewatch.attach()",
                                  hint="install a writewatch with process tracking")
     if args.pid <= 0:

@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     launch = getattr(writewatch, "launch", None)
     if launch is None:
+        try:
+            from ..process import launch
+        except ImportError:
+            pass
+    if launch is None:
         raise errors.Unsupported("this build has no writewatch.launch()",
                                  hint="install a writewatch with process tracking")
     kw = {} if args.backend == "auto" else {"backend": args.backend}

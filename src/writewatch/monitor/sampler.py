@@ -170,6 +170,10 @@ class Sampler:
         pages = self.source.collect()
         t_end = t - self._t0
         last = getattr(self.source, "last", None)
+        if getattr(last, "exited", False):
+            # the target's memory is gone: this collect measured nothing
+            raise errors.NoSuchProcess(int(getattr(self.source, "pid", 0) or 0),
+                                       "the target exited")
         cons = len(getattr(last, "conservative", ()) or ())
         for reason in getattr(last, "reasons", ()) or ():
             if reason not in self.series.notes and len(self.series.notes) < 100:

@@ -52,6 +52,9 @@ class Region:
         """Short display name: the file's base name, or the bracketed kind."""
         if not self.label:
             return "[anon]"
+        if self.label.startswith(("/dev/zero", "/SYSV")):
+            # shared anonymous memory (mm/shmem.c shmem_zero_setup; ipc/shm.c)
+            return "[shmem]"
         if self.label.startswith("/"):
             return os.path.basename(self.label.split(" (deleted)")[0]) or self.label
         return self.label
