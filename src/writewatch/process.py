@@ -500,6 +500,10 @@ class LaunchedProcess:
         self.pid = pid
         self.args = list(args)
         self.returncode: int | None = None
+        #: file objects for the streams given as ``subprocess.PIPE``, else None
+        self.stdin: Any = None
+        self.stdout: Any = None
+        self.stderr: Any = None
         self._lock = threading.Lock()
 
     def _reap(self, options: int) -> int | None:
@@ -551,7 +555,9 @@ class LaunchedProcess:
 def _redirect(spec: Any, fd: int, mode: int) -> None:
     if spec is None:
         return
-    if spec == subprocess.DEVNULL:
+    if isinstance(spec, tuple):  # (read end, write end) of a PIPE
+        src = spec[0] if mode == os.O_RDONLY else spec[1]
+    elif spec == subprocess.DEVNULL:
         src = os.open(os.devnull, mode)
     elif isinstance(spec, int):
         src = spec
@@ -562,14 +568,15 @@ def _redirect(spec: Any, fd: int, mode: int) -> None:
 
 def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | None = None,
            cwd: str | None = None, stdin: Any = None, stdout: Any = None, stderr: Any = None,
-           kernel: KernelCalls = LINUX, reattach_on_exec: bool = True,
+           text: bool = False, kernel: KernelCalls = LINUX, reattach_on_exec: bool = True,
            **options: Any) -> ProcessTracker:
     """Start ``argv`` under tracking: armed at its exec, before its first instruction, so no
     write of the program is missed. ``t.process`` is the child (``pid``, ``wait()``,
     ``returncode``...); closing the tracker leaves it running.
 
-    ``stdin``/``stdout``/``stderr``: None (inherit), ``subprocess.DEVNULL``, a descriptor or
-    a file object."""
+    ``stdin``/``stdout``/``stderr``: None (inherit), ``subprocess.PIPE`` (then
+    ``t.process.stdin``... are file objects, text ones with ``text=True``),
+    ``subprocess.DEVNULL``, a descriptor or a file object."""
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise errors.InvalidTarget("no command given", hint="pass the program and arguments")
@@ -584,6 +591,13 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
     if not os.access(exe, os.X_OK):
         raise errors.InvalidTarget(f"{exe} is not executable", op="exec",
                                    hint="check the path and its permissions")
+    streams = [stdin, stdout, stderr]
+    pipes: list[tuple[int, int] | None] = [None, None, None]
+    for i, spec in enumerate(streams):
+        if spec is subprocess.PIPE or (isinstance(spec, int) and spec == subprocess.PIPE):
+            pipes[i] = os.pipe()
+            streams[i] = pipes[i]
+    stdin, stdout, stderr = streams
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()  # both close-on-exec: EOF at a successful exec
     child = os.fork()
@@ -611,6 +625,14 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
     os.close(go_r)
     os.close(err_w)
     proc = LaunchedProcess(child, argv)
+    for i, pair in enumerate(pipes):
+        if pair is None:
+            continue
+        mine, theirs = (pair[1], pair[0]) if i == 0 else pair
+        os.close(theirs)
+        mode = ("w" if i == 0 else "r") + ("" if text else "b")
+        f = open(mine, mode, buffering=1 if text else -1)  # noqa: SIM115 (owned by proc)
+        setattr(proc, ("stdin", "stdout", "stderr")[i], f)
     try:
         try:
             tracker = ProcessTracker(child, backend, kernel=kernel, process=proc,

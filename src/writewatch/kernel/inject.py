@@ -365,7 +365,8 @@ def _helper(sock: socket.socket, pid: int, flags: int, launch_go: int | None) ->
                     P.syscall_info(pid).op == P.PTRACE_SYSCALL_INFO_EXIT:
                 break
             sig = os.WSTOPSIG(status)
-            P.syscall_step(pid, 0 if _event(status) or sig in (signal.SIGTRAP, signal.SIGTRAP | 0x80) else sig)
+            trap = _event(status) or sig in (signal.SIGTRAP, signal.SIGTRAP | 0x80)
+            P.syscall_step(pid, 0 if trap else sig)
         stopped = [pid]
     with ThreadGroupStop(pid, stopped=stopped) as st:
         n = st.syscall(P._nr().userfaultfd, flags)
