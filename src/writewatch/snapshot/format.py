@@ -110,7 +110,11 @@ def decode_chunk(blob: Any, key: bytes, digest: Callable[[Any], bytes], *,
         raw = payload
     elif codec == CODEC_ZSTD:
         try:
-            raw = memoryview(_zstd().ZstdDecompressor().decompress(payload, max_output_size=n))
+            dobj = _zstd().ZstdDecompressor().decompressobj()
+            raw = memoryview(dobj.decompress(payload))
+            if not dobj.eof or dobj.unused_data:
+                raise CorruptSnapshot("zstd frame is incomplete or followed by extra bytes",
+                                      snapshot=snapshot, chunk=name)
         except SnapshotError:
             raise
         except Exception as exc:
