@@ -161,7 +161,7 @@ def _open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
         else:
             stream = zstandard.ZstdCompressor().stream_writer(raw, closefd=True)
         return io.TextIOWrapper(stream, encoding="utf-8")
-    return open(p, mode, encoding="utf-8")  # noqa: SIM115
+    return open(p, mode, encoding="utf-8")
 
 
 def parse_header(text: str) -> TraceHeader:

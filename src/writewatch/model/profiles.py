@@ -1,0 +1,108 @@
+"""Kernel profiles: which mechanisms a kernel has and how it behaves where kernels differ.
+
+Each field names the kernel change it stands for (see ../shared/reference/kernel-interfaces.md
+sections 1.7-1.9, 2.5, 3 and 5.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from .. import errors
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    release: str
+    #: UFFD_FEATURE_WP_ASYNC (6.7, d61ea1cb0095) and the PAGEMAP_SCAN ioctl (6.7)
+    wp_async: bool = True
+    #: UFFD_FEATURE_WP_UNPOPULATED (6.4, 2bad466cc9d9): markers on none anon PTEs
+    wp_unpopulated: bool = True
+    #: CONFIG_MEM_SOFT_DIRTY: pagemap bit 55 and clear_refs 4 work
+    soft_dirty: bool = True
+    #: "mm: propagate VM_SOFTDIRTY on merge" (6707915e030a / bf14d4a05387, ~6.19, 6.18.y
+    #: June 2026): a merged VMA is VM_SOFTDIRTY if any part was; before, the flags of the VMA
+    #: being changed won, so a dirty neighbour's flag could be lost
+    softdirty_sticky_merge: bool = True
+    #: "fs/proc/task_mmu: fix PAGEMAP_SCAN written state for unpopulated ptes" (2026): the
+    #: generic path reads pte_none WRITTEN in a userfaultfd_wp() VMA (was: not written)
+    scan_pte_none_written: bool = True
+    #: "... fix PAGEMAP_SCAN written state for PMD holes" (2026): a pmd_none hole in a uffd-wp
+    #: VMA reads WRITTEN (was: only the VMA categories, in both paths)
+    scan_pmd_hole_written: bool = True
+    #: CVE-2025-21696 (6.13, "mm: clear uffd-wp PTE/PMD state on mremap()")
+    mremap_clears_uffd_wp: bool = True
+    #: 4a5e85f4eb8f (6.16): PAGE_IS_PFNZERO for the huge zero page
+    huge_zero_pfnzero: bool = True
+    #: PAGE_IS_SOFT_DIRTY category (6.8) and PAGE_IS_GUARD (6.15)
+    category_soft_dirty: bool = True
+    category_guard: bool = True
+    #: /sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise" or "never"
+    thp: str = "madvise"
+    #: /sys/kernel/mm/transparent_hugepage/use_zero_page: read faults map the huge zero page
+    thp_zero_page: bool = True
+
+    def replace(self, **kw: object) -> Profile:
+        return dataclasses.replace(self, **kw)  # type: ignore[arg-type]
+
+    @property
+    def uffd_features(self) -> int:
+        """What UFFDIO_API reports: 0x1ffff on 6.18 (section 9), 0x1fff on 6.1 (section 10)."""
+        if self.wp_async:
+            return 0x1FFFF
+        if self.wp_unpopulated:
+            return 0x3FFF
+        return 0x1FFF
+
+
+PROFILES: dict[str, Profile] = {
+    # This machine (section 9): the pte_none and PMD-hole fixes observed; the sticky merge
+    # fix is in 6.18.y since June 2026. CONFIG_MEM_SOFT_DIRTY is off here: see running().
+    "6.18": Profile("6.18", "6.18.44"),
+    # 6.7 up to the 2026 fixes: generic path reads pte_none clean, PMD holes read clean,
+    # VM_SOFTDIRTY lost on merge, mremap keeps uffd-wp PTE bits, no huge-zero PFNZERO.
+    "6.7-pre-2026-fixes": Profile(
+        "6.7-pre-2026-fixes", "6.7", softdirty_sticky_merge=False, scan_pte_none_written=False,
+        scan_pmd_hole_written=False, mremap_clears_uffd_wp=False, huge_zero_pfnzero=False,
+        category_soft_dirty=False, category_guard=False),
+    # Debian 12 (section 10): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
+    # WP_ASYNC, no PAGEMAP_SCAN (ENOTTY).
+    "6.1": Profile(
+        "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
+        scan_pte_none_written=False, scan_pmd_hole_written=False, mremap_clears_uffd_wp=False,
+        huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False),
+}
+
+
+def get(name: str) -> Profile:
+    if name == "running":
+        return running()
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise errors.InvalidTarget(f"unknown kernel profile {name!r}",
+                                   hint=f"one of: {', '.join(PROFILES)}, running") from None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def running() -> Profile:
+    """The profile of the running kernel: 6.18 with this machine's THP settings and
+    soft-dirty configuration (pagemap bit 55 needs CONFIG_MEM_SOFT_DIRTY)."""
+    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = thp.split("[")[1].split("]")[0] if "[" in thp else "never"
+    zero = _read("/sys/kernel/mm/transparent_hugepage/use_zero_page").strip() != "0"
+    cfg = f"/boot/config-{os.uname().release}"
+    text = _read(cfg)
+    sd = ("CONFIG_MEM_SOFT_DIRTY=y" in text) if text else False
+    return PROFILES["6.18"].replace(name="running", release=os.uname().release, thp=mode,
+                                    thp_zero_page=zero, soft_dirty=sd)

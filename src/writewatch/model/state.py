@@ -1,0 +1,926 @@
+"""The model's state: address spaces (VMAs, page tables), page caches, contents as versions.
+
+Vectorised: a page-table page is three numpy arrays of 512 entries (state, flag bits, content
+version); a PMD-mapped THP is the same object with ``huge`` set (its flags uniform). A page
+cache is two arrays (content version, resident) per file. Nothing is a Python object per page.
+
+Kernel facts modelled here, with their source:
+
+* a write to a present PTE that is not writable faults; the fault sets dirty and soft-dirty
+  (x86 ``pte_mkdirty`` sets ``_PAGE_SOFT_DIRTY`` too) and makes the PTE writable;
+* clear_refs 4 write-protects every present PTE, clears soft-dirty on PTEs, swap entries and
+  VM_SOFTDIRTY on every VMA (fs/proc/task_mmu.c clear_soft_dirty);
+* new and expanded VMAs get VM_SOFTDIRTY (mm/mmap.c mmap_region); VM_SOFTDIRTY is ignored when
+  deciding merges (VM_IGNORE_MERGE) and, before the sticky fix, the merged VMA took the flags of
+  the VMA being changed;
+* uffd-wp: present and swap entries carry the bit; none entries get a PTE marker when
+  ``userfaultfd_wp_use_markers`` (file/shmem VMAs, anon with WP_UNPOPULATED) (mm/mprotect.c);
+  markers need a page-table page; a zap keeps the state as a marker on non-anon VMAs
+  (zap_install_uffd_wp_if_needed) and drops everything on anon VMAs;
+* async mode resolves a write fault on a uffd-wp entry by clearing the bit; a write to a
+  uffd-wp anon PMD THP splits it first (wp_huge_pmd);
+* fork without UFFD_FEATURE_EVENT_FORK: the child's VMAs lose the uffd context and the copied
+  entries lose the bit (dup_userfaultfd, copy_present_pte); anon PTEs of both become
+  read-only (COW); shared mappings are not copied (lazy fault in the child);
+* mremap moves entries, sets soft-dirty on moved present/swap entries (move_soft_dirty_pte),
+  resets the uffd context of the moved VMA without EVENT_REMAP and, since 6.13, clears the
+  moved uffd-wp bits and markers (CVE-2025-21696);
+* shmem/file reclaim unmaps the PTE (a marker when it was uffd-wp); the page stays in the page
+  cache (or shmem swap); PTE soft-dirty is lost (pagemap.rst).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from .profiles import Profile
+
+PAGE_SHIFT = 12
+PAGE = 1 << PAGE_SHIFT
+PTRS = 512  # PTRS_PER_PTE on x86-64 with 4 KiB pages
+PMD_SHIFT = 21
+PMD = 1 << PMD_SHIFT
+
+# entry states
+NONE, PRESENT, SWAP, MARKER = 0, 1, 2, 3
+# entry flag bits
+W, D, SD, WP, ZERO, ANON, LAZY = 1, 2, 4, 8, 16, 32, 64
+_NOT_W = np.uint8(0xFF & ~W)
+_NOT_SD = np.uint8(0xFF & ~SD)
+_NOT_WP = np.uint8(0xFF & ~WP)
+
+PROT = {"none": 0, "r": 1, "rw": 3}
+
+
+class ModelError(errors.WriteWatchError):
+    """An operation the modelled kernel refuses or a program would crash on (SIGSEGV)."""
+
+    __module__ = "writewatch"
+
+
+class Table:
+    """One page-table page (512 PTEs), or a PMD-mapped THP when ``huge``."""
+
+    __slots__ = ("fl", "huge", "st", "ver")
+
+    def __init__(self) -> None:
+        self.st = np.zeros(PTRS, np.uint8)
+        self.fl = np.zeros(PTRS, np.uint8)
+        self.ver = np.zeros(PTRS, np.int64)
+        self.huge = False
+
+    def copy(self) -> Table:
+        t = Table()
+        t.st[:] = self.st
+        t.fl[:] = self.fl
+        t.ver[:] = self.ver
+        t.huge = self.huge
+        return t
+
+
+class File:
+    """A page cache: shmem (anonymous shared, memfd) or a regular file."""
+
+    def __init__(self, name: str, kind: str, npages: int, world: World) -> None:
+        self.name = name
+        self.kind = kind
+        self.ver = np.zeros(npages, np.int64)
+        self.resident = np.zeros(npages, bool)
+        if kind == "file":  # a regular file has content of its own
+            self.ver[:] = world.new_versions(npages)
+            self.resident[:] = False
+
+    def ensure(self, npages: int) -> None:
+        if npages > len(self.ver):
+            extra = npages - len(self.ver)
+            self.ver = np.concatenate([self.ver, np.zeros(extra, np.int64)])
+            self.resident = np.concatenate([self.resident, np.zeros(extra, bool)])
+
+
+class World:
+    """What address spaces share: the content-version clock and the files."""
+
+    def __init__(self) -> None:
+        self.clock = 1  # version 0 is the zero page
+        self.files: dict[str, File] = {}
+        self._anon_vma = 0
+
+    def new_version(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def new_versions(self, n: int) -> np.ndarray:
+        v = np.arange(self.clock + 1, self.clock + 1 + n, dtype=np.int64)
+        self.clock += n
+        return v
+
+    def new_anon_vma(self) -> int:
+        self._anon_vma += 1
+        return self._anon_vma
+
+    def file(self, name: str, kind: str, npages: int) -> File:
+        f = self.files.get(name)
+        if f is None:
+            f = self.files[name] = File(name, kind, npages, self)
+        f.ensure(npages)
+        return f
+
+
+@dataclass(eq=False)
+class Vma:
+    start: int
+    end: int
+    prot: int
+    kind: str  #: "anon", "shmem", "file"
+    shared: bool
+    file: File | None
+    pgoff: int  #: page offset of ``start`` in the file (anon: start >> PAGE_SHIFT at mmap)
+    softdirty: bool = True  #: VM_SOFTDIRTY
+    uffd: Any = None  #: the registered model userfaultfd context (VM_UFFD_WP when set)
+    hugepage: int = 0  #: 1 MADV_HUGEPAGE (VM_HUGEPAGE), -1 MADV_NOHUGEPAGE, 0 neither
+    anon_vma: int = 0
+    wp_start: bool = False  #: design "vma-flag": protection starts right away
+
+    @property
+    def anonymous(self) -> bool:
+        """vma_is_anonymous(): private anonymous memory (no vm_file)."""
+        return self.kind == "anon" and not self.shared
+
+    def merge_key(self) -> tuple[Any, ...]:
+        # VM_SOFTDIRTY is in VM_IGNORE_MERGE (include/linux/mm.h)
+        return (self.prot, self.kind, self.shared, id(self.file), id(self.uffd), self.hugepage,
+                self.wp_start)
+
+    def split_at(self, addr: int) -> Vma:
+        """Cut at ``addr``; self keeps the low part, the high part is returned."""
+        hi = Vma(addr, self.end, self.prot, self.kind, self.shared, self.file,
+                 self.pgoff + ((addr - self.start) >> PAGE_SHIFT), self.softdirty, self.uffd,
+                 self.hugepage, self.anon_vma, self.wp_start)
+        self.end = addr
+        return hi
+
+    def page_index(self, addr: int) -> int:
+        return self.pgoff + ((addr - self.start) >> PAGE_SHIFT)
+
+
+@dataclass
+class Counters:
+    faults: int = 0  #: every page fault
+    tracking_faults: int = 0  #: faults caused by tracking (uffd-wp bit/marker, soft-dirty)
+    pt_pages: int = 0  #: page-table pages now (PTE + PMD + PUD levels)
+    pt_peak: int = 0
+    pt_allocated: int = 0  #: PTE-table pages ever allocated
+    thp_splits: int = 0
+
+
+#: hook for tracking designs: called on a write fault on a tracked entry before the write
+#: (``when="before"``) or after the page was mapped (``"after"``): fn(mm, addr, tids, when)
+FaultHook = Callable[["Mm", int, tuple[int, ...], str], None]
+
+
+class Mm:
+    """One address space (a process's mm_struct)."""
+
+    def __init__(self, profile: Profile, world: World | None = None, pid: int = 1) -> None:
+        self.profile = profile
+        self.world = world or World()
+        self.pid = pid
+        self.vmas: list[Vma] = []
+        self._starts: list[int] = []
+        self.pt: dict[int, Table] = {}
+        self._pmd_ref: dict[int, int] = {}
+        self._pud_ref: dict[int, int] = {}
+        self.c = Counters()
+        self.children: list[Mm] = []
+        self.next_free = 0x7F0000000000
+        #: pages touched since the observer last looked (page numbers): ground truth helper
+        self.observer: Callable[[str, int, int], None] | None = None
+
+    # ---------------------------------------------------------------------------- VMAs
+    def _reindex(self) -> None:
+        self.vmas.sort(key=lambda v: v.start)
+        self._starts = [v.start for v in self.vmas]
+
+    def find(self, addr: int) -> Vma | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            v = self.vmas[i]
+            if addr < v.end:
+                return v
+        return None
+
+    def vmas_in(self, start: int, end: int) -> list[Vma]:
+        i = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        out = []
+        for v in self.vmas[i:]:
+            if v.start >= end:
+                break
+            if v.end > start:
+                out.append(v)
+        return out
+
+    def _split(self, start: int, end: int) -> list[Vma]:
+        """Split VMAs so that ``start`` and ``end`` are VMA boundaries; the VMAs inside."""
+        changed = False
+        for addr in (start, end):
+            v = self.find(addr)
+            if v is not None and v.start < addr:
+                self.vmas.append(v.split_at(addr))
+                changed = True
+        if changed:
+            self._reindex()
+        return self.vmas_in(start, end)
+
+    def _merge_around(self, vma: Vma, sticky_or_primary: bool = True) -> Vma:
+        """Merge ``vma`` with its neighbours when the kernel would (is_mergeable_vma +
+        anon_vma compatibility + contiguous pgoff). ``vma`` is the one being changed: before
+        the sticky fix its VM_SOFTDIRTY wins."""
+        i = self.vmas.index(vma)
+        for j in (i + 1, i):  # next into vma, then vma into prev
+            if j <= 0 or j >= len(self.vmas):
+                continue
+            a, b = self.vmas[j - 1], self.vmas[j]
+            if (a.end == b.start and a.merge_key() == b.merge_key()
+                    and a.pgoff + ((a.end - a.start) >> PAGE_SHIFT) == b.pgoff
+                    and (a.anon_vma == 0 or b.anon_vma == 0 or a.anon_vma == b.anon_vma)):
+                primary = vma
+                if self.profile.softdirty_sticky_merge:
+                    sd = a.softdirty or b.softdirty
+                else:
+                    sd = primary.softdirty
+                a.end = b.end
+                a.softdirty = sd
+                a.anon_vma = a.anon_vma or b.anon_vma
+                self.vmas.pop(j)
+                self._starts.pop(j)
+                vma = a
+        return vma
+
+    def modify(self, start: int, end: int, fn: Callable[[Vma], None]) -> None:
+        """vma_modify(): split at the range, change each VMA, merge."""
+        inside = self._split(start, end)
+        for v in inside:
+            fn(v)
+        for v in inside:
+            if v in self.vmas:
+                self._merge_around(v)
+
+    # ---------------------------------------------------------------------- page tables
+    def _alloc(self, k: int) -> Table:
+        t = self.pt.get(k)
+        if t is None:
+            t = self.pt[k] = Table()
+            self.c.pt_allocated += 1
+            self.c.pt_pages += 1
+            pm = k >> 9
+            if pm not in self._pmd_ref:
+                self._pmd_ref[pm] = 0
+                self.c.pt_pages += 1
+                pu = pm >> 9
+                if pu not in self._pud_ref:
+                    self._pud_ref[pu] = 0
+                    self.c.pt_pages += 1
+                self._pud_ref[pu] += 1
+            self._pmd_ref[pm] += 1
+            if self.c.pt_pages > self.c.pt_peak:
+                self.c.pt_peak = self.c.pt_pages
+        return t
+
+    def _free(self, k: int) -> None:
+        if self.pt.pop(k, None) is None:
+            return
+        self.c.pt_pages -= 1
+        pm = k >> 9
+        self._pmd_ref[pm] -= 1
+        if not self._pmd_ref[pm]:
+            del self._pmd_ref[pm]
+            self.c.pt_pages -= 1
+            pu = pm >> 9
+            self._pud_ref[pu] -= 1
+            if not self._pud_ref[pu]:
+                del self._pud_ref[pu]
+                self.c.pt_pages -= 1
+
+    def chunks(self, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+        """(table key, first index, end index) of each page-table page the range touches."""
+        p, pe = start >> PAGE_SHIFT, end >> PAGE_SHIFT
+        while p < pe:
+            k = p >> 9
+            i = p & 511
+            j = min(512, i + (pe - p))
+            yield k, i, j
+            p += j - i
+
+    def split_huge(self, k: int) -> None:
+        t = self.pt.get(k)
+        if t is not None and t.huge:
+            t.huge = False  # __split_huge_pmd_locked copies the PMD bits to all 512 PTEs
+            self.c.thp_splits += 1
+
+    def uses_markers(self, v: Vma) -> bool:
+        """userfaultfd_wp_use_markers(): registered WP, and non-anon or WP_UNPOPULATED."""
+        ctx = v.uffd
+        if ctx is None or ctx.design != "kernel":
+            return False
+        return not v.anonymous or ctx.unpopulated
+
+    def _free_unmapped_tables(self, start: int, end: int) -> None:
+        """free_pgtables(): PTE tables no VMA covers any more."""
+        lo, hi = start >> PMD_SHIFT, (end - 1) >> PMD_SHIFT
+        for k in range(lo, hi + 1):
+            if k in self.pt and not self.vmas_in(k << PMD_SHIFT, (k + 1) << PMD_SHIFT):
+                self._free(k)
+
+    def _notify(self, what: str, start: int, end: int) -> None:
+        if self.observer is not None:
+            self.observer(what, start, end)
+
+    # ------------------------------------------------------------------------- mmap & co
+    def _check_range(self, addr: int, length: int, op: str) -> None:
+        if addr % PAGE or length <= 0 or length % PAGE:
+            raise ModelError(f"{op}: unaligned or empty range", op=op, start=addr,
+                             end=addr + length, errno=22)
+
+    def get_unmapped_area(self, length: int) -> int:
+        """Top-down, like the kernel's default layout; 2 MiB aligned for big mappings."""
+        align = PMD if length >= PMD else PAGE
+        addr = (self.next_free - length) // align * align
+        while self.vmas_in(addr, addr + length):
+            addr = (min(v.start for v in self.vmas_in(addr, addr + length)) - length)
+            addr = addr // align * align
+        self.next_free = addr
+        return addr
+
+    def mmap(self, addr: int | None, length: int, kind: str = "anon", shared: bool = False,
+             prot: str = "rw", file: str | None = None, offset: int = 0) -> int:
+        if addr is None:
+            addr = self.get_unmapped_area(length)
+        self._check_range(addr, length, "mmap")
+        if self.vmas_in(addr, addr + length):  # MAP_FIXED replaces
+            self.munmap(addr, length)
+        fobj = None
+        pgoff = addr >> PAGE_SHIFT
+        if kind in ("shmem", "memfd"):
+            name = file or f"shmem@{self.pid}:{addr:#x}:{self.world.clock}"
+            fobj = self.world.file(name, "shmem", (offset + length) >> PAGE_SHIFT)
+            shared = shared or kind == "shmem"
+            kind = "shmem"
+            pgoff = offset >> PAGE_SHIFT
+        elif kind == "file":
+            name = file or f"file@{self.pid}:{addr:#x}"
+            fobj = self.world.file(name, "file", (offset + length) >> PAGE_SHIFT)
+            pgoff = offset >> PAGE_SHIFT
+        v = Vma(addr, addr + length, PROT[prot], kind, shared, fobj, pgoff,
+                softdirty=self.profile.soft_dirty)
+        self.vmas.append(v)
+        self._reindex()
+        v = self._merge_around(v)
+        if self.profile.soft_dirty:
+            v.softdirty = True  # mmap_region: "New (or expanded) vma always get soft dirty"
+        self._notify("map", addr, addr + length)
+        return addr
+
+    def _zap(self, v: Vma, start: int, end: int, keep_markers: bool = True,
+             drop_cache: bool = False) -> None:
+        """Unmap the entries of [start, end) in ``v`` (zap_pte_range)."""
+        markers = keep_markers and not v.anonymous and v.uffd is not None and \
+            self.uses_markers(v)
+        # the fault-time proposal: "discard installs a marker" (written for anon: the content
+        # became zero; the uffd-wp state kept for file/shmem, whose content stays)
+        ft = keep_markers and v.uffd is not None and v.uffd.design == "faulttime" and \
+            v.uffd.armed
+        for k, i, j in self.chunks(start, end):
+            t = self.pt.get(k)
+            if t is None:
+                continue
+            if t.huge:
+                if i == 0 and j == 512 and not markers and not ft:
+                    self._free(k)  # zap_huge_pmd; the deposited table goes too
+                    continue
+                self.split_huge(k)
+            if ft:
+                live = t.st[i:j] != NONE
+                wp = (t.fl[i:j] & WP) if not v.anonymous else np.zeros(j - i, np.uint8)
+                t.st[i:j][live] = MARKER
+                t.fl[i:j] = np.where(live, wp, 0).astype(np.uint8)
+            elif markers:
+                # zap_install_uffd_wp_if_needed: the uffd-wp state survives as a marker
+                t.st[i:j] = MARKER
+                t.fl[i:j] = WP
+            else:
+                t.st[i:j] = NONE
+                t.fl[i:j] = 0
+            t.ver[i:j] = 0
+        if drop_cache and v.file is not None:
+            a, b = v.page_index(start), v.page_index(end)
+            v.file.ver[a:b] = 0
+            v.file.resident[a:b] = False
+
+    def munmap(self, addr: int, length: int) -> None:
+        self._check_range(addr, length, "munmap")
+        end = addr + length
+        for v in self._split(addr, end):
+            self._zap(v, v.start, v.end, keep_markers=False)
+            self.vmas.remove(v)
+        self._reindex()
+        self._free_unmapped_tables(addr, end)
+        self._notify("unmap", addr, end)
+
+    def mprotect(self, addr: int, length: int, prot: str) -> None:
+        self._check_range(addr, length, "mprotect")
+        end = addr + length
+        self._require_mapped(addr, end, "mprotect")
+        p = PROT[prot]
+
+        def change(v: Vma) -> None:
+            v.prot = p
+        if not p & 2:
+            for k, i, j in self.chunks(addr, end):
+                t = self.pt.get(k)
+                if t is not None:
+                    if t.huge and not (i == 0 and j == 512):
+                        self.split_huge(k)  # change_huge_pmd covers whole PMDs only
+                    t.fl[i:j] &= _NOT_W
+        self.modify(addr, end, change)
+
+    def _require_mapped(self, start: int, end: int, op: str) -> None:
+        pos = start
+        for v in self.vmas_in(start, end):
+            if v.start > pos:
+                break
+            pos = v.end
+        if pos < end:
+            raise ModelError(f"{op}: {pos:#x} is not mapped", op=op, start=start, end=end,
+                             errno=12)
+
+    def mremap(self, addr: int, length: int, new_len: int, new_addr: int | None = None) -> int:
+        self._check_range(addr, length, "mremap")
+        self._check_range(addr, new_len, "mremap")
+        end = addr + length
+        vs = self._split(addr, end)
+        if len(vs) != 1 or vs[0].start != addr or vs[0].end != end:
+            raise ModelError("mremap: the range must be one VMA", op="mremap", start=addr,
+                             end=end, errno=14)
+        v = vs[0]
+        if new_len < length and new_addr is None:
+            self.munmap(addr + new_len, length - new_len)
+            return addr
+        if new_addr is None and new_len > length and \
+                not self.vmas_in(end, addr + new_len):
+            # grow in place (vma_merge_extend / vma_expand): an expanded region is soft-dirty
+            v.end = addr + new_len
+            if self.profile.soft_dirty:
+                v.softdirty = True
+            self._merge_around(v)
+            self._notify("map", end, addr + new_len)
+            return addr
+        dst = new_addr if new_addr is not None else self.get_unmapped_area(new_len)
+        if self.vmas_in(dst, dst + new_len):
+            self.munmap(dst, new_len)
+        moved = min(length, new_len)
+        nv = Vma(dst, dst + new_len, v.prot, v.kind, v.shared, v.file, v.pgoff, v.softdirty,
+                 None, v.hugepage, v.anon_vma, v.wp_start)
+        # mremap_userfaultfd_prep: without UFFD_FEATURE_EVENT_REMAP the uffd context is reset
+        # move_page_tables: entries move with their bits; moved present/swap get soft-dirty
+        for off in range(0, moved, PMD if (addr | dst) % PMD == 0 else PAGE):
+            step = min(PMD if (addr | dst) % PMD == 0 else PAGE, moved - off)
+            self._move_entries(addr + off, dst + off, step)
+        self.vmas.remove(v)
+        self.vmas.append(nv)
+        self._reindex()
+        self._free_unmapped_tables(addr, end)
+        if new_len > length and self.profile.soft_dirty:
+            nv.softdirty = True
+        self._merge_around(nv)
+        self._notify("unmap", addr, end)
+        self._notify("map", dst, dst + new_len)
+        return dst
+
+    def _move_entries(self, src: int, dst: int, length: int) -> None:
+        for (ks, i, j), (kd, a, b) in zip(self.chunks(src, src + length),
+                                          self.chunks(dst, dst + length), strict=True):
+            ts = self.pt.get(ks)
+            if ts is None:
+                continue
+            if ts.huge and not (i == 0 and j == 512 and a == 0 and b == 512):
+                self.split_huge(ks)
+            td = self._alloc(kd)
+            if ts.huge:
+                td.huge = True
+            td.st[a:b] = ts.st[i:j]
+            fl = ts.fl[i:j].copy()
+            mask = (ts.st[i:j] == PRESENT) | (ts.st[i:j] == SWAP)
+            if self.profile.soft_dirty:
+                fl[mask] |= SD
+            td.ver[a:b] = ts.ver[i:j]
+            if self.profile.mremap_clears_uffd_wp:
+                fl &= _NOT_WP
+                td.st[a:b][td.st[a:b] == MARKER] = NONE
+            td.fl[a:b] = fl
+            ts.st[i:j] = NONE
+            ts.fl[i:j] = 0
+            if ts.huge:
+                self._free(ks)
+
+    def madvise(self, addr: int, length: int, advice: str) -> None:
+        self._check_range(addr, length, "madvise")
+        end = addr + length
+        self._require_mapped(addr, end, "madvise")
+        if advice in ("HUGEPAGE", "NOHUGEPAGE"):
+            val = 1 if advice == "HUGEPAGE" else -1
+
+            def change(v: Vma) -> None:
+                v.hugepage = val
+            self.modify(addr, end, change)
+            return
+        for v in self.vmas_in(addr, end):
+            lo, hi = max(v.start, addr), min(v.end, end)
+            if advice == "DONTNEED":
+                self._zap(v, lo, hi)
+                self._notify("zap", lo, hi)
+            elif advice == "REMOVE":
+                if not v.shared:
+                    raise ModelError("MADV_REMOVE needs a shared mapping", op="madvise",
+                                     start=lo, end=hi, errno=22)
+                for u in self._mappers(v.file):
+                    for w in u.vmas:
+                        if w.file is v.file:
+                            a = max(w.start, w.start + (v.page_index(lo) - w.pgoff) * PAGE)
+                            b = min(w.end, w.start + (v.page_index(hi) - w.pgoff) * PAGE)
+                            if a < b:
+                                u._zap(w, a, b)
+                self._zap(v, lo, hi, drop_cache=True)
+                self._notify("zap", lo, hi)
+            elif advice == "FREE":
+                if v.anonymous:
+                    self._lazyfree(lo, hi)
+            elif advice == "PAGEOUT":
+                self.reclaim(lo, hi - lo)
+
+    def _mappers(self, f: File | None) -> list[Mm]:
+        return [m for m in [self, *self.children] if f is not None]
+
+    def _lazyfree(self, start: int, end: int) -> None:
+        """MADV_FREE: clean anon pages become discardable; swap entries are freed."""
+        for k, i, j in self.chunks(start, end):
+            t = self.pt.get(k)
+            if t is None:
+                continue
+            if t.huge and not (i == 0 and j == 512):
+                self.split_huge(k)
+            st, fl = t.st[i:j], t.fl[i:j]
+            pres = (st == PRESENT) & ((fl & ANON) != 0)
+            fl[pres] = (fl[pres] & ~np.uint8(D)) | LAZY
+            sw = st == SWAP
+            st[sw] = NONE
+            fl[sw] = 0
+            t.ver[i:j][sw] = 0
+        self._notify("zap", start, end)
+
+    def reclaim(self, addr: int, length: int) -> None:
+        """Memory pressure on [addr, addr+length): anon pages to swap (lazyfree clean ones
+        discarded), file/shmem PTEs unmapped with the page kept in the cache."""
+        end = addr + length
+        for v in self.vmas_in(addr, end):
+            lo, hi = max(v.start, addr), min(v.end, end)
+            for k, i, j in self.chunks(lo, hi):
+                t = self.pt.get(k)
+                if t is None:
+                    continue
+                if t.huge:
+                    self.split_huge(k)  # THPs are split to be swapped
+                st, fl = t.st[i:j], t.fl[i:j]
+                pres = (st == PRESENT) & ((fl & ZERO) == 0)
+                if v.anonymous or not v.shared:
+                    anon = pres & ((fl & ANON) != 0)
+                    lazy = anon & ((fl & LAZY) != 0) & ((fl & D) == 0)
+                    st[lazy] = NONE
+                    fl[lazy] = 0
+                    t.ver[i:j][lazy] = 0
+                    keep = anon & ~lazy
+                    st[keep] = SWAP  # the swap entry keeps soft-dirty and uffd-wp
+                    fl[keep] &= np.uint8(SD | WP | ANON)
+                    pres = pres & ((fl & ANON) == 0) & (st == PRESENT)
+                # file / shmem pages: unmapped, content kept in the cache (or shmem swap)
+                wpd = pres & ((fl & WP) != 0)
+                if self.uses_markers(v):
+                    st[pres] = MARKER
+                    fl[pres] = WP
+                else:
+                    st[wpd] = MARKER  # pte_install_uffd_wp_if_needed
+                    fl[wpd] = WP
+                    rest = pres & ~wpd
+                    st[rest] = NONE
+                    fl[rest] = 0
+                t.ver[i:j][pres] = 0
+                if v.file is not None and v.kind == "shmem":
+                    a = v.page_index(lo)
+                    v.file.resident[a:a + ((hi - lo) >> PAGE_SHIFT)] = False
+
+    # --------------------------------------------------------------------- faults, access
+    def _thp_ok(self, v: Vma, addr: int) -> bool:
+        thp = self.profile.thp
+        if not v.anonymous or thp == "never" or v.hugepage < 0:
+            return False
+        if thp == "madvise" and v.hugepage <= 0:
+            return False
+        base = addr & ~(PMD - 1)
+        return v.start <= base and base + PMD <= v.end
+
+    def _vma_for(self, addr: int, write: bool) -> Vma:
+        v = self.find(addr)
+        if v is None or not v.prot & (2 if write else 1):
+            raise ModelError(f"SIGSEGV: {'write' if write else 'read'} at {addr:#x}",
+                             op="write" if write else "read", start=addr, end=addr + PAGE,
+                             errno=14)
+        return v
+
+    def write(self, addr: int, length: int = PAGE, tids: tuple[int, ...] = (0,),
+              hook: FaultHook | None = None) -> None:
+        end = addr + length
+        pos = addr
+        while pos < end:
+            v = self._vma_for(pos, True)
+            hi = min(end, v.end)
+            for k, i, j in self.chunks(pos, hi):
+                t = self.pt.get(k)
+                if t is not None and not t.huge:
+                    fl = t.fl[i:j]
+                    if ((fl & (W | WP)) == W).all() and (t.st[i:j] == PRESENT).all():
+                        # no fault: the CPU sets the dirty bit
+                        vers = self.world.new_versions(j - i)
+                        if v.shared and v.file is not None:
+                            a = v.page_index(k << PMD_SHIFT) + i
+                            v.file.ver[a:a + j - i] = vers
+                        else:
+                            t.ver[i:j] = vers
+                        fl &= np.uint8(0xFF & ~LAZY)
+                        fl |= D
+                        continue
+                base = k << PMD_SHIFT
+                for n in range(i, j):
+                    self._write_page(v, base + (n << PAGE_SHIFT), tids, hook)
+            pos = hi
+        self._notify("write", addr, end)
+
+    def _uffd_fault(self, v: Vma, addr: int, tids: tuple[int, ...],
+                    hook: FaultHook | None) -> None:
+        """A write hit a uffd-wp entry (bit or marker): handle_userfault / async resolve."""
+        self.c.tracking_faults += 1
+        ctx = v.uffd
+        ctx.on_wp_fault(self, v, addr, tids, hook)
+
+    def _write_page(self, v: Vma, addr: int, tids: tuple[int, ...],
+                    hook: FaultHook | None) -> None:
+        k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
+        t = self.pt.get(k)
+        ctx = v.uffd
+        if t is not None and t.huge:
+            if t.fl[0] & WP:
+                if ctx is not None and ctx.async_:
+                    self.split_huge(k)  # wp_huge_pmd: async WP splits the PMD
+                else:
+                    self.c.faults += 1
+                    self._uffd_fault(v, addr, tids, hook)
+                    t = self.pt.get(k)
+            if t is not None and t.huge:
+                if t.fl[0] & ZERO:
+                    self.split_huge(k)  # do_huge_pmd_wp_page on the huge zero page: fallback
+                elif t.fl[0] & W:
+                    t.ver[n] = self.world.new_version()
+                    t.fl[:] = (t.fl[:] | D) & np.uint8(0xFF & ~LAZY)
+                    return
+                else:
+                    self.c.faults += 1
+                    if not t.fl[0] & SD:
+                        self.c.tracking_faults += 1  # soft-dirty write-protection
+                    t.fl[:] |= W | D | SD
+                    t.ver[n] = self.world.new_version()
+                    return
+        st = t.st[n] if t is not None else NONE
+        fl = int(t.fl[n]) if t is not None else 0
+        if st == PRESENT and fl & W and not fl & WP:
+            self._store(v, t, k, n, addr)
+            return
+        self.c.faults += 1
+        before = 0
+        if ctx is not None and ctx.design != "kernel":
+            before = int(self.content(addr, addr + PAGE)[0])
+        if st == SWAP:
+            # do_swap_page: uffd-wp and soft-dirty come back from the swap entry
+            t.st[n] = PRESENT
+            st = PRESENT
+        if st == PRESENT and fl & WP:
+            self._uffd_fault(v, addr, tids, hook)
+            fl = int(t.fl[n])
+            st = t.st[n]
+        elif st == MARKER:
+            self._uffd_fault(v, addr, tids, hook)
+            st = t.st[n]
+            fl = int(t.fl[n])
+        elif st == NONE and ctx is not None and ctx.design != "kernel" and \
+                ctx.none_is_protected(v, addr):
+            ctx.on_none_write(self, v, addr, tids, hook, when="before", before=before)
+        if st == PRESENT:
+            if not fl & SD and not fl & ZERO:
+                self.c.tracking_faults += 1  # soft-dirty write-protection (clear_refs)
+            if fl & ZERO or (not v.shared and not fl & ANON):
+                # COW of the zero page or of a private file page: a new anon page
+                if not v.anon_vma:
+                    v.anon_vma = self.world.new_anon_vma()
+                t.fl[n] = (fl & WP) | W | D | SD | ANON
+                t.ver[n] = self.world.new_version()
+            else:
+                t.fl[n] = (fl & ~LAZY) | W | D | SD
+                self._store(v, t, k, n, addr)
+            return
+        # none or marker (after resolution): populate
+        if t is None and self._thp_ok(v, addr):
+            t = self._alloc(k)
+            t.huge = True
+            t.st[:] = PRESENT
+            t.fl[:] = ANON | W | D | SD
+            if not v.anon_vma:
+                v.anon_vma = self.world.new_anon_vma()
+            t.ver[n] = self.world.new_version()
+            self._after_none_write(v, addr, tids, hook, before)
+            return
+        t = self._alloc(k)
+        keep_wp = int(t.fl[n]) & WP if t.st[n] == MARKER else 0
+        t.st[n] = PRESENT
+        if v.shared:
+            t.fl[n] = keep_wp | W | D | SD
+            a = v.page_index(addr)
+            v.file.resident[a] = True
+            v.file.ver[a] = self.world.new_version()
+        else:
+            if not v.anon_vma:
+                v.anon_vma = self.world.new_anon_vma()
+            t.fl[n] = keep_wp | W | D | SD | ANON
+            t.ver[n] = self.world.new_version()
+        self._after_none_write(v, addr, tids, hook, before)
+
+    def _after_none_write(self, v: Vma, addr: int, tids: tuple[int, ...],
+                          hook: FaultHook | None, before: int) -> None:
+        ctx = v.uffd
+        if ctx is not None and ctx.design != "kernel" and ctx.none_is_protected(v, addr):
+            ctx.on_none_write(self, v, addr, tids, hook, when="after", before=before)
+
+    def _store(self, v: Vma, t: Table, k: int, n: int, addr: int) -> None:
+        if v.shared and v.file is not None and not t.fl[n] & ANON:
+            v.file.ver[v.page_index(addr)] = self.world.new_version()
+        else:
+            t.ver[n] = self.world.new_version()
+        t.fl[n] = (t.fl[n] | D) & ~LAZY
+
+    def read(self, addr: int, length: int = PAGE) -> None:
+        end = addr + length
+        pos = addr
+        while pos < end:
+            v = self._vma_for(pos, False)
+            hi = min(end, v.end)
+            for k, i, j in self.chunks(pos, hi):
+                t = self.pt.get(k)
+                if t is not None and (t.huge or (t.st[i:j] == PRESENT).all()):
+                    continue
+                base = k << PMD_SHIFT
+                for n in range(i, j):
+                    self._read_page(v, base + (n << PAGE_SHIFT))
+            pos = hi
+
+    def _read_page(self, v: Vma, addr: int) -> None:
+        k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
+        t = self.pt.get(k)
+        st = t.st[n] if t is not None else NONE
+        if st == PRESENT:
+            return
+        self.c.faults += 1
+        if st == SWAP:
+            t.st[n] = PRESENT  # keeps uffd-wp / soft-dirty from the swap entry
+            t.fl[n] &= np.uint8(0xFF & ~W)
+            return
+        ctx = v.uffd
+        wp = st == MARKER  # pte_marker_handle_uffd_wp: mapped with the bit kept
+        if st == NONE and ctx is not None and ctx.design != "kernel" and \
+                ctx.none_is_protected(v, addr):
+            wp = True  # the fault-time proposal (a): read fault maps the zero page + wp bit
+        if t is None and not wp and self._thp_ok(v, addr) and self.profile.thp_zero_page:
+            t = self._alloc(k)
+            t.huge = True
+            t.st[:] = PRESENT
+            t.fl[:] = ZERO
+            return
+        t = self._alloc(k)
+        t.st[n] = PRESENT
+        if v.anonymous:
+            t.fl[n] = ZERO | (WP if wp else 0)
+            t.ver[n] = 0
+        else:
+            a = v.page_index(addr)
+            if v.file is not None:
+                v.file.resident[a] = True
+            t.fl[n] = WP if wp else 0
+            t.ver[n] = 0
+
+    # ----------------------------------------------------------------- soft-dirty, fork
+    def clear_refs_soft_dirty(self) -> None:
+        """clear_refs 4 over the whole mm."""
+        for v in self.vmas:
+            v.softdirty = False
+        for t in self.pt.values():
+            pres = t.st == PRESENT
+            t.fl[pres] &= np.uint8(0xFF & ~(W | SD))
+            t.fl[t.st == SWAP] &= _NOT_SD
+
+    def fork(self) -> Mm:
+        child = Mm(self.profile, self.world, pid=self.pid * 100 + len(self.children) + 1)
+        for v in self.vmas:
+            cv = Vma(v.start, v.end, v.prot, v.kind, v.shared, v.file, v.pgoff, v.softdirty,
+                     None, v.hugepage, v.anon_vma, False)
+            child.vmas.append(cv)
+            if v.shared:
+                continue  # copy_page_range skips VMAs without anon_vma: faulted lazily
+            for k, i, j in self.chunks(v.start, v.end):
+                t = self.pt.get(k)
+                if t is None:
+                    continue
+                ct = child._alloc(k)
+                if t.huge:
+                    ct.huge = True
+                ct.st[i:j] = t.st[i:j]
+                ct.ver[i:j] = t.ver[i:j]
+                cow = (t.st[i:j] == PRESENT) & ((t.fl[i:j] & ANON) != 0)
+                t.fl[i:j][cow] &= _NOT_W  # both sides read-only for COW
+                cfl = t.fl[i:j].copy()
+                cfl &= _NOT_WP  # the child VMA is not registered: the bit is dropped
+                ct.fl[i:j] = cfl
+                mk = ct.st[i:j] == MARKER
+                ct.st[i:j][mk] = NONE
+        child._reindex()
+        child.next_free = self.next_free
+        self.children.append(child)
+        return child
+
+    def child_exit(self) -> None:
+        if self.children:
+            self.children.pop()
+
+    def exit(self) -> None:
+        for v in list(self.vmas):
+            self.munmap(v.start, v.end - v.start)
+        self.children.clear()
+
+    # ------------------------------------------------------------------------ content
+    def content(self, start: int, end: int) -> np.ndarray:
+        """The content version of every page of [start, end): 0 zero, -1 unmapped."""
+        n = (end - start) >> PAGE_SHIFT
+        out = np.full(n, -1, np.int64)
+        for v in self.vmas_in(start, end):
+            lo, hi = max(v.start, start), min(v.end, end)
+            for k, i, j in self.chunks(lo, hi):
+                o = ((k << PMD_SHIFT) + (i << PAGE_SHIFT) - start) >> PAGE_SHIFT
+                seg = out[o:o + j - i]
+                t = self.pt.get(k)
+                if v.file is not None:
+                    a = v.page_index((k << PMD_SHIFT) + (i << PAGE_SHIFT))
+                    fv = v.file.ver[a:a + j - i]
+                    seg[:] = fv if len(fv) == j - i else np.resize(fv, j - i)
+                else:
+                    seg[:] = 0
+                if t is None:
+                    continue
+                st, fl = t.st[i:j], t.fl[i:j]
+                own = ((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0)
+                seg[own] = t.ver[i:j][own]
+                if v.anonymous:
+                    seg[(st == PRESENT) & ((fl & ZERO) != 0)] = 0
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"vmas": len(self.vmas), "pt_pages": self.c.pt_pages,
+                "pt_peak": self.c.pt_peak, "faults": self.c.faults,
+                "tracking_faults": self.c.tracking_faults}
+
+
+@dataclass
+class Ring:
+    """The write-log ring: bounded; an overflow makes the next collect walk everything."""
+
+    capacity: int
+    entries: list[int] = field(default_factory=list)
+    overflowed: bool = False
+    overflows: int = 0
+
+    def append(self, addr: int) -> None:
+        if len(self.entries) >= self.capacity:
+            if not self.overflowed:
+                self.overflows += 1
+            self.overflowed = True
+            return
+        self.entries.append(addr)
