@@ -457,9 +457,9 @@ class _Explorer:
             if self.d.collect == "ring" and self._protected(aux):
                 nring = (*ring, p)
             post = "notify" if (self.d.notify_after_map and aux[0] == NONE) else "go"
-            what = "map page" if aux[0] in (NONE, MARKER) else (
-                "copy-on-write zero page" if aux[0] == ZERO else
-                "make writable (soft-dirty)" if sdm else "clear uffd-wp bit")
+            what = f"map p{p}" if aux[0] in (NONE, MARKER) else (
+                f"copy-on-write zero page at p{p}" if aux[0] == ZERO else
+                f"make p{p} writable (soft-dirty)" if sdm else f"clear uffd-wp bit of p{p}")
             if nring is not ring:
                 what += f", append p{p} to ring"
             if post == "notify":
