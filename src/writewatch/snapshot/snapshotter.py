@@ -569,28 +569,29 @@ def _meta(r: Region) -> tuple[Any, ...]:
 
 def _make_source(target: Any, backend: str, stop: bool) -> Source:
     from ..tracker import Tracker, track
+    try:
+        from ..process import ProcessTracker, attach
+    except ImportError:  # pragma: no cover (older tree without process tracking)
+        ProcessTracker, attach = (), None  # type: ignore[assignment]
     if isinstance(target, Source):
         return target
+    if ProcessTracker and isinstance(target, ProcessTracker):
+        return ProcessSource(int(target.pid), target, stop=stop)
     if isinstance(target, Tracker):
         return BufferSource(target)
     if isinstance(target, bool):
         raise errors.InvalidTarget("cannot snapshot a bool")
     if isinstance(target, int):
         tracker = None
-        try:
-            from .. import attach  # type: ignore[attr-defined]
-        except ImportError:
-            attach = None
+        why = "no process tracker in this build"
         if attach is not None:
             try:
-                tracker = attach(target)
-            except (errors.Unsupported, errors.PermissionDenied):
-                tracker = None
-        src = ProcessSource(target, tracker, stop=stop)
-        src.owned = tracker is not None  # type: ignore[attr-defined]
+                tracker = attach(target, backend)
+            except (errors.Unsupported, errors.PermissionDenied, errors.KernelError) as exc:
+                why = str(exc)
+        src = ProcessSource(target, tracker, stop=stop, owned=True)
+        src.untracked_reason = None if tracker is not None else why
         return src
-    if hasattr(target, "pid") and hasattr(target, "collect") and hasattr(target, "mappings"):
-        return ProcessSource(int(target.pid), target, stop=stop)
     return BufferSource(track(target, backend=backend), owned=True)
 
 

@@ -233,9 +233,13 @@ class ProcessSource(Source):
 
     kind = "process"
 
-    def __init__(self, pid: int, tracker: Any = None, *, stop: bool = True) -> None:
+    def __init__(self, pid: int, tracker: Any = None, *, stop: bool = True,
+                 owned: bool = False) -> None:
         self.pid = pid
         self.tracker = tracker
+        self.owned = owned
+        #: why there is no tracker (pages are then compared by content hash)
+        self.untracked_reason: str | None = None
         self.stop = stop
         self.page_size = LINUX.page_size
         self.last_pause = 0.0
@@ -288,8 +292,9 @@ class ProcessSource(Source):
         except errors.WriteWatchError:
             cmd = ""
         return {"kind": self.kind, "pid": self.pid, "cmdline": cmd,
-                "tracker": type(self.tracker).__name__ if self.tracker else None}
+                "tracker": getattr(self.tracker, "backend", None) if self.tracker else None,
+                "untracked_reason": self.untracked_reason}
 
     def close(self) -> None:
-        if self.tracker is not None and getattr(self, "owned", False):
+        if self.tracker is not None and self.owned:
             self.tracker.close()

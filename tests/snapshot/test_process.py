@@ -1,0 +1,112 @@
+"""Whole-process images: base + deltas equal a full read taken at the same pause."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from snaphelp import store
+
+from writewatch.snapshot import ProcessSource, Snapshotter
+from writewatch.snapshot.source import _thread_states, process_vm_readv
+
+LOAD = r"""
+import sys, threading, numpy as np
+a = np.zeros(8 << 20, np.uint8)          # 8 MiB written at random
+blocks = []                              # and mappings that come and go
+rng = np.random.default_rng(1)
+def churn():
+    while True:
+        blocks.append(bytearray(int(rng.integers(1, 64)) << 16))
+        if len(blocks) > 8:
+            blocks.pop(0)
+threading.Thread(target=churn, daemon=True).start()
+print("ready", flush=True)
+i = 0
+while True:
+    p = int(rng.integers(0, a.size // 4096))
+    a[p * 4096 + (i % 4096)] = i & 255
+    i += 1
+"""
+
+
+@pytest.fixture
+def loaded():
+    p = subprocess.Popen([sys.executable, "-c", LOAD], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    yield p
+    p.kill()
+    p.wait()
+
+
+def _full_read(src: ProcessSource, into: dict) -> None:
+    regions = src.regions()
+    runs = np.array([(r.start, r.end) for r in regions], np.uint64)
+    buf = np.empty(int((runs[:, 1] - runs[:, 0]).sum()), np.uint8)
+    process_vm_readv(src.pid, runs, buf)
+    into["regions"], into["data"] = regions, buf
+
+
+@pytest.mark.parametrize("mode", ["attach", "hash"])
+def test_base_plus_deltas_equal_a_full_read_at_the_same_pause(tmp_path, loaded, mode):
+    if mode == "attach":
+        from memutil import require_uffd_async
+        require_uffd_async()
+        from writewatch.process import attach
+        try:
+            tracker = attach(loaded.pid)
+        except Exception as exc:  # any refusal: skip with the reason
+            pytest.skip(f"attach unavailable: {exc}")
+        src = ProcessSource(loaded.pid, tracker, owned=True)
+    else:
+        src = ProcessSource(loaded.pid)
+    truth: dict[str, dict] = {}
+    with Snapshotter(src, store(tmp_path)) as s:
+        infos = []
+        for _ in range(5):
+            got: dict = {}
+            src.on_pause = lambda source, got=got: _full_read(source, got)
+            info = s.save()
+            truth[info.name] = got
+            infos.append(info)
+            assert info.pause is not None and info.pause < 5
+            time.sleep(0.05)
+        assert infos[0].kind == "full" and all(i.kind == "delta" for i in infos[1:])
+        if mode == "attach":
+            # deltas hold the written pages, not the whole image
+            assert all(i.pages < infos[0].pages for i in infos[1:]), infos
+        for info in infos:
+            img = s.restore(info)
+            want = truth[info.name]
+            assert img.regions == want["regions"]
+            assert np.array_equal(img.data, want["data"]), f"snapshot {info.name}"
+        d = s.diff(infos[0], infos[-1])
+        assert len(d.changed) > 0
+    assert all(st not in "Tt" for st in _thread_states(loaded.pid)), "target left stopped"
+
+
+def test_target_resumes_when_the_save_fails(tmp_path, loaded):
+    src = ProcessSource(loaded.pid)
+
+    def boom(_src):
+        raise RuntimeError("fails while stopped")
+
+    with Snapshotter(src, store(tmp_path)) as s:
+        src.on_pause = boom
+        with pytest.raises(RuntimeError):
+            s.save()
+        assert all(st not in "Tt" for st in _thread_states(loaded.pid))
+        assert s.list() == ()
+
+
+def test_snapshot_by_pid(tmp_path, loaded):
+    with Snapshotter(loaded.pid, store(tmp_path)) as s:
+        a = s.save()
+        b = s.save()
+        assert a.source == "process" and b.parent == a.name
+        assert s.restore(b).data.nbytes == b.image_bytes
+        m = s.snapshots.manifest(b.name)
+        assert m.maps and len(m.maps) >= len(m.regions)
