@@ -36,6 +36,7 @@ class Band:
     hi: np.ndarray
     bin: np.ndarray
     height: float = 1.0  #: share of the picture's height
+    gathered: bool = False  #: pages gathered from several places (no address scale)
 
     @property
     def capacity(self) -> np.ndarray:
@@ -49,7 +50,7 @@ def _split(start: int, end: int, rows: int, ps: int) -> tuple[np.ndarray, np.nda
     return start + cuts[:-1] * ps, start + cuts[1:] * ps
 
 
-def bands(series: Series, max_bands: int = 16, rows: int = 480) -> list[Band]:
+def bands(series: Series, max_bands: int = 10, rows: int = 480) -> list[Band]:
     """The heatmap's y axis for ``series`` (see the module docstring)."""
     ps = series.page_size
     ws = series.working_set
@@ -73,8 +74,16 @@ def bands(series: Series, max_bands: int = 16, rows: int = 480) -> list[Band]:
         else:
             ext.append((g.name, lo, hi, len(part)))
     rest = ws - claimed
-    # 2. keep the most written bands; the others join the "other" band
-    keep = sorted(sorted(range(len(ext)), key=lambda i: -ext[i][3])[:max_bands])
+    # 2. keep the bands with the most pages written over time (not counting conservative
+    #    reports); the others join the "other" band
+    if ext:
+        lo_a = np.array([e[1] for e in ext], np.int64)
+        hi_a = np.array([e[2] for e in ext], np.int64)
+        activity = np.zeros(len(ext), np.int64)
+        for iv in series.intervals:
+            activity += bytes_in(iv.proven.ranges, lo_a, hi_a)
+        ext = [(e[0], e[1], e[2], int(a)) for e, a in zip(ext, activity.tolist(), strict=True)]
+    keep = sorted(sorted(range(len(ext)), key=lambda i: (-ext[i][3], ext[i][1]))[:max_bands])
     other = rest
     for i in set(range(len(ext))) - set(keep):
         other = other | ws.clip(ext[i][1], ext[i][2])
@@ -84,7 +93,7 @@ def bands(series: Series, max_bands: int = 16, rows: int = 480) -> list[Band]:
     #    address bins: as many rows as the height allows, at most one per page
     spans = [(hi - lo) // ps for _, lo, hi, _ in chosen] + ([len(other)] if other else [])
     w = np.sqrt(np.asarray(spans, float))
-    height = np.maximum(w / w.sum(), 1 / 25)
+    height = np.maximum(w / w.sum(), 1 / 30)
     height /= height.sum()
     alloc = np.maximum(np.minimum(np.floor(height * rows), spans), 1).astype(int).tolist()
     out: list[Band] = []
@@ -99,38 +108,43 @@ def bands(series: Series, max_bands: int = 16, rows: int = 480) -> list[Band]:
         if n_other and rest:
             what += " + unmapped"
         out.append(Band(f"[{what}]", int(addrs[0]), int(addrs[-1]) + ps, nr, addrs,
-                        addrs + ps, binid, float(height[-1])))
+                        addrs + ps, binid, float(height[-1]), gathered=True))
     return out
 
 
-def heatmap_matrix(series: Series, max_bands: int = 16, rows: int = 480,
-                   columns: int = 800) -> tuple[np.ndarray, np.ndarray, list[Band]]:
-    """``(matrix, time_edges, bands)``: ``matrix[row, col]`` is the fraction of the pages of
-    address bin ``row`` written during time column ``col`` (rows bottom-up in address order,
-    bands stacked; consecutive intervals are merged into one column when there are more than
-    ``columns``)."""
+def heatmap_matrix(series: Series, max_bands: int = 10, rows: int = 480, columns: int = 800,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Band]]:
+    """``(proven, conservative, time_edges, bands)``: ``proven[row, col]`` is the fraction of
+    the pages of address bin ``row`` reported written during time column ``col``,
+    ``conservative`` the fraction reported only conservatively (memory not armed yet). Rows
+    go bottom-up in address order, bands stacked; consecutive intervals are merged into one
+    column when there are more than ``columns``."""
     bl = bands(series, max_bands, rows)
     ivs = series.intervals
     ncol = min(len(ivs), columns)
     groups = np.array_split(np.arange(len(ivs)), ncol) if ncol else []
     edges = np.array([ivs[g[0]].t_start for g in groups] + ([ivs[-1].t_end] if ivs else []))
     nrows = sum(b.rows for b in bl)
-    m = np.zeros((nrows, ncol))
-    cap = np.concatenate([b.capacity for b in bl]) if bl else np.zeros(0)
+    proven = np.zeros((nrows, ncol))
+    cons = np.zeros((nrows, ncol))
+    cap = np.maximum(np.concatenate([b.capacity for b in bl]), 1) if bl else np.zeros(0)
+    ps = series.page_size
     for c, g in enumerate(groups):
-        pages = ivs[g[0]].written
-        for i in g[1:]:
-            pages = pages | ivs[i].written
-        r = pages.ranges
-        if not len(r):
-            continue
-        row0 = 0
-        for b in bl:
-            got = bytes_in(r, b.lo, b.hi)
-            m[row0:row0 + b.rows, c] = np.bincount(b.bin, got, minlength=b.rows)
-            row0 += b.rows
-        m[:, c] /= np.maximum(cap, 1)
-    return m, edges, bl
+        p, q = Pages((), ps), Pages((), ps)
+        for i in g:
+            p = p | ivs[i].proven
+            q = q | ivs[i].written
+        for m, pages in ((proven, p), (cons, q - p)):
+            r = pages.ranges
+            if not len(r):
+                continue
+            row0 = 0
+            for b in bl:
+                got = bytes_in(r, b.lo, b.hi)
+                m[row0:row0 + b.rows, c] = np.bincount(b.bin, got, minlength=b.rows)
+                row0 += b.rows
+            m[:, c] /= cap
+    return proven, cons, edges, bl
 
 
 def _save(fig: Any, path: str) -> None:
@@ -151,29 +165,41 @@ def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: i
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    m, edges, bl = heatmap_matrix(series, max_bands, rows, columns)
+    m, cons, edges, bl = heatmap_matrix(series, max_bands, rows, columns)
     fig_h = min(4.0 + 0.35 * len(bl), 14.0)
     fig, ax = plt.subplots(figsize=(11, fig_h), dpi=dpi, layout="constrained")
     if not bl or not m.size:
         ax.text(0.5, 0.5, "no writes observed", ha="center", va="center",
                 transform=ax.transAxes)
     else:
-        masked = np.ma.masked_less_equal(m, 0)
-        cmap = matplotlib.colormaps["inferno_r"].with_extremes(bad="white")
-        lo = max(float(masked.min()) if masked.count() else 1.0, 1e-4)
         ybounds = np.cumsum([0.0] + [b.height for b in bl])
         yedges = np.concatenate([np.linspace(y0, y0 + b.height, b.rows + 1)[:-1]
                                  for y0, b in zip(ybounds, bl, strict=False)] + [[1.0]])
+        if cons.any():
+            grey = matplotlib.colors.ListedColormap(["#9ecae1"]).with_extremes(bad=(0, 0, 0, 0))
+            ax.pcolormesh(edges, yedges, np.ma.masked_less_equal(cons, 0), cmap=grey,
+                          shading="flat")
+        masked = np.ma.masked_less_equal(m, 0)
+        cmap = matplotlib.colormaps["inferno_r"].with_extremes(bad=(0, 0, 0, 0))
+        lo = max(float(masked.min()) if masked.count() else 1.0, 1e-4)
         mesh = ax.pcolormesh(edges, yedges, masked, cmap=cmap,
                              norm=LogNorm(vmin=min(lo, 0.99), vmax=1.0), shading="flat")
         cb = fig.colorbar(mesh, ax=ax, pad=0.01)
         cb.set_label("fraction of the bin's pages written")
+        if cons.any():
+            ax.text(1.0, -0.07, "light blue: reported whole, not proven written (memory not "
+                    "armed yet, e.g. a new mapping)", transform=ax.transAxes, ha="right",
+                    va="top", fontsize=7, color="#3182bd")
         ticks, labels = [], []
         for y0, b in zip(ybounds, bl, strict=False):
             if y0:
                 ax.axhline(y0, color="0.6", lw=0.6)
             ticks.append(y0 + b.height / 2)
-            labels.append(f"{b.label[:28]}\n{b.start:#x} +{_mib(b.end - b.start)}")
+            if b.gathered:
+                labels.append(f"{b.label[:30]}\n{_mib(int(b.capacity.sum()))} written, "
+                              "gaps removed")
+            else:
+                labels.append(f"{b.label[:30]}\n{b.start:#x} +{_mib(b.end - b.start)}")
         ax.set_yticks(ticks, labels, fontsize=7)
         ax.set_ylim(0, 1)
     s = series.summary()

@@ -174,7 +174,8 @@ class Sampler:
             # the target's memory is gone: this collect measured nothing
             raise errors.NoSuchProcess(int(getattr(self.source, "pid", 0) or 0),
                                        "the target exited")
-        cons = len(getattr(last, "conservative", ()) or ())
+        cons = getattr(last, "conservative", None)
+        cons = cons & pages if isinstance(cons, Pages) and cons else Pages((), pages.page_size)
         for reason in getattr(last, "reasons", ()) or ():
             if reason not in self.series.notes and len(self.series.notes) < 100:
                 self.series.notes.append(reason)
@@ -182,7 +183,7 @@ class Sampler:
         self._ws = self._ws | pages
         iv = Interval(index=len(self.series.intervals), t_start=self._last_t - self._t0,
                       t_end=t_end, written=pages, working_set_pages=len(self._ws),
-                      conservative_pages=cons, by_region=self._attribute(pages, gone_idx),
+                      conservative=cons, by_region=self._attribute(pages, gone_idx),
                       new_mappings=new, removed_mappings=gone)
         self._last_t = t
         self.series.intervals.append(iv)

@@ -85,7 +85,9 @@ class Interval:
     t_end: float
     written: Pages  #: pages written during the interval
     working_set_pages: int  #: pages written at least once since the monitor started
-    conservative_pages: int = 0  #: of ``written``, reported without proof of a write
+    #: of ``written``, the pages reported without proof of a write (memory not armed yet:
+    #: a new mapping is reported whole by the process trackers)
+    conservative: Pages | None = None
     by_region: tuple[tuple[int, int], ...] = ()  #: (region index, pages written), most first
     new_mappings: int = 0
     removed_mappings: int = 0
@@ -93,6 +95,15 @@ class Interval:
     @property
     def dt(self) -> float:
         return self.t_end - self.t_start
+
+    @property
+    def conservative_pages(self) -> int:
+        return len(self.conservative) if self.conservative is not None else 0
+
+    @property
+    def proven(self) -> Pages:
+        """``written`` without the conservative pages: pages the kernel saw written."""
+        return self.written - self.conservative if self.conservative else self.written
 
     @property
     def pages(self) -> int:
@@ -116,6 +127,8 @@ class Summary:
     bytes_written: int
     working_set_pages: int  #: distinct pages written at least once
     working_set_bytes: int
+    #: of the working set, pages only ever reported conservatively (maybe never written)
+    working_set_conservative_pages: int
     peak_rate: float  #: MB/s, the fastest interval
     mean_rate: float  #: MB/s, bytes written / duration
     p50_rate: float
@@ -184,6 +197,14 @@ class Series:
         return self._ws
 
     @property
+    def proven_working_set(self) -> Pages:
+        """Pages reported written at least once other than conservatively."""
+        ws = Pages((), self.page_size)
+        for iv in self.intervals:
+            ws = ws | iv.proven
+        return ws
+
+    @property
     def duration(self) -> float:
         if not self.intervals:
             return 0.0
@@ -230,6 +251,7 @@ class Series:
             duration=dur, intervals=len(self.intervals),
             pages_written=sum(iv.pages for iv in self.intervals), bytes_written=total,
             working_set_pages=len(ws), working_set_bytes=ws.nbytes,
+            working_set_conservative_pages=len(ws - self.proven_working_set),
             peak_rate=max(rates, default=0.0), mean_rate=total / MB / dur if dur > 0 else 0.0,
             p50_rate=_pct(rates, 50), p95_rate=_pct(rates, 95),
             conservative_pages=sum(iv.conservative_pages for iv in self.intervals),
@@ -250,6 +272,8 @@ class Series:
                 "pages": iv.pages, "bytes": iv.nbytes, "rate_mb_s": iv.rate,
                 "working_set_pages": iv.working_set_pages,
                 "conservative_pages": iv.conservative_pages,
+                "conservative_ranges": (iv.conservative.ranges.tolist()
+                                        if iv.conservative is not None else []),
                 "new_mappings": iv.new_mappings, "removed_mappings": iv.removed_mappings,
                 "by_region": [[r, n] for r, n in iv.by_region],
                 "ranges": iv.written.ranges.tolist(),
@@ -275,7 +299,8 @@ class Series:
             index=int(i["index"]), t_start=float(i["t_start"]), t_end=float(i["t_end"]),
             written=Pages(np.asarray(i["ranges"], np.uint64).reshape(-1, 2), ps),
             working_set_pages=int(i["working_set_pages"]),
-            conservative_pages=int(i.get("conservative_pages", 0)),
+            conservative=Pages(np.asarray(i.get("conservative_ranges", []), np.uint64
+                                          ).reshape(-1, 2), ps),
             by_region=tuple((int(r), int(n)) for r, n in i.get("by_region", ())),
             new_mappings=int(i.get("new_mappings", 0)),
             removed_mappings=int(i.get("removed_mappings", 0)))

@@ -19,12 +19,17 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _top_names(iv: Interval, series: Series, n: int = 3) -> str:
-    parts = []
-    for r, pages in iv.by_region[:n]:
+def by_name(iv: Interval, series: Series) -> dict[str, int]:
+    """Pages written in the interval per mapping name, most first."""
+    out: dict[str, int] = {}
+    for r, pages in iv.by_region:
         name = series.regions[r].name if r >= 0 else "[unmapped]"
-        parts.append(f"{name} {pages}")
-    return ", ".join(parts)
+        out[name] = out.get(name, 0) + pages
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _top_names(iv: Interval, series: Series, n: int = 3) -> str:
+    return ", ".join(f"{name} {pages}" for name, pages in list(by_name(iv, series).items())[:n])
 
 
 class LineView:
@@ -105,10 +110,7 @@ class LiveView:
         tab.add_column("last interval", justify="right")
         tab.add_column("pages written", justify="right")
         tab.add_column("working set", justify="right")
-        last: dict[str, int] = {}
-        for r, n in iv.by_region:
-            name = series.regions[r].name if r >= 0 else "[unmapped]"
-            last[name] = last.get(name, 0) + n
+        last = by_name(iv, series)
         for name, pages, ws in s.top:
             tab.add_row(Text(name), str(last.get(name, 0)), str(pages),
                         human_bytes(ws * series.page_size))
@@ -135,8 +137,12 @@ def format_summary(series: Series) -> str:
         f"write working set {s.working_set_pages} pages ({human_bytes(s.working_set_bytes)})",
     ]
     if s.conservative_pages:
-        lines.append(f"  conservative: {s.conservative_pages} pages reported without proof "
-                     "of a write (new or changed mappings)")
+        lines.append(
+            f"  conservative: {s.conservative_pages} of the pages written were reported without "
+            f"proof of a write (memory not armed yet: new mappings are reported whole); "
+            f"{s.working_set_conservative_pages} pages "
+            f"({human_bytes(s.working_set_conservative_pages * series.page_size)}) of the "
+            "working set were only ever reported that way")
     changes = len(series.changes)
     if changes:
         new = sum(c.kind == "new" for c in series.changes)
