@@ -1,0 +1,138 @@
+"""Bad input and refusals: typed errors rooted at WriteWatchError, with a hint; no leaked
+descriptor or child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from memutil import open_fds
+
+import writewatch
+from writewatch.kernel import inject
+from writewatch.kernel import ptrace as P
+from writewatch.process import attach, launch
+
+
+@pytest.mark.parametrize("pid", [0, -1, "12", 1.5, True])
+def test_attach_bad_pid(pid) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(writewatch.InvalidTarget) as e:
+        attach(pid)
+    assert e.value.hint
+
+
+def test_attach_self_refused() -> None:
+    with pytest.raises(writewatch.InvalidTarget, match="itself") as e:
+        attach(os.getpid())
+    assert "track()" in e.value.hint
+
+
+def test_attach_missing_process() -> None:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    with pytest.raises(writewatch.NoSuchProcess):
+        attach(p.pid)
+
+
+def test_attach_stopped_process_refused() -> None:
+    p = subprocess.Popen(["sleep", "10"])
+    try:
+        os.kill(p.pid, signal.SIGSTOP)
+        os.waitpid(p.pid, os.WUNTRACED)
+        with pytest.raises(writewatch.InvalidTarget, match="stopped") as e:
+            attach(p.pid)
+        assert "CONT" in e.value.hint
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.parametrize("argv", [["/nonexistent/prog"], ["no-such-command-xyz"], [],
+                                  ["/etc/hostname"]])
+def test_launch_bad_command(argv: list[str]) -> None:
+    before = open_fds()
+    with pytest.raises(writewatch.InvalidTarget) as e:
+        launch(argv)
+    assert e.value.hint
+    assert open_fds() == before
+
+
+@pytest.mark.usefixtures("uffd_async")
+def test_no_descriptor_or_child_leak(c_target) -> None:  # type: ignore[no-untyped-def]
+    before = open_fds()
+    for _ in range(3):
+        with attach(c_target.proc.pid) as t:
+            t.collect()
+    assert open_fds() == before
+    assert _children() == {c_target.proc.pid}  # every helper was reaped
+
+
+def _children() -> set[int]:
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2:].split()[1]) == me:
+                out.add(int(d))
+    return out
+
+
+@pytest.mark.usefixtures("uffd_async")
+def test_launch_no_leak_and_process_api(writer_bin: str) -> None:
+    before = open_fds()
+    t = launch([writer_bin, "interactive", "4"], stdin=subprocess.PIPE,
+               stdout=subprocess.DEVNULL)
+    try:
+        assert t.process.poll() is None
+        t.process.stdin.write(b"q\n")
+        t.process.stdin.flush()
+        assert t.process.wait(5) == 0 and t.process.returncode == 0
+    finally:
+        t.close()
+        t.process.stdin.close()
+    assert open_fds() == before
+
+
+def test_inject_syscall_runs_in_target(c_target) -> None:  # type: ignore[no-untyped-def]
+    pid = c_target.proc.pid
+    assert inject.inject_syscall(pid, P.NR.getpid) == pid
+    assert inject.inject_syscall(pid, P.NR.close, 10_000) == -9  # -EBADF
+    assert c_target.write([1]) and c_target.cmd("w 2") == "ok"  # still runs fine
+
+
+def test_permission_denied_says_what_is_needed(c_target) -> None:  # type: ignore[no-untyped-def]
+    """A tracker without ptrace rights over the target (another uid, no CAP_SYS_PTRACE) gets
+    PermissionDenied naming what is needed, and the target is untouched."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another uid in a child")
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (child)
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)  # drops every capability
+            try:
+                attach(c_target.proc.pid)
+                msg = "attached"
+            except writewatch.PermissionDenied as e:
+                msg = f"denied {e}"
+            except BaseException as e:
+                msg = f"other {type(e).__name__} {e}"
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        msg = f.read().decode()
+    os.waitpid(child, 0)
+    assert msg.startswith("denied"), msg
+    assert "CAP_SYS_PTRACE" in msg
+    assert c_target.cmd("w 1") == "ok"

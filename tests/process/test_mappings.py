@@ -1,0 +1,142 @@
+"""Mappings change under the tracker: new, removed, moved; fork, exec, exit; a target with
+its own userfaultfd."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Driver
+
+import writewatch
+from writewatch.process import ProcessCollectInfo, attach
+
+pytestmark = pytest.mark.usefixtures("uffd_async")
+
+
+def _info(t) -> ProcessCollectInfo:  # type: ignore[no-untyped-def]
+    info = t.last
+    assert isinstance(info, ProcessCollectInfo)
+    return info
+
+
+def test_new_mapping_reported_whole_then_exact(c_target: Driver) -> None:
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        _, addr, n = d.cmd("m 40").split()
+        addr, n = int(addr, 16), int(n)
+        got = t.collect()
+        info = _info(t)
+        new = writewatch.Pages([(addr, addr + n * d.ps)], d.ps)
+        assert new <= got and new <= info.conservative
+        assert any(m.start <= addr < m.end for m in info.new)
+        assert any("not armed before" in r for r in info.reasons)
+        # from now on the new mapping is armed: only what is written is reported
+        t.collect()
+        logged = d.write([1, 2])
+        got = t.collect()
+        assert logged <= set(a for a in logged if a in got)
+        assert len(got & new) == 0
+        assert len(_info(t).conservative & new) == 0
+
+
+def test_removed_and_moved_mappings_reported(c_target: Driver) -> None:
+    d = c_target
+    with attach(d.proc.pid) as t:
+        _, addr, n = d.cmd("m 8").split()
+        addr, n = int(addr, 16), int(n)
+        t.collect()
+        assert any(s.start <= addr < s.end for s in t.spans)
+        _, moved = d.cmd("r").split()
+        moved = int(moved, 16)
+        got = t.collect()
+        info = _info(t)
+        assert any(m.start <= addr < m.end for m in info.removed)
+        assert any(new.start == moved for _, new in info.moved), info.moved
+        assert writewatch.Pages([(moved, moved + n * d.ps)], d.ps) <= got
+        assert d.cmd("u") == "ok"
+        t.collect()
+        assert any(m.start <= moved < m.end for m in _info(t).removed)
+        assert not any(s.start <= moved < s.end for s in t.spans)
+
+
+def test_fork_child_untracked_parent_exact(c_target: Driver) -> None:
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        idx = [3, 4, 100]
+        assert d.cmd("f " + " ".join(map(str, idx))) == "fork 0"
+        got = t.collect()
+        assert {d.base + i * d.ps for i in idx} <= {a for a in (d.base + i * d.ps
+                                                                 for i in idx) if a in got}
+        logged = d.write([7])
+        assert all(a in t.collect() for a in logged)
+
+
+def test_exec_detected_and_reattached(c_target: Driver) -> None:
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        d.cmd("x")
+        d.read_base()
+        got = t.collect()
+        info = _info(t)
+        assert info.exec and t.exec_count == 1
+        assert d.base in got and d.base in info.conservative
+        t.collect()
+        logged = d.write([5, 9, 200])
+        got = t.collect()
+        assert all(a in got for a in logged)
+        buf = writewatch.Pages([(d.base, d.base + d.npages * d.ps)], d.ps)
+        assert len(got & buf) == len(logged)
+
+
+def test_exit_last_collect_then_no_such_process(c_target: Driver) -> None:
+    d = c_target
+    t = attach(d.proc.pid)
+    try:
+        t.collect()
+        d.proc.stdin.write("q\n")
+        d.proc.stdin.flush()
+        d.proc.wait(5)
+        got = t.collect()
+        assert _info(t).exited and len(got) == 0
+        with pytest.raises(writewatch.NoSuchProcess):
+            t.collect()
+    finally:
+        t.close()
+    t.close()  # idempotent
+
+
+def test_target_with_its_own_userfaultfd(c_target: Driver) -> None:
+    d = c_target
+    _, addr, n = d.cmd("U 16").split()
+    addr, n = int(addr, 16), int(n)
+    with attach(d.proc.pid) as t:
+        refused = t.refused
+        assert len(refused) == 1
+        info, why = refused[0]
+        assert info.start == addr and info.end == addr + n * d.ps
+        assert "userfaultfd" in why and "EBUSY" in why
+        t.collect()
+        got = t.collect()
+        # reported whole at each collect (writes there cannot be seen), with the reason
+        assert writewatch.Pages([(addr, addr + n * d.ps)], d.ps) <= _info(t).conservative
+        assert any("refused" in r for r in _info(t).reasons)
+        logged = d.write([0, 255])
+        got = t.collect()
+        assert all(a in got for a in logged)
+
+
+def test_mappings_labels(c_target: Driver) -> None:
+    with attach(c_target.proc.pid) as t:
+        maps = t.mappings()
+        labels = {m.label for m in maps}
+        assert "stack" in labels and "anon" in labels
+        assert any(m.start <= c_target.base < m.end for m in maps)
+        assert all(m.perms[1] == "w" for m in maps)
+        t.collect()
+        c_target.write(range(10))
+        t.collect()
+        per = dict((m.start, k) for m, k in t.last.by_mapping())
+        buf = next(m for m in maps if m.start <= c_target.base < m.end)
+        assert per.get(buf.start, 0) >= 10  # the VMA may hold other data of the program
