@@ -307,7 +307,7 @@ def hugetlb_pages():
             f.write(old)
 
 
-def test_base_hugetlb_private(pm: Pm, mem, hugetlb_pages: int) -> None:
+def test_base_hugetlb_private(pm: Pm, hugetlb_pages: int, mem) -> None:
     # "Hugetlb mem testing:": MAP_HUGETLB | MAP_PRIVATE
     m = mem(hugetlb_pages, flags=ANON | U.MAP_HUGETLB)
     pm.wp_init(m.addr, m.length)
@@ -316,7 +316,7 @@ def test_base_hugetlb_private(pm: Pm, mem, hugetlb_pages: int) -> None:
     pm.wp_free(m.addr, m.length)
 
 
-def test_base_hugetlb_memfd_shared(pm: Pm, mem, hugetlb_pages: int) -> None:
+def test_base_hugetlb_memfd_shared(pm: Pm, hugetlb_pages: int, mem) -> None:
     # "Hugetlb shmem testing:": memfd_create(MFD_HUGETLB), MAP_SHARED
     fd = os.memfd_create("writewatch-test", os.MFD_CLOEXEC | MFD_HUGETLB)
     try:
