@@ -227,14 +227,11 @@ class Mm:
 
     def _split(self, start: int, end: int) -> list[Vma]:
         """Split VMAs so that ``start`` and ``end`` are VMA boundaries; the VMAs inside."""
-        changed = False
         for addr in (start, end):
             v = self.find(addr)
             if v is not None and v.start < addr:
                 self.vmas.append(v.split_at(addr))
-                changed = True
-        if changed:
-            self._reindex()
+                self._reindex()
         return self.vmas_in(start, end)
 
     def _merge_around(self, vma: Vma, sticky_or_primary: bool = True) -> Vma:
@@ -410,9 +407,11 @@ class Mm:
                 t.st[i:j][live] = MARKER
                 t.fl[i:j] = np.where(live, wp, 0).astype(np.uint8)
             elif markers:
-                # zap_install_uffd_wp_if_needed: the uffd-wp state survives as a marker
-                t.st[i:j] = MARKER
-                t.fl[i:j] = WP
+                # zap_install_uffd_wp_if_needed -> pte_install_uffd_wp_if_needed: an entry
+                # with the uffd-wp bit (present, swap or marker) becomes a marker
+                wpd = (t.st[i:j] != NONE) & ((t.fl[i:j] & WP) != 0)
+                t.st[i:j] = np.where(wpd, MARKER, NONE).astype(np.uint8)
+                t.fl[i:j] = np.where(wpd, WP, 0).astype(np.uint8)
             else:
                 t.st[i:j] = NONE
                 t.fl[i:j] = 0
@@ -609,15 +608,19 @@ class Mm:
                     pres = pres & ((fl & ANON) == 0) & (st == PRESENT)
                 # file / shmem pages: unmapped, content kept in the cache (or shmem swap)
                 wpd = pres & ((fl & WP) != 0)
-                if self.uses_markers(v):
-                    st[pres] = MARKER
-                    fl[pres] = WP
-                else:
-                    st[wpd] = MARKER  # pte_install_uffd_wp_if_needed
+                if v.uffd is not None and v.uffd.design == "kernel":
+                    st[wpd] = MARKER  # try_to_unmap_one: pte_install_uffd_wp_if_needed
                     fl[wpd] = WP
-                    rest = pres & ~wpd
-                    st[rest] = NONE
-                    fl[rest] = 0
+                elif v.uffd is not None and v.uffd.design == "faulttime" and v.uffd.armed:
+                    # the proposal's discard marker, keeping the written state
+                    st[pres] = MARKER
+                    fl[pres] &= np.uint8(WP)
+                    wpd = pres
+                else:
+                    wpd[:] = False
+                rest = pres & ~wpd
+                st[rest] = NONE
+                fl[rest] = 0
                 t.ver[i:j][pres] = 0
                 if v.file is not None and v.kind == "shmem":
                     a = v.page_index(lo)
@@ -777,7 +780,7 @@ class Mm:
             v.file.ver[v.page_index(addr)] = self.world.new_version()
         else:
             t.ver[n] = self.world.new_version()
-        t.fl[n] = (t.fl[n] | D) & ~LAZY
+        t.fl[n] = (int(t.fl[n]) | D) & ~LAZY & 0xFF
 
     def read(self, addr: int, length: int = PAGE) -> None:
         end = addr + length
