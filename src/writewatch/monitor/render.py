@@ -157,7 +157,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
-def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: int = 16,
+def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: int = 10,
             rows: int = 480, columns: int = 800, dpi: int = 110) -> None:
     """Write the heatmap PNG (or any format matplotlib knows from the suffix)."""
     import matplotlib
@@ -220,13 +220,18 @@ def rate_plot(series: Series, path: str, *, title: str | None = None, dpi: int =
     import matplotlib.pyplot as plt
 
     ivs = series.intervals
-    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=dpi, layout="constrained")
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=dpi, layout="constrained")
     s = series.summary()
     if ivs:
         t = np.array([iv.t_start for iv in ivs] + [ivs[-1].t_end])
         rate = np.array([iv.rate for iv in ivs])
-        ax.stairs(rate, t, fill=True, alpha=0.35, color="tab:red")
-        ax.stairs(rate, t, color="tab:red", label="dirty rate (MB/s)")
+        dt = np.array([max(iv.dt, 1e-9) for iv in ivs])
+        proven = np.array([iv.proven.nbytes for iv in ivs]) / 1e6 / dt
+        if (rate > proven).any():
+            ax.stairs(rate, t, fill=True, color="#9ecae1",
+                      label="reported whole, not proven written (new mappings)")
+        ax.stairs(proven, t, fill=True, color="#f4b0ae")
+        ax.stairs(proven, t, color="tab:red", label="dirty rate (MB/s)")
         ax.axhline(s.mean_rate, color="tab:red", ls="--", lw=0.8,
                    label=f"mean {s.mean_rate:.1f} MB/s")
         ax.axhline(s.p95_rate, color="tab:red", ls=":", lw=0.8,
@@ -239,7 +244,8 @@ def rate_plot(series: Series, path: str, *, title: str | None = None, dpi: int =
         ax2.set_ylim(bottom=0)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+        fig.legend(h1 + h2, l1 + l2, loc="outside lower center", ncol=3, fontsize=8,
+                   frameon=False)
     else:
         ax.text(0.5, 0.5, "no samples", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(bottom=0)
