@@ -103,7 +103,8 @@ class Design:
     name: str
     summary: str
     sync: bool = False            # writer blocks, the handler copies before unprotecting
-    markers: bool = False         # arm installs uffd-wp PTE markers on pte_none
+    uffd: bool = False            # a uffd-wp design as the kernel implements it
+    markers: bool = False         # uffd-wp markers on anon too (WP_UNPOPULATED, 6.4+)
     none_protected: bool = False  # pte_none counts as protected / clean (no markers)
     notify_after_map: bool = False  # sync write fault on pte_none maps first, notifies after
     discard_marker: bool = False  # a discard (MADV_DONTNEED) leaves a uffd-wp marker
@@ -113,10 +114,18 @@ class Design:
 DESIGNS: dict[str, Design] = {d.name: d for d in (
     Design("uffd-wp-sync",
            "uffd-wp synchronous, WP_UNPOPULATED markers on pte_none (6.4+)",
-           sync=True, markers=True),
+           sync=True, uffd=True, markers=True),
+    Design("uffd-wp-sync-nomarkers",
+           "uffd-wp synchronous without WP_UNPOPULATED (before 6.4): unpopulated anon "
+           "pages are not protected (shmem always gets markers)",
+           sync=True, uffd=True),
     Design("uffd-wp-async",
            "uffd-wp async + PAGEMAP_SCAN get+WP, atomic per page under the PTL (6.7+)",
-           markers=True, collect="scan"),
+           uffd=True, markers=True, collect="scan"),
+    Design("uffd-wp-async-nomarkers",
+           "uffd-wp async + PAGEMAP_SCAN without WP_UNPOPULATED: anon holes read written "
+           "and cannot be armed",
+           uffd=True, collect="scan"),
     Design("fault-time-sync",
            "fault-time proposal, sync: read fault maps zero page + wp bit, write fault maps "
            "a fresh page WITHOUT the bit and notifies after mapping; marker only on discard",
@@ -226,7 +235,10 @@ class ExploreResult:
     :class:`Step`; ``reasons[i]`` says what schedule ``losing[i]`` lost. ``losing_count`` is
     exact. ``duplicates`` sums duplicate notifications / false-positive reports over all
     schedules; ``duplicate_schedules`` counts the schedules with at least one. ``example_dup``
-    is one schedule with a duplicate, when there is one.
+    is one schedule with a duplicate, when there is one. ``loss_kinds`` names every kind of
+    loss in any losing schedule: ``late copy`` (the handler copied a page after new content
+    landed), ``unnotified`` (a page changed without a notification), ``lost write`` and
+    ``lost discard`` (the replica misses a store, or the zeros MADV_DONTNEED left).
     """
 
     design: str
@@ -240,6 +252,7 @@ class ExploreResult:
     duplicate_schedules: int
     deadlocks: int
     threads: tuple[str, ...]
+    loss_kinds: tuple[str, ...]
     seconds: float = field(compare=False)
     example_dup: tuple[Step, ...] = ()
 
@@ -252,7 +265,8 @@ class ExploreResult:
             "design": self.design, "scenario": self.scenario, "schedules": self.schedules,
             "states": self.states, "losing_schedules": self.losing_count,
             "duplicates": self.duplicates, "duplicate_schedules": self.duplicate_schedules,
-            "deadlocks": self.deadlocks, "seconds": round(self.seconds, 3),
+            "deadlocks": self.deadlocks, "loss_kinds": list(self.loss_kinds),
+            "seconds": round(self.seconds, 3),
             "losing": [{"steps": [list(s) for s in sched], "lost": list(why)}
                        for sched, why in zip(self.losing, self.reasons, strict=True)],
         }
@@ -263,7 +277,8 @@ Local = tuple[int, str, Any]
 State = tuple[tuple[Pte, ...], tuple[Local, ...], tuple[int, ...], tuple[Any, ...],
               tuple[int, ...]]
 Move = tuple[Step, State, str, int]  # step, next state, loss reason ("" = none), duplicates
-Stats = tuple[int, int, int, int, int]  # schedules, losing, dup schedules, dups, deadlocks
+# schedules, losing, dup schedules, dups, deadlocks, loss kinds in any losing completion
+Stats = tuple[int, int, int, int, int, frozenset[str]]
 
 
 def _pte_desc(pte: Pte, softdirty: bool) -> str:
@@ -289,6 +304,9 @@ class _Explorer:
         self.arm = tuple(ARM_BASE + p if (self.shmem or k == "mapped") else 0
                          for p, k in enumerate(scen.pages))
         self.memo: dict[State, Stats] = {}
+        # userfaultfd_wp_use_markers(): every non-anon uffd-wp VMA, anon only with
+        # WP_UNPOPULATED (mm/userfaultfd.c; kernel-interfaces.md 1.8).
+        self.markers = design.uffd and (self.shmem or design.markers)
 
     # ---------------------------------------------------------------- initial state
     def initial(self) -> State:
@@ -301,7 +319,7 @@ class _Explorer:
                     ptes.append((PAGE, False, False, False, c))
                 else:                             # UFFDIO_WRITEPROTECT sets the bit
                     ptes.append((PAGE, True, True, True, c))
-            elif d.markers:                       # WP_UNPOPULATED / non-anon: marker
+            elif self.markers:                    # WP_UNPOPULATED / non-anon: marker
                 ptes.append((MARKER, True, False, False, c))
             else:
                 ptes.append((NONE, False, False, False, c))
@@ -341,13 +359,13 @@ class _Explorer:
             return not wp
         # PAGEMAP_SCAN WRITTEN fast path (and the generic path after the 2026 fix):
         # pte_none in a uffd-wp VMA reads written (kernel-interfaces.md 2.5).
-        return kind == NONE and d.markers
+        return kind == NONE and d.uffd
 
     def _wp(self, pte: Pte) -> Pte:
         kind, _, wr, sd, c = pte
         if kind in (PAGE, ZERO):
             return (kind, True, wr, sd, c)
-        if kind == NONE and self.d.markers:    # get+WP on a hole arms a marker
+        if kind == NONE and self.markers:      # get+WP on a hole arms a marker
             return (MARKER, True, False, False, c)
         return pte
 
@@ -356,7 +374,7 @@ class _Explorer:
         d = self.d
         kind, wp = pte[0], pte[1]
         content = pte[4] if self.shmem else 0     # anon DONTNEED drops the page
-        if d.markers:
+        if d.uffd:
             # zap_install_uffd_wp_if_needed(): anon drops everything; file/shmem keeps
             # the protection as a marker (also on swap-out via try_to_unmap).
             keep = self.shmem and (kind == MARKER or wp)
@@ -504,7 +522,7 @@ class _Explorer:
         if pc == "copy":
             c = ptes[p][4]
             loss = "" if c == self.arm[p] else (
-                f"p{p}: snapshot copied after new content landed "
+                f"late copy: p{p} copied into the snapshot after new content landed "
                 f"({self._c(c)} instead of {self._c(self.arm[p])})")
             return (Step(name, f"copy p{p} into snapshot ({self._c(c)})"),
                     (ptes, thr("unprotect", p), queue, self._set(copies, p, c), ring), loss, 0)
@@ -599,8 +617,8 @@ class _Explorer:
         if self.d.sync:
             for p, pte in enumerate(ptes):
                 if copies[p] is None and pte[4] != self.arm[p]:
-                    reasons.append(f"p{p}: changed ({self._c(pte[4])}) without a "
-                                   f"notification; snapshot would hold it, not "
+                    reasons.append(f"unnotified: p{p} changed ({self._c(pte[4])}) without "
+                                   f"a notification; the snapshot would hold it, not "
                                    f"{self._c(self.arm[p])}")
             return tuple(reasons), 0, deadlock
         if self.d.collect == "ring":
@@ -627,17 +645,22 @@ class _Explorer:
         mvs = self.moves(st)
         if not mvs:
             reasons, dup, dead = self.final(st)
-            res: Stats = (1, 1 if reasons else 0, 1 if dup else 0, dup, int(dead))
+            res: Stats = (1, 1 if reasons else 0, 1 if dup else 0, dup, int(dead),
+                          frozenset(_kind(r) for r in reasons))
         else:
             s_ = lo = ds = dt = dl = 0
+            kinds: set[str] = set()
             for _, nxt, loss, dup in mvs:
-                cs, cl, cds, cdt, cdl = self.count(nxt)
+                cs, cl, cds, cdt, cdl, ck = self.count(nxt)
                 s_ += cs
                 lo += cs if loss else cl
                 ds += cs if dup else cds
                 dt += cdt + dup * cs
                 dl += cdl
-            res = (s_, lo, ds, dt, dl)
+                kinds |= ck
+                if loss:
+                    kinds.add(_kind(loss))
+            res = (s_, lo, ds, dt, dl, frozenset(kinds))
         memo[st] = res
         return res
 
@@ -696,6 +719,10 @@ class _Explorer:
         return tuple(path)
 
 
+def _kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
 def _content(c: int | None, names: Sequence[str] = ()) -> str:
     if c is None:
         return "nothing"
@@ -736,7 +763,7 @@ def explore(design: str | Design, scenario: str | Scenario, *, limit: int = 20
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 10000))
     try:
-        n, lo, ds, dt, dl = ex.count(init)
+        n, lo, ds, dt, dl, kinds = ex.count(init)
         lost = ex.losing(init, limit) if lo and limit > 0 else []
         dup_ex = ex.first_dup(init) if ds else ()
     finally:
@@ -745,6 +772,7 @@ def explore(design: str | Design, scenario: str | Scenario, *, limit: int = 20
         design=d.name, scenario=s.name, schedules=n, states=len(ex.memo), losing_count=lo,
         losing=tuple(p for p, _ in lost), reasons=tuple(r for _, r in lost),
         duplicates=dt, duplicate_schedules=ds, deadlocks=dl, threads=ex.names,
+        loss_kinds=tuple(sorted(kinds)),
         seconds=time.perf_counter() - t0, example_dup=dup_ex)
 
 
@@ -792,20 +820,12 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
         return
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(str(c), justify="left" if c in ("design", "scenario", "lost")
-                     else "right", no_wrap=True)
+        t.add_column(str(c), justify="left" if c in ("design", "scenario", "lost",
+                                                      "losing in") else "right",
+                     no_wrap=c != "losing in")
     for r in rows:
         t.add_row(*(str(v) for v in r))
     Console(width=None if sys.stdout.isatty() else 160).print(t)
-
-
-def _kinds(res: ExploreResult) -> str:
-    kinds = set()
-    for why in res.reasons:
-        for r in why:
-            kinds.add("snapshot" if "snapshot" in r else "discard" if "lost discard" in r
-                      else "write")
-    return ",".join(sorted(kinds)) or "-"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -831,8 +851,19 @@ def run(args: argparse.Namespace) -> int:
     _table("Concurrency explorer: every interleaving, per design and scenario",
            ["design", "scenario", "schedules", "states", "losing", "lost", "dup/fp sched.",
             "s"],
-           [(r.design, r.scenario, r.schedules, r.states, r.losing_count, _kinds(r),
-             r.duplicate_schedules, f"{r.seconds:.2f}") for r in results])
+           [(r.design, r.scenario, r.schedules, r.states, r.losing_count,
+             ", ".join(r.loss_kinds) or "-", r.duplicate_schedules, f"{r.seconds:.2f}")
+            for r in results])
+    if len(scenarios) > 1:
+        rows = []
+        for d in designs:
+            mine = [r for r in results if r.design == d]
+            losing = [r.scenario for r in mine if r.loses]
+            rows.append((d, f"{len(losing)} of {len(mine)}", ", ".join(losing) or "-",
+                         ", ".join(sorted({k for r in mine for k in r.loss_kinds})) or "-",
+                         sum(r.duplicate_schedules > 0 for r in mine)))
+        _table("Which designs lose what", ["design", "scenarios losing", "losing in",
+                                           "lost", "scenarios with dup/fp"], rows)
     for r in results:
         for sched, why in list(zip(r.losing, r.reasons, strict=True))[:show]:
             print(f"\n{r.design} / {r.scenario}: loses in {r.losing_count} of "
