@@ -5,6 +5,7 @@
  *   command per stdin line, answering each with one line:
  *     w I J K ...   write one byte to pages I, J, K of the buffer         -> "ok"
  *     m N           mmap N new pages, write all of them                   -> "map 0x<addr> N"
+ *     a K           write every K-th page of the last mmap'd region       -> "ok"
  *     u             munmap the last mmap'd region                         -> "ok"
  *     r             mremap (move) the last mmap'd region elsewhere        -> "moved 0x<addr>"
  *     f I ...       fork: the child writes pages I... and exits 0; the parent waits and
@@ -72,6 +73,13 @@ static int interactive(long npages) {
             for (long i = 0; i < last_n; i++) last[i * ps] = 1;
             printf("map %p %ld\n", (void *)last, last_n);
             break;
+        case 'a': {
+            long k = strtol(p, NULL, 10);
+            if (k < 1) k = 1;
+            for (long i = 0; i < last_n; i += k) last[i * ps]++;
+            puts("ok");
+            break;
+        }
         case 'u':
             munmap(last, last_n * ps);
             last = NULL;

@@ -36,6 +36,7 @@ import pickle
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -461,8 +462,23 @@ def steal_userfaultfd(pid: int, flags: int = UFFD_FLAGS, *,
         if not theirs._closed:  # type: ignore[attr-defined]
             theirs.close()
         if helper > 0:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(helper, 0)
+            _reap(helper)
+
+
+def _reap(helper: int) -> None:
+    """Reap the helper; when it has not exited yet (it has detached: only its own exit is
+    left), leave the wait to a daemon thread instead of waiting here."""
+    try:
+        if os.waitpid(helper, os.WNOHANG)[0]:
+            return
+    except ChildProcessError:
+        return
+
+    def wait() -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(helper, 0)
+
+    threading.Thread(target=wait, name=f"writewatch-reap-{helper}", daemon=True).start()
 
 
 def _recv(sock: socket.socket, helper: int, pid: int) -> tuple:
