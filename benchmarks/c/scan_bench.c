@@ -16,6 +16,10 @@
  *       Per repetition, time a first write to each of NPAGES armed pages and to each
  *       of NPAGES untracked (populated, writable) pages; print "ARMED_NS PLAIN_NS".
  *
+ * Built as a shared object too, ww_collect() is the same walk called in-process
+ * (through ctypes), which separates the library's own overhead from differences
+ * between two processes.
+ *
  * Debian 12 ships 6.1 uapi headers, which predate PAGEMAP_SCAN and WP_ASYNC
  * (6.7), so those definitions are spelled out here from include/uapi/linux/fs.h
  * and include/uapi/linux/userfaultfd.h.
@@ -123,11 +127,14 @@ static void uffd_register_wp(int uffd, char *addr, size_t len)
 }
 
 /* Get the written pages and write-protect them again; returns the region count. */
-static long collect(int pagemap, char *addr, size_t len, struct ww_page_region *vec,
-		    uint64_t vec_len, uint64_t *pages)
+long ww_collect(int pagemap, char *addr, size_t len, struct ww_page_region *vec,
+		uint64_t vec_len, uint64_t *pages)
 {
 	uint64_t pos = (uintptr_t)addr, end = (uintptr_t)addr + len;
 	long total = 0;
+
+	if (!page_size)
+		page_size = sysconf(_SC_PAGESIZE);
 
 	for (;;) {
 		struct ww_pm_scan_arg arg = {
@@ -179,7 +186,7 @@ static int serve(size_t len, uint64_t vec_len)
 	if (!vec || pagemap < 0)
 		die("setup");
 	uffd_register_wp(uffd, mem, len);
-	collect(pagemap, mem, len, vec, vec_len, &pages);
+	ww_collect(pagemap, mem, len, vec, vec_len, &pages);
 	printf("ready\n");
 	fflush(stdout);
 
@@ -194,7 +201,7 @@ static int serve(size_t len, uint64_t vec_len)
 			mem[i * page_size]++;
 		pages = 0;
 		t0 = now_ns();
-		regions = collect(pagemap, mem, len, vec, vec_len, &pages);
+		regions = ww_collect(pagemap, mem, len, vec, vec_len, &pages);
 		t1 = now_ns();
 		printf("%llu %ld %llu\n", (unsigned long long)(t1 - t0), regions,
 		       (unsigned long long)pages);
@@ -223,7 +230,7 @@ static int writer(size_t npages, int reps)
 	for (int r = 0; r < reps; r++) {
 		uint64_t t0, t1, t2;
 
-		collect(pagemap, armed, len, vec, 4096, &pages); /* re-arm every page */
+		ww_collect(pagemap, armed, len, vec, 4096, &pages); /* re-arm every page */
 		t0 = now_ns();
 		for (size_t i = 0; i < npages; i++)
 			((volatile char *)armed)[i * page_size]++;
