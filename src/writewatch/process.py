@@ -30,6 +30,7 @@ and unprotected.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import os
@@ -137,6 +138,20 @@ def _by_mapping(pages: Pages | None, mappings: Sequence[MappingInfo]):  # type: 
         k = len(pages.clip(m.start, m.end))
         if k:
             yield m, k
+
+
+def _overlaps(runs: list[tuple[int, int]], starts: list[int], lo: int, hi: int) -> bool:
+    """Whether ``[lo, hi)`` meets one of the sorted disjoint ``runs``."""
+    i = bisect.bisect_right(starts, lo) - 1
+    if i >= 0 and runs[i][1] > lo:
+        return True
+    return i + 1 < len(runs) and runs[i + 1][0] < hi
+
+
+def _contains(runs: list[tuple[int, int]], starts: list[int], lo: int, hi: int) -> bool:
+    """Whether ``[lo, hi)`` lies inside one of the sorted disjoint ``runs``."""
+    i = bisect.bisect_right(starts, lo) - 1
+    return i >= 0 and runs[i][1] >= hi
 
 
 class _MapsCache:
@@ -366,15 +381,17 @@ class ProcessTracker(Tracker):
             infos = tuple(MappingInfo.of(m) for m in maps)
             writable = [m for m in infos if trackable(m)]
             live = Pages([(m.start, m.end) for m in writable], ps)
+            runs = [(int(lo), int(hi)) for lo, hi in live.ranges.tolist()]
+            starts = [lo for lo, _ in runs]
             # spans whose memory is entirely gone (or no longer writable): removed
             removed: list[MappingInfo] = []
             for s in list(backend.spans):
-                if not len(live.clip(s.start, s.end)):
+                if not _overlaps(runs, starts, s.start, s.end):
                     removed.append(self._span_info(s))
                     if reset:
                         backend.remove(s)
             for key in list(self._refused):
-                if reset and len(Pages([key], ps) - live):  # changed: retried below
+                if reset and not _contains(runs, starts, *key):  # changed: retried below
                     removed.append(self._refused.pop(key)[0])
             covered = Pages([(s.start, s.end) for s in backend.spans]
                             + list(self._refused), ps)
