@@ -288,7 +288,6 @@ class UffdAsyncBackend(Backend):
         for span in list(self.spans):
             if max_pages and budget <= 0:
                 break
-            whole = np.array([[span.start, span.end]], np.uint64)
             why = "mappings replaced, moved or unmapped" if self._layout_changed(span) else None
             if why is None:
                 try:
@@ -299,7 +298,7 @@ class UffdAsyncBackend(Backend):
                     why = "remapped while tracked"
             if why is not None:
                 # a peek reports the change and leaves it for the next reset to report again
-                conservative.append(whole)
+                conservative.append(np.array([[span.start, span.end]], np.uint64))
                 reasons.append(self._recover(span, why) if reset else
                                f"{span.label or 'span'}: {why}; reported whole")
                 continue

@@ -1,0 +1,178 @@
+"""Monitor benchmark: how much does sampling a write-heavy program every second slow it?
+
+The target is a small C program (embedded below, built with ``cc`` into a temporary
+directory) that maps a buffer of SIZE MiB and sweeps it PASSES times, writing one 8-byte word
+in every 64-byte cache line: memory-bandwidth bound, and every page of the buffer is written
+in every pass, so after each re-arm the next write to each page takes a write-protect fault.
+It reports the time its sweeps took (``CLOCK_MONOTONIC`` around the loop, excluding start-up
+and the launch/arming).
+
+For each buffer size, rounds alternate between:
+
+* ``plain``: the target run directly;
+* ``monitored``: ``writewatch run --interval 1 --quiet -- target`` (launch under uffd-wp async
+  tracking, one collect per second, the time series kept in memory).
+
+The figure is the ratio of the medians of the sweep times (target: < 5 % slowdown at 1 s).
+``--interval`` changes the sampling period (e.g. 0.1 to see the cost grow with the collect
+rate). ``--markdown PATH`` also writes the table with the machine, date and command.
+
+Run: ``.venv/bin/python benchmarks/bench_monitor.py [--rounds 5] [--markdown benchmarks/results-monitor.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCE = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    size_t mib = strtoul(argv[1], NULL, 0), passes = strtoul(argv[2], NULL, 0);
+    size_t len = mib << 20;
+    volatile uint64_t *buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED) { perror("mmap"); return 1; }
+    for (size_t i = 0; i < len / 8; i += 512) buf[i] = 1;   /* populate */
+    double t0 = now();
+    for (size_t p = 0; p < passes; p++)
+        for (size_t i = 0; i < len / 8; i += 8) buf[i] += p;  /* one word per cache line */
+    double t1 = now();
+    printf("{\"seconds\": %.6f, \"pages_per_pass\": %zu}\n", t1 - t0, len / 4096);
+    return 0;
+}
+"""
+
+HERE = Path(__file__).resolve().parent
+CLI = ("import sys, writewatch.cli as c;"
+       "c.COMMANDS = tuple(dict.fromkeys((*c.COMMANDS, 'run')));"
+       "from writewatch.cli.__main__ import main; sys.exit(main(sys.argv[1:]))")
+
+
+def build(tmp: Path) -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        sys.exit("bench_monitor needs a C compiler (cc)")
+    src = tmp / "load.c"
+    src.write_text(SOURCE)
+    exe = tmp / "load"
+    subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True)
+    return str(exe)
+
+
+def plain(exe: str, mib: int, passes: int) -> float:
+    out = subprocess.run([exe, str(mib), str(passes)], capture_output=True, text=True,
+                         check=True).stdout
+    return float(json.loads(out)["seconds"])
+
+
+def monitored(exe: str, mib: int, passes: int, interval: float, tmp: Path) -> tuple[float, dict]:
+    js = tmp / "series.json"
+    p = subprocess.run([sys.executable, "-c", CLI, "run", "--interval", str(interval),
+                        "--quiet", "--json", str(js), "--", exe, str(mib), str(passes)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"writewatch run failed ({p.returncode}): {p.stderr}")
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith('{"seconds"'))
+    doc = json.loads(js.read_text())
+    return float(json.loads(line)["seconds"]), doc["summary"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="64,256", help="buffer sizes in MiB (comma separated)")
+    ap.add_argument("--seconds", type=float, default=5.0,
+                    help="target run time unmonitored (passes are calibrated to it)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--markdown", metavar="PATH")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ww-bench-monitor-") as d:
+        tmp = Path(d)
+        exe = build(tmp)
+        for mib in (int(x) for x in args.sizes.split(",")):
+            t1 = plain(exe, mib, 4)
+            passes = max(4, round(args.seconds / (t1 / 4)))
+            base, mon, summaries = [], [], []
+            for _ in range(args.rounds):
+                base.append(plain(exe, mib, passes))
+                t, s = monitored(exe, mib, passes, args.interval, tmp)
+                mon.append(t)
+                summaries.append(s)
+            mb, mm = statistics.median(base), statistics.median(mon)
+            s = summaries[len(summaries) // 2]
+            row = {"mib": mib, "passes": passes, "plain_s": mb, "monitored_s": mm,
+                   "slowdown_pct": (mm / mb - 1) * 100, "plain_all": base, "monitored_all": mon,
+                   "intervals": s["intervals"], "peak_rate": s["peak_rate"],
+                   "mean_rate": s["mean_rate"]}
+            rows.append(row)
+            print(f"{mib:5d} MiB x {passes:4d} passes: plain {mb:.3f} s, monitored {mm:.3f} s "
+                  f"-> {row['slowdown_pct']:+.2f} %  (monitor saw mean {s['mean_rate']:.0f} "
+                  f"MB/s, peak {s['peak_rate']:.0f} MB/s over {s['intervals']} intervals)",
+                  flush=True)
+    if args.markdown:
+        write_markdown(Path(args.markdown), rows, args)
+
+
+def write_markdown(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    cpu = "?"
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cmd = "benchmarks/bench_monitor.py " + shlex.join(sys.argv[1:])
+    lines = [
+        "# Monitor overhead: a write-heavy program sampled by `writewatch run`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Linux "
+        f"{platform.release()}; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Command: `.venv/bin/python {cmd}`",
+        "",
+        "The target sweeps an anonymous buffer, writing one word per cache line of every page "
+        "in each pass; it times its sweeps itself. `plain` runs it directly, `monitored` under "
+        f"`writewatch run --interval {args.interval:g}` (uffd-wp async, one collect per "
+        "interval; every page written since is write-protected again, so the next pass takes a "
+        "write fault on each page once per interval). Medians of "
+        f"{args.rounds} alternating rounds; the target's own sweep time.",
+        "",
+        "| buffer | passes | plain (s) | monitored (s) | slowdown | monitor: mean / peak rate "
+        "(MB/s) | all plain runs (s) | all monitored runs (s) |",
+        "|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mib']} MiB | {r['passes']} | {r['plain_s']:.3f} | {r['monitored_s']:.3f} | "
+            f"{r['slowdown_pct']:+.2f} % | {r['mean_rate']:.0f} / {r['peak_rate']:.0f} | "
+            f"{', '.join(f'{x:.3f}' for x in r['plain_all'])} | "
+            f"{', '.join(f'{x:.3f}' for x in r['monitored_all'])} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
