@@ -343,7 +343,10 @@ class _Explorer:
 
     def _userfault(self, pte: Pte) -> bool:
         """Does a write fault on this PTE call handle_userfault before mapping?"""
-        if not self.d.sync:
+        if not self.d.sync or pte[0] == MARKER:
+            # A marker is resolved like pte_none (pte_marker_handle_uffd_wp() ->
+            # do_pte_missing()); the new PTE inherits the protection, and the retried
+            # store faults on that.
             return False
         if pte[0] == NONE and self.d.notify_after_map:
             return False
@@ -470,12 +473,15 @@ class _Explorer:
         if pc == "ptl":
             if pte != aux:
                 return step(f"PTL: p{p} changed ({desc}), back off", ptes, thr(op_idx, "go"))
-            new = (PAGE, False, True, True, aux[4] if aux[0] != ZERO else 0)
+            # do_anonymous_page() / set_pte_range(): vmf_orig_pte_uffd_wp() carries a
+            # marker's protection into the new PTE.
+            new = (PAGE, aux[0] == MARKER, True, True, aux[4] if aux[0] != ZERO else 0)
             nring = ring
             if self.d.collect == "ring" and self._protected(aux):
                 nring = (*ring, p)
             post = "notify" if (self.d.notify_after_map and aux[0] == NONE) else "go"
-            what = f"map p{p}" if aux[0] in (NONE, MARKER) else (
+            what = f"map p{p}" if aux[0] == NONE else f"map p{p} keeping the marker's bit" \
+                if aux[0] == MARKER else (
                 f"copy-on-write zero page at p{p}" if aux[0] == ZERO else
                 f"make p{p} writable (soft-dirty)" if sdm else f"clear uffd-wp bit of p{p}")
             if nring is not ring:
