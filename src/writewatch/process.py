@@ -291,7 +291,7 @@ class ProcessTracker(Tracker):
 
     # -- properties -------------------------------------------------------------------------
     @property
-    def last(self) -> ProcessCollectInfo:  # type: ignore[override]
+    def last(self) -> ProcessCollectInfo:
         return self._last  # type: ignore[return-value]
 
     @property

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import _uapi as U
 from .. import errors
@@ -481,7 +482,7 @@ def _reap(helper: int) -> None:
     threading.Thread(target=wait, name=f"writewatch-reap-{helper}", daemon=True).start()
 
 
-def _recv(sock: socket.socket, helper: int, pid: int) -> tuple:
+def _recv(sock: socket.socket, helper: int, pid: int) -> tuple[Any, ...]:
     while True:
         try:
             data = sock.recv(1 << 16)
@@ -491,4 +492,5 @@ def _recv(sock: socket.socket, helper: int, pid: int) -> tuple:
     if not data:
         raise errors.KernelError(f"the attach helper (pid {helper}) for process {pid} died",
                                  op="attach")
-    return pickle.loads(data)
+    msg: tuple[Any, ...] = pickle.loads(data)
+    return msg

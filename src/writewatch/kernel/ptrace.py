@@ -284,8 +284,9 @@ def geteventmsg(tid: int) -> int:
 
 def waitpid(tid: int, options: int = 0) -> tuple[int, int]:
     """``waitpid(tid, &status, options | __WALL)``; (0, 0) with WNOHANG and nothing to report."""
-    return _sys.os_call(f"waitpid({tid})", os.waitpid, tid, options | __WALL,
-                        errmap={E.ECHILD: (errors.NoSuchProcess, None)}, pid=tid)
+    got, status = _sys.os_call(f"waitpid({tid})", os.waitpid, tid, options | __WALL,
+                               errmap={E.ECHILD: (errors.NoSuchProcess, None)}, pid=tid)
+    return int(got), int(status)
 
 
 def tgkill(tgid: int, tid: int, sig: int) -> None:
@@ -317,7 +318,8 @@ def read_mem(pid: int, addr: int, length: int) -> bytes:
     fd = _sys.os_call(f"open {path}", os.open, path, os.O_RDONLY | os.O_CLOEXEC, errmap=errmap,
                       pid=pid)
     try:
-        return _sys.os_call(f"read {path}", os.pread, fd, length, addr, errmap=errmap, pid=pid)
+        return bytes(_sys.os_call(f"read {path}", os.pread, fd, length, addr, errmap=errmap,
+                                  pid=pid))
     finally:
         _sys.close(fd)
 
