@@ -1,0 +1,137 @@
+"""tools/kernel_matrix.py: its pure parts, and one boot when qemu and the kernel are at hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("kernel_matrix", ROOT / "tools" / "kernel_matrix.py")
+assert _spec and _spec.loader
+km = importlib.util.module_from_spec(_spec)
+sys.modules["kernel_matrix"] = km
+_spec.loader.exec_module(km)
+
+
+def test_parse_depends_takes_the_first_stanza() -> None:
+    text = ("Package: linux-image-amd64\nVersion: 6.1.192-2\n"
+            "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2), foo | bar\n\n"
+            "Package: linux-image-amd64\nDepends: linux-image-6.1.0-50-amd64 (= 6.1.176-1)\n")
+    assert km.parse_depends(text) == ["linux-image-6.1.0-56-amd64", "foo"]
+    assert km.parse_depends("Package: x\n") == []
+
+
+def _elf_with_modinfo(info: bytes) -> bytes:
+    """A minimal ELF64 with a section-name table and a .modinfo section."""
+    shstr = b"\0.shstrtab\0.modinfo\0"
+    data_off = 64
+    shstr_off = data_off
+    info_off = shstr_off + len(shstr)
+    shoff = info_off + len(info)
+    shoff += -shoff % 8
+    hdr = bytearray(64)
+    hdr[:5] = b"\x7fELF\x02"
+    struct.pack_into("<Q", hdr, 0x28, shoff)
+    struct.pack_into("<HHH", hdr, 0x3A, 64, 3, 1)
+    body = bytearray(hdr) + shstr + info
+    body += b"\0" * (shoff - len(body))
+    sections = [(0, 0, 0), (1, shstr_off, len(shstr)), (11, info_off, len(info))]
+    for name, off, size in sections:
+        body += struct.pack("<IIQQQQIIQQ", name, 1, 0, 0, off, size, 0, 0, 1, 0)
+    return bytes(body)
+
+
+def test_modinfo_and_module_order() -> None:
+    ko = _elf_with_modinfo(b"license=GPL\0depends=9pnet,netfs\0name=9p\0")
+    info = km.modinfo(ko)
+    assert info["depends"] == ["9pnet,netfs"] and info["name"] == ["9p"]
+    with pytest.raises(ValueError):
+        km.modinfo(b"not an elf")
+    deps = {"9p": ["9pnet", "netfs"], "netfs": ["fscache"], "fscache": [],
+            "9pnet": [], "virtio_pci": ["virtio", "virtio_ring"], "virtio": ["virtio_ring"],
+            "virtio_ring": []}
+    order = km.module_order(["virtio_pci", "9p"], deps)
+    assert order == ["virtio_ring", "virtio", "virtio_pci", "9pnet", "fscache", "netfs", "9p"]
+    for m, ds in deps.items():
+        for d in ds:
+            assert order.index(d) < order.index(m)
+    with pytest.raises(ValueError, match="cycle"):
+        km.module_order(["a"], {"a": ["b"], "b": ["a"]})
+
+
+def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
+    out = {}
+    pos = 0
+    while True:
+        assert data[pos:pos + 6] == b"070701"
+        f = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        namesize, filesize = f[11], f[6]
+        pos += 110
+        name = data[pos:pos + namesize - 1].decode()
+        pos += namesize
+        pos += -pos % 4
+        body = data[pos:pos + filesize]
+        pos += filesize
+        pos += -pos % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (f[1], body, (f[9], f[10]))
+
+
+def test_cpio_newc_round_trip() -> None:
+    entries = [km.CpioEntry("bin", 0o40755), km.CpioEntry("dev/console", 0o20600, rdev=(5, 1)),
+               km.CpioEntry("init", 0o100755, b"#!/bin/sh\necho hi\n"),
+               km.CpioEntry("odd", 0o100644, b"x" * 7)]
+    back = _read_cpio(km.cpio_newc(entries))
+    assert back == {e.name: (e.mode, e.data, e.rdev) for e in entries}
+
+
+def test_parse_console() -> None:
+    nonce = "abc123"
+    console = ("boot noise\r\n"
+               f"{km.MARK_BEGIN} {nonce} 6.1.0-56-amd64\r\n"
+               "line one\r\n"
+               f"{km.MARK_EXIT} other 0\r\n"  # a forged marker with another nonce
+               "line two\r\n"
+               f"{km.MARK_EXIT} {nonce} 3\r\n"
+               "reboot: Power down\r\n")
+    status, out, release = km.parse_console(console, nonce)
+    assert (status, release) == (3, "6.1.0-56-amd64")
+    assert out == f"line one\n{km.MARK_EXIT} other 0\nline two"
+    assert km.parse_console("Kernel panic - not syncing\n", nonce)[0] is None
+    # init gave up before running the command
+    assert km.parse_console(f"x\n{km.MARK_EXIT} {nonce} {km.NO_RESULT}\n", nonce)[0] is None
+
+
+def test_guest_command_line_is_quoted() -> None:
+    kernel_dir = km.CACHE / "debian-6.1"
+    if not (kernel_dir / "kernel.json").exists() or km._busybox_static() is None:
+        pytest.skip("kernel not cached or no static busybox (run tools/kernel_matrix.py fetch)")
+    argv = ["python", "-c", "print('a b; $HOME')"]
+    cpio = _read_cpio(km.build_initramfs(kernel_dir, argv, "/work dir", {"A": "1 2"}, "n0nce"))
+    init = cpio["init"][1].decode()
+    assert "'A=1 2'" in init
+    assert "n0nce" in init and "bin/busybox" in cpio and "dev/console" in cpio
+    assert all(f"lib/modules/{m}.ko" in cpio for m in ("virtio_pci", "9pnet_virtio", "9p"))
+
+
+@pytest.mark.slow
+def test_boot_returns_the_guest_exit_status() -> None:
+    if os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
+        pytest.skip("already inside the kernel-matrix guest")
+    if shutil.which("qemu-system-x86_64") is None or km._busybox_static() is None:
+        pytest.skip("qemu-system-x86_64 or busybox-static not installed")
+    if not (km.CACHE / "debian-6.1" / "kernel.json").exists():
+        pytest.skip("debian-6.1 kernel not cached (python tools/kernel_matrix.py fetch)")
+    res = km.boot(km.KERNELS["debian-6.1"],
+                  ["sh", "-c", "uname -r; echo $TMPDIR; touch /tmp/x; exit 7"],
+                  timeout=180, echo=False)
+    assert res.status == 7, res.console[-3000:]
+    assert res.release.startswith("6.1.")
+    assert res.output.splitlines()[-2:] == [res.release, "/tmp"]
