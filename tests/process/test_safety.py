@@ -126,7 +126,7 @@ def test_close_leaves_target_running_unprotected(writer_bin: str) -> None:
 
 
 def test_helper_process_survives_caller_and_restores(writer_bin: str) -> None:
-    """The ptrace helper leaves the caller's process group and ignores SIGINT/SIGTERM, so
+    """The ptrace helper leaves the caller's process group and blocks SIGINT/SIGTERM, so
     ^C on the terminal (SIGINT to the group) cannot stop it half way."""
     from writewatch.kernel import inject
     target = subprocess.Popen([writer_bin, "selfcheck", "64", "1.0"],

@@ -90,3 +90,23 @@ def test_signal_sent_while_stopped_is_delivered() -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_attach_from_a_worker_thread(c_target) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    out: list[object] = []
+
+    def work() -> None:
+        try:
+            with attach(c_target.proc.pid) as t:
+                t.collect()
+                logged = c_target.write([3, 4])
+                got = t.collect()
+                out.append(all(a in got for a in logged))
+        except BaseException as exc:
+            out.append(exc)
+
+    th = threading.Thread(target=work)
+    th.start()
+    th.join(30)
+    assert out == [True], out

@@ -21,7 +21,7 @@ without the signal) and sent again with tgkill after detaching.
 Safety against the tracer dying: the kernel detaches tracees when their tracer exits
 (kernel/ptrace.c exit_ptrace), resuming them with whatever registers they hold at that moment.
 :func:`steal_userfaultfd` therefore runs the ptrace part in a forked helper process that
-leaves the caller's process group and ignores terminal signals: if the caller is SIGKILLed at
+leaves the caller's process group and blocks terminal signals: if the caller is SIGKILLed at
 any point the helper still restores the registers, closes the target's copy of the
 descriptor and detaches.
 """
@@ -391,9 +391,12 @@ def _run_helper(sock: socket.socket, other: socket.socket, pid: int, flags: int,
     code = 0
     try:
         other.close()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
+        # blocked rather than ignored: works from any thread (the caller may not be the
+        # main thread), and job-control stops cannot catch the helper half way either
+        signal.pthread_sigmask(signal.SIG_BLOCK, {
+            signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP,
+            signal.SIGTTIN, signal.SIGTTOU, signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2,
+            signal.SIGALRM})
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)  # out of the caller's process group: ^C and kill -PGID miss it
         _helper(sock, pid, flags, launch_go)
