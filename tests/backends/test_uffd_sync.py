@@ -270,7 +270,7 @@ def test_writer_holding_the_gil_and_concurrent_collects(unpopulated) -> None:
         def writer():
             rnd = random.Random(1)
             end, k = time.monotonic() + 1.0, 0
-            while time.monotonic() < end or collects[0] < 3:
+            while time.monotonic() < end or collects[0] < 3 or len(written) < 64:
                 k += 1
                 i = rnd.randrange(N)
                 a[i * PAGE + k % PAGE] = k & 255   # holds the GIL while the fault waits
@@ -292,7 +292,7 @@ def test_writer_holding_the_gil_and_concurrent_collects(unpopulated) -> None:
         print("OK", len(written), collects[0])
     """)
     ok, n, collects = out.split()
-    assert ok == "OK" and int(n) > 200 and int(collects) >= 2
+    assert ok == "OK" and int(n) >= 64 and int(collects) >= 3
 
 
 def test_killed_helper_releases_blocked_writers() -> None:
