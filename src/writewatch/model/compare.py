@@ -33,24 +33,44 @@ from .state import PAGE, PAGE_SHIFT, PMD_SHIFT, Mm, ModelError
 from .trace import Trace
 
 MAX_EXAMPLES = 20
+#: ops that may change memory content in their range
+_CHANGES = frozenset({"write", "madvise", "munmap", "mmap", "mremap", "reclaim"})
 
 
-@dataclass
+class _Chunk:
+    """Ground truth for the tracked pages of one 2 MiB block, made when an op first may
+    change them (pages never touched keep their arm-time content)."""
+
+    __slots__ = ("arm", "baseline", "copied", "copy", "lo", "notified", "replica", "touched",
+                 "wrote")
+
+    def __init__(self, lo: int, content: np.ndarray) -> None:
+        n = len(content)
+        self.lo = lo
+        self.baseline = content  #: content at the last collect
+        self.replica = content.copy()
+        self.arm = content.copy()  #: content at arm time
+        self.touched = np.zeros(n, bool)  #: an op may have changed it since the last collect
+        self.wrote = np.zeros(n, bool)  #: written since the last collect
+        self.copied = np.zeros(n, bool)  #: the live snapshot copied it
+        self.copy = np.zeros(n, np.int64)
+        self.notified = np.zeros(n, bool)  #: notified in this interval
+
+
 class _Tracked:
-    start: int
-    end: int
-    baseline: np.ndarray  #: content at the last collect
-    replica: np.ndarray
-    arm: np.ndarray  #: content at arm time
-    touched: np.ndarray  #: bool: pages an op may have changed since the last collect
-    wrote: np.ndarray  #: bool: pages written since the last collect
-    copied: np.ndarray  #: bool: live snapshot copied this page
-    copy: np.ndarray
-    notified: np.ndarray  #: bool: notified in this interval
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.chunks: dict[int, _Chunk] = {}
 
-    @property
-    def npages(self) -> int:
-        return (self.end - self.start) >> PAGE_SHIFT
+    def keys(self, start: int, end: int) -> range:
+        lo, hi = max(start, self.start), min(end, self.end)
+        if lo >= hi:
+            return range(0)
+        return range(lo >> PMD_SHIFT, ((hi - 1) >> PMD_SHIFT) + 1)
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return max(self.start, k << PMD_SHIFT), min(self.end, (k + 1) << PMD_SHIFT)
 
 
 @dataclass
@@ -121,6 +141,8 @@ class Runner:
         self.ops: list[dict[str, Any]] = []
         self.duplicates = 0
         self._walked = 0
+        self._walked_total = 0
+        self.replica_now = 0
         self._op_index = 0
         self.mm.observer = self._observe
         if design is not None:
@@ -130,91 +152,103 @@ class Runner:
     def _observe(self, what: str, start: int, end: int) -> None:
         hit = False
         for t in self.tracked:
-            lo, hi = max(t.start, start), min(t.end, end)
-            if lo < hi:
-                a, b = (lo - t.start) >> PAGE_SHIFT, (hi - t.start) >> PAGE_SHIFT
-                t.touched[a:b] = True
+            for k in t.keys(start, end):
+                c = t.chunks.get(k)
+                if c is None:
+                    continue
+                lo, hi = max(c.lo, start), min(t.bounds(k)[1], end)
+                a, b = (lo - c.lo) >> PAGE_SHIFT, (hi - c.lo) >> PAGE_SHIFT
+                c.touched[a:b] = True
                 if what == "write":
-                    t.wrote[a:b] = True
+                    c.wrote[a:b] = True
                 hit = True
         if hit:
             self.log.append((start, end, self._op_index))
+
+    def _materialise(self, start: int, end: int) -> None:
+        """Record the content of the tracked pages of [start, end) before an op changes it."""
+        for t in self.tracked:
+            for k in t.keys(start, end):
+                if k not in t.chunks:
+                    lo, hi = t.bounds(k)
+                    t.chunks[k] = _Chunk(lo, self.mm.content(lo, hi))
 
     def notify(self, addr: int, seen: int) -> None:
         """A synchronous design was notified of a write to ``addr`` (content ``seen``)."""
         for t in self.tracked:
             if t.start <= addr < t.end:
-                p = (addr - t.start) >> PAGE_SHIFT
-                if t.notified[p]:
+                k = addr >> PMD_SHIFT
+                c = t.chunks.get(k)
+                if c is None:
+                    self._materialise(addr, addr + PAGE)
+                    c = t.chunks[k]
+                p = (addr - c.lo) >> PAGE_SHIFT
+                if c.notified[p]:
                     self.duplicates += 1
-                t.notified[p] = True
-                if not t.copied[p]:
-                    t.copied[p] = True
-                    t.copy[p] = seen
-
-    def _content_at(self, t: _Tracked, pages: np.ndarray) -> np.ndarray:
-        """Content of the given page indices of ``t``, computed per 2 MiB chunk."""
-        out = np.empty(len(pages), np.int64)
-        if not len(pages):
-            return out
-        addrs = t.start + (pages.astype(np.int64) << PAGE_SHIFT)
-        keys = addrs >> PMD_SHIFT
-        for k in np.unique(keys).tolist():
-            sel = keys == k
-            lo = max(t.start, k << PMD_SHIFT)
-            hi = min(t.end, (k + 1) << PMD_SHIFT)
-            c = self.mm.content(lo, hi)
-            out[sel] = c[(addrs[sel] - lo) >> PAGE_SHIFT]
-        return out
+                c.notified[p] = True
+                if not c.copied[p]:
+                    c.copied[p] = True
+                    c.copy[p] = seen
 
     # -- ops -----------------------------------------------------------------------------------
     def track(self, start: int, end: int) -> None:
-        c = self.mm.content(start, end)
-        n = (end - start) >> PAGE_SHIFT
-        t = _Tracked(start, end, c.copy(), c.copy(), c.copy(), np.zeros(n, bool),
-                     np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int64),
-                     np.zeros(n, bool))
-        self.tracked.append(t)
+        self.tracked.append(_Tracked(start, end))
         if self.design is not None:
             self.design.arm(start, end)
         self._walked = self.kernel.entries_walked
 
     def collect(self) -> None:
         self.m.collects += 1
-        reported_ranges = self.design.collect() if self.design is not None else \
+        reported = self.design.collect() if self.design is not None else \
             np.empty((0, 2), np.uint64)
         walked = self.kernel.entries_walked - self._walked
-        self._walked_total = getattr(self, "_walked_total", 0) + walked
+        self._walked_total += walked
+        rep_ranges = np.asarray(reported, np.uint64).reshape(-1, 2).tolist()
         for t in self.tracked:
-            rep = np.zeros(t.npages, bool)
-            for s, e in np.asarray(reported_ranges, np.uint64).reshape(-1, 2).tolist():
-                lo, hi = max(s, t.start), min(e, t.end)
-                if lo < hi:
-                    rep[(lo - t.start) >> PAGE_SHIFT:(hi - t.start) >> PAGE_SHIFT] = True
-            look = np.flatnonzero(t.touched | rep | (t.replica != t.baseline))
-            cur = self._content_at(t, look)
-            changed = cur != t.baseline[look]
-            wrote = t.wrote[look]
-            reported = rep[look]
-            self.m.reported += int(rep.sum())
-            self.m.pages_written += int((changed & wrote).sum())
-            self.m.changed_otherwise += int((changed & ~wrote).sum())
-            self.m.false_positives += int((reported & ~changed).sum())
-            fn = changed & ~reported
-            self.m.false_negatives += int(fn.sum())
-            for p in look[fn][:max(0, MAX_EXAMPLES - len(self.m.fn_examples))].tolist():
-                addr = t.start + (p << PAGE_SHIFT)
-                ops = [self.ops[i] for s, e, i in self.log if s <= addr < e]
-                self.m.fn_examples.append(
-                    FalseNegative(addr, self.m.collects, ops).describe())
-            # incremental replica: copy the reported pages
-            t.replica[look[reported]] = cur[reported]
-            diverged = int((t.replica[look] != cur).sum())
-            self.m.replica_diverged = max(self.m.replica_diverged, diverged)
-            t.baseline[look] = cur
-            t.touched[:] = False
-            t.wrote[:] = False
-            t.notified[:] = False
+            reps: dict[int, list[tuple[int, int]]] = {}
+            for s, e in rep_ranges:
+                for k in t.keys(s, e):
+                    reps.setdefault(k, []).append((s, e))
+            for k, parts in reps.items():
+                if k not in t.chunks:
+                    # never touched since arm: unchanged, so every reported page is a false
+                    # positive and the replica copy changes nothing
+                    lo, hi = t.bounds(k)
+                    n = sum(max(0, min(e, hi) - max(s, lo)) for s, e in parts) >> PAGE_SHIFT
+                    self.m.reported += n
+                    self.m.false_positives += n
+            for k, c in t.chunks.items():
+                lo, hi = t.bounds(k)
+                rep = np.zeros((hi - lo) >> PAGE_SHIFT, bool)
+                for s, e in reps.get(k, ()):
+                    a, b = max(s, lo), min(e, hi)
+                    if a < b:
+                        rep[(a - lo) >> PAGE_SHIFT:(b - lo) >> PAGE_SHIFT] = True
+                if not (c.touched.any() or rep.any() or (c.replica != c.baseline).any()):
+                    continue
+                cur = self.mm.content(lo, hi)
+                changed = cur != c.baseline
+                self.m.reported += int(rep.sum())
+                self.m.pages_written += int((changed & c.wrote).sum())
+                self.m.changed_otherwise += int((changed & ~c.wrote).sum())
+                self.m.false_positives += int((rep & ~changed).sum())
+                fn = changed & ~rep
+                nfn = int(fn.sum())
+                self.m.false_negatives += nfn
+                if nfn and len(self.m.fn_examples) < MAX_EXAMPLES:
+                    for p in np.flatnonzero(fn)[:MAX_EXAMPLES - len(self.m.fn_examples)]:
+                        addr = lo + (int(p) << PAGE_SHIFT)
+                        ops = [self.ops[i] for s, e, i in self.log if s <= addr < e]
+                        self.m.fn_examples.append(
+                            FalseNegative(addr, self.m.collects, ops).describe())
+                c.replica[rep] = cur[rep]  # the incremental replica copies reported pages
+                self.replica_now += int((c.replica != cur).sum())
+                c.baseline = cur
+                c.touched[:] = False
+                c.wrote[:] = False
+                c.notified[:] = False
+        self.m.replica_diverged = max(self.m.replica_diverged, self.replica_now)
+        self.replica_now = 0
         self.log.clear()
         self._walked = self.kernel.entries_walked
 
@@ -223,6 +257,14 @@ class Runner:
         name = op["op"]
         self.ops.append(op)
         self._op_index = len(self.ops) - 1
+        if self.tracked and name in _CHANGES and op.get("addr") is not None:
+            a = op["addr"]
+            self._materialise(a, a + max(op["len"], op.get("new_len") or 0))
+            if op.get("new_addr") is not None:
+                self._materialise(op["new_addr"], op["new_addr"] + op["new_len"])
+        elif self.tracked and name == "written":
+            for s, e in op["ranges"]:
+                self._materialise(int(s), int(e))
         if name == "write":
             tids = tuple(op.get("tids") or (op.get("tid", 0),))
             mm.write(op["addr"], op["len"], tids)
@@ -285,7 +327,7 @@ class Runner:
         m.tracking_faults = c.tracking_faults
         m.faults = c.faults
         m.duplicates += self.duplicates
-        m.walked_per_collect = getattr(self, "_walked_total", 0) / max(m.collects, 1)
+        m.walked_per_collect = self._walked_total / max(m.collects, 1)
         d = self.design
         if isinstance(d, D.WriteRing):
             m.ring_overflows = d.ring.overflows
@@ -294,9 +336,10 @@ class Runner:
         if d is not None and d.sync:
             diff = 0
             for t in self.tracked:
-                cur = self.mm.content(t.start, t.end)
-                snap = np.where(t.copied, t.copy, cur)
-                diff += int((snap != t.arm).sum())
+                for k, c in t.chunks.items():
+                    cur = self.mm.content(*t.bounds(k))
+                    snap = np.where(c.copied, c.copy, cur)
+                    diff += int((snap != c.arm).sum())
             m.snapshot_differs = diff
         return m
 

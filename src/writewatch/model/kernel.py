@@ -50,6 +50,7 @@ _SWAPPED, _PFNZERO, _HUGE = int(C.SWAPPED), int(C.PFNZERO), int(C.HUGE)
 _WPALLOWED, _SOFT_DIRTY = int(C.WPALLOWED), int(C.SOFT_DIRTY)
 _NOT_WP = np.uint8(0xFF & ~WP)
 _NOT_W = np.uint8(0xFF & ~W)
+_HOLE = 255  # no page-table page (pmd_none) in the scan's entry arrays
 
 #: the uffdio_register.ioctls of a WP registration (basic set + WRITEPROTECT, MOVE, POISON)
 _REGISTER_IOCTLS = sum(1 << n for n in (U._UFFDIO_WAKE, U._UFFDIO_COPY, U._UFFDIO_ZEROPAGE,
@@ -464,7 +465,14 @@ class ModelKernel:
             if (vcat ^ inv) & mask & _WPALLOWED != mask & _WPALLOWED:
                 continue
             lo, hi = max(v.start, start), min(v.end, end)
-            for k, i, j in mm.chunks(lo, hi):
+            chunks = list(mm.chunks(lo, hi))
+            tabs = [mm.pt.get(k) for k, _, _ in chunks]
+            if not wp_only and not any(t is not None and t.huge for t in tabs):
+                if self._scan_batch(mm, v, lo, hi, chunks, tabs, vcat, fast, inv, mask, anyof,
+                                    wp_match, out):
+                    return ScanResult(out.result(), out.walk_end)
+                continue
+            for k, i, j in chunks:
                 base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
                 t = mm.pt.get(k)
                 if wp_only:
@@ -509,6 +517,47 @@ class ModelKernel:
                     return ScanResult(out.result(), out.walk_end)
         return ScanResult(out.result(), end)
 
+    def _scan_batch(self, mm: Mm, v: Vma, lo: int, hi: int, chunks: list[tuple[int, int, int]],
+                    tabs: list[Any], vcat: int, fast: bool, inv: int, mask: int, anyof: int,
+                    wp_match: bool, out: _Output) -> bool:
+        """One VMA without PMD-mapped THPs, all its page-table pages at once; True when the
+        output filled up."""
+        n = (hi - lo) >> PAGE_SHIFT
+        st = np.empty(n, np.uint8)
+        fl = np.zeros(n, np.uint8)
+        pos = 0
+        for (_, i, j), t in zip(chunks, tabs, strict=True):
+            if t is None:
+                st[pos:pos + j - i] = _HOLE
+                self.entries_walked += 1
+            else:
+                st[pos:pos + j - i] = t.st[i:j]
+                fl[pos:pos + j - i] = t.fl[i:j]
+                self.entries_walked += j - i
+            pos += j - i
+        cats = self._cats(st, fl, False, v.uffd is not None, vcat, fast)
+        m = ((cats ^ np.uint16(inv)) & np.uint16(mask)) == np.uint16(mask)
+        if anyof:
+            m &= ((cats ^ np.uint16(inv)) & np.uint16(anyof)) != 0
+        got = out.add(lo, m, cats)
+        if wp_match and got:
+            sel = np.zeros(n, bool)
+            sel[np.flatnonzero(m)[:got]] = True
+            sel &= (cats & np.uint16(_WRITTEN)) != 0
+            pos = 0
+            for (k, i, j), t in zip(chunks, tabs, strict=True):
+                seg = sel[pos:pos + j - i]
+                if seg.any():
+                    if t is None:  # pagemap_scan_pte_hole: uffd_wp_range on the hole
+                        idx = np.flatnonzero(seg)
+                        base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
+                        wp_range(mm, v, base + (int(idx[0]) << PAGE_SHIFT),
+                                 base + ((int(idx[-1]) + 1) << PAGE_SHIFT), True)
+                    else:
+                        self._wp_entries(mm, v, t, i, j, seg)
+                pos += j - i
+        return out.stopped
+
     @staticmethod
     def _wp_entries(mm: Mm, v: Vma, t: Any, i: int, j: int, sel: np.ndarray) -> None:
         """make_uffd_wp_pte on the selected entries: a marker on pte_none."""
@@ -521,33 +570,42 @@ class ModelKernel:
 
     def _categories(self, mm: Mm, v: Vma, t: Any, i: int, j: int, vcat: int,
                     fast: bool) -> np.ndarray:
-        n = j - i
-        cats = np.full(n, vcat, np.uint64)
-        wpv = v.uffd is not None
         if t is None:
-            # pagemap_scan_pte_hole: the VMA categories; WRITTEN since the 2026 PMD-hole fix
-            if wpv and self.profile.scan_pmd_hole_written:
-                cats |= np.uint64(_WRITTEN)
-            return cats
-        st, fl = t.st[i:j], t.fl[i:j]
+            st = np.full(j - i, _HOLE, np.uint8)
+            fl = np.zeros(j - i, np.uint8)
+            return self._cats(st, fl, False, v.uffd is not None, vcat, fast)
+        return self._cats(t.st[i:j], t.fl[i:j], t.huge, v.uffd is not None, vcat, fast)
+
+    def _cats(self, st: np.ndarray, fl: np.ndarray, huge: bool, wpv: bool, vcat: int,
+              fast: bool) -> np.ndarray:
+        """pagemap_page_category / pagemap_thp_category / pagemap_scan_pte_hole for entries
+        (``_HOLE``: no page-table page)."""
+        u = np.uint16
+        hole = st == _HOLE
+        none = st == NONE
         pres = st == PRESENT
+        swp = (st == SWAP) | (st == MARKER)
         notwp = (fl & WP) == 0
-        cats[pres] |= np.uint64(_PRESENT)
-        if t.huge:
-            cats[pres] |= np.uint64(_HUGE)
-        cats[(st == SWAP) | (st == MARKER)] |= np.uint64(_SWAPPED)
-        cats[(st != NONE) & notwp] |= np.uint64(_WRITTEN)
+        cats = np.full(len(st), vcat, u)
+        cats |= pres.view(np.uint8) * u(_PRESENT | (_HUGE if huge else 0))
+        cats |= swp.view(np.uint8) * u(_SWAPPED)
+        written = (pres | swp) & notwp
+        # pte_none: WRITTEN on the fast path; on the generic path only since the 2026 fix
         if fast or (wpv and self.profile.scan_pte_none_written):
-            cats[st == NONE] |= np.uint64(_WRITTEN)
-        cats[pres & ((fl & (ANON | ZERO)) == 0)] |= np.uint64(_FILE)
-        zero = pres & ((fl & ZERO) != 0)
-        if t.huge and not self.profile.huge_zero_pfnzero:
-            zero = np.zeros(n, bool)
-        cats[zero] |= np.uint64(_PFNZERO)
-        if self.profile.soft_dirty and self.profile.category_soft_dirty:
-            cats[(st != NONE) & (st != MARKER) & ((fl & SD) != 0)] |= np.uint64(_SOFT_DIRTY)
-        if fast:
-            cats &= np.uint64(_WRITTEN)
+            written |= none
+        # PMD holes: only the VMA categories, WRITTEN since the 2026 PMD-hole fix
+        if wpv and self.profile.scan_pmd_hole_written:
+            written |= hole
+        cats |= written.view(np.uint8) * u(_WRITTEN)
+        if not fast:
+            cats |= (pres & ((fl & (ANON | ZERO)) == 0)).view(np.uint8) * u(_FILE)
+            if not huge or self.profile.huge_zero_pfnzero:
+                cats |= (pres & ((fl & ZERO) != 0)).view(np.uint8) * u(_PFNZERO)
+            if self.profile.soft_dirty and self.profile.category_soft_dirty:
+                cats |= ((pres | (st == SWAP)) & ((fl & SD) != 0)).view(np.uint8) * \
+                    u(_SOFT_DIRTY)
+        else:
+            cats &= u(_WRITTEN)
         return cats
 
 
@@ -563,7 +621,7 @@ class _Output:
     def __init__(self, vec_len: int, max_pages: int, return_mask: int) -> None:
         self.vec_len = vec_len
         self.left = max_pages
-        self.rmask = np.uint64(return_mask)
+        self.rmask = np.uint16(return_mask)
         self.regions: list[list[int]] = []
         self.stopped = False
         self.walk_end = 0
