@@ -136,3 +136,17 @@ def test_permission_denied_says_what_is_needed(c_target) -> None:  # type: ignor
     assert msg.startswith("denied"), msg
     assert "CAP_SYS_PTRACE" in msg
     assert c_target.cmd("w 1") == "ok"
+
+
+def test_attach_already_traced(c_target) -> None:  # type: ignore[no-untyped-def]
+    pid = c_target.proc.pid
+    P.seize(pid)
+    try:
+        with pytest.raises(writewatch.PermissionDenied, match="already traced") as e:
+            attach(pid)
+        assert "debugger" in e.value.hint
+    finally:
+        P.interrupt(pid)
+        P.waitpid(pid)
+        P.detach(pid)
+    assert c_target.cmd("w 1") == "ok"

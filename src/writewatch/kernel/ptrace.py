@@ -173,11 +173,6 @@ _PTRACE_HINT = ("ptrace needs CAP_SYS_PTRACE, or the same uid as the target with
                 "kernel.yama.ptrace_scope 0 (1: only descendants or a PR_SET_PTRACER grant; "
                 "2: CAP_SYS_PTRACE only; 3: no attach at all); a non-dumpable or setuid "
                 "target needs CAP_SYS_PTRACE")
-PTRACE_ERRORS: _sys.ErrMap = {
-    E.EPERM: (errors.PermissionDenied, _PTRACE_HINT),
-    E.EACCES: (errors.PermissionDenied, _PTRACE_HINT),
-    E.ESRCH: (errors.NoSuchProcess, None),
-}
 
 
 def ptrace_scope() -> int | None:
@@ -193,6 +188,14 @@ def permission_hint() -> str:
     scope = ptrace_scope()
     return _PTRACE_HINT + (f" (this machine: ptrace_scope={scope})" if scope is not None else
                            " (this machine: no Yama)")
+
+
+#: errno -> error for ptrace requests; the hint shows this machine's Yama setting
+PTRACE_ERRORS: _sys.ErrMap = {
+    E.EPERM: (errors.PermissionDenied, permission_hint()),
+    E.EACCES: (errors.PermissionDenied, permission_hint()),
+    E.ESRCH: (errors.NoSuchProcess, None),
+}
 
 
 # -- calls ----------------------------------------------------------------------------------
