@@ -3,6 +3,7 @@ summary printed at the end. Every figure comes from the :class:`Series`."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import IO, Any
 
@@ -124,13 +125,23 @@ class LiveView:
         self._live.update(self.render(iv, series), refresh=True)
 
 
+def status_text(code: int) -> str:
+    """A ``Popen.returncode`` in words: "exit status 3", "killed by SIGTERM"."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def format_summary(series: Series) -> str:
     s = series.summary()
     lines = [
         f"summary: {series.target or 'target'} ({series.backend or '?'}), "
         f"{s.intervals} intervals of {series.interval * 1000:g} ms over {s.duration:.2f} s"
         + (f", ended: {series.ended}" if series.ended else "")
-        + (f", exit status {series.exit_status}" if series.exit_status is not None else ""),
+        + (f", {status_text(series.exit_status)}" if series.exit_status is not None else ""),
         f"  dirty rate MB/s: peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  "
         f"p50 {s.p50_rate:.2f}  p95 {s.p95_rate:.2f}",
         f"  written: {s.pages_written} pages ({human_bytes(s.bytes_written)}) in total; "
