@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     kw = {} if args.backend == "auto" else {"backend": args.backend}
     tracker = launch(cmd, **kw)
     proc = getattr(tracker, "process", None)
-    pid = int(getattr(proc, "pid", None) or getattr(tracker, "pid", 0))
+    pid = int(getattr(proc, "pid", 0) or getattr(tracker, "pid", 0) or 0)
     target = f"pid {pid} ({os.path.basename(cmd[0])})"
     timed_out = False
     try:

@@ -159,7 +159,8 @@ def bytes_in(ranges: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
                                           r[np.maximum(i, 0), 1] - r[np.maximum(i, 0), 0]), 0)
         return np.where(i >= 0, cum[np.maximum(i, 0)] + inside, 0)
 
-    return below(hi) - below(lo)
+    out: np.ndarray = below(hi) - below(lo)
+    return out
 
 
 def _pct(values: Sequence[float], q: float) -> float:
