@@ -838,12 +838,12 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "list", False):
         print("designs:")
         for d in DESIGNS.values():
-            print(f"  {d.name:18s} {d.summary}")
+            print(f"  {d.name:24s} {d.summary}")
         print("scenarios:")
         for s in SCENARIOS.values():
             threads = "; ".join(f"{n}: " + ", ".join(f"{o} p{p}" for o, p in prog)
                                 for n, prog in s.threads)
-            print(f"  {s.name:20s} {s.summary}\n  {'':20s} [{s.memory}; {threads}; "
+            print(f"  {s.name:24s} {s.summary}\n  {'':24s} [{s.memory}; {threads}; "
                   f"{s.collects} concurrent collect(s)]")
         return 0
     designs = args.design or list(DESIGNS)
