@@ -26,11 +26,12 @@ Loss, decided against ground truth:
 
 * collecting designs keep an incremental replica (the arm-time content, then each reported
   page copied): after the final collect it must equal memory. A page whose content differs
-  is a lost write (or a lost discard, when the memory now holds zeros after MADV_DONTNEED);
+  is a ``lost write`` (or a ``lost discard``, when it now holds the zeros MADV_DONTNEED
+  left);
 * synchronous designs keep a live snapshot: the handler copies each notified page before
-  unprotecting it, and a page never notified is copied at the end. The snapshot must equal
-  memory at arm time: a copy taken after new content landed is a lost write, and so is a page
-  that changed without ever being notified.
+  unprotecting it. The snapshot must equal memory at arm time: a copy taken after new
+  content landed is a ``late copy`` (Peter Xu's data loss), and a page that changed without
+  ever being notified is ``unnotified``.
 
 Duplicates: a notification for a page the handler had already copied and unprotected, or a
 collect reporting a page whose content equals the replica (a false positive).
