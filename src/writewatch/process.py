@@ -569,6 +569,19 @@ class LaunchedProcess:
         return f"<LaunchedProcess pid={self.pid} returncode={self.returncode}>"
 
 
+#: include/uapi/linux/prctl.h (Yama): allow a process and its descendants to ptrace us
+PR_SET_PTRACER = 0x59616D61
+
+
+def _allow_ptrace_by(pid: int) -> None:
+    """In the launched child: let ``pid`` and its descendants (the attach helper, a sibling
+    of the child) trace it under kernel.yama.ptrace_scope 1, where only ancestors may
+    (security/yama/yama_lsm.c ptracer_exception_found). EINVAL without Yama: ignored."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)
+
+
 def _redirect(spec: Any, fd: int, mode: int) -> None:
     if spec is None:
         return
@@ -617,6 +630,7 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
     stdin, stdout, stderr = streams
     go_r, go_w = os.pipe()
     err_r, err_w = os.pipe()  # both close-on-exec: EOF at a successful exec
+    parent = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover (runs in the child)
         code = 127
@@ -629,6 +643,7 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
             if cwd is not None:
                 os.chdir(cwd)
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            _allow_ptrace_by(parent)
             os.read(go_r, 1)  # the attach helper has seized this process
             os.close(go_r)
             if env is None:

@@ -102,6 +102,41 @@ def test_tracker_sigkilled_at_random_points(writer_bin: str) -> None:
             target.wait()
 
 
+STOPPED_THEN_KILLED = """
+import sys, time
+from writewatch.kernel import inject
+def hold(fd):
+    print("stopped", flush=True)
+    time.sleep(60)
+inject.steal_userfaultfd(int(sys.argv[1]), while_stopped=hold)
+"""
+
+
+def test_tracker_killed_while_target_stopped(writer_bin: str) -> None:
+    """The widest window: every thread of the target stopped, one with injected registers
+    history, the descriptor created; the caller dies. The helper resumes the target."""
+    target = subprocess.Popen([writer_bin, "selfcheck", "64", "1.5"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdout.readline().startswith("ready")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        tr = subprocess.Popen([sys.executable, "-c", STOPPED_THEN_KILLED, str(target.pid)],
+                              stdout=subprocess.PIPE, text=True, env=env)
+        assert tr.stdout.readline().strip() == "stopped"
+        states = {P.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
+        assert states == {"t"}, states  # really stopped, all threads
+        tr.kill()
+        tr.wait()
+        tr.stdout.close()
+        assert _released(target.pid)
+        out = target.communicate(timeout=20)[0]
+        assert target.returncode == 0 and out.startswith("PASS"), out
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+
+
 def test_close_leaves_target_running_unprotected(writer_bin: str) -> None:
     """After close (and after the tracker object is dropped), the target runs its full
     self-check: nothing stays write-protected or stopped."""
