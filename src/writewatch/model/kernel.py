@@ -591,7 +591,8 @@ class ModelKernel:
         cats |= swp.view(np.uint8) * u(_SWAPPED)
         written = (pres | swp) & notwp
         # pte_none: WRITTEN on the fast path; on the generic path only since the 2026 fix
-        if fast or (wpv and self.profile.scan_pte_none_written):
+        # (any VMA: observed on 6.18 for a none PTE in an unregistered VMA)
+        if fast or self.profile.scan_pte_none_written:
             written |= none
         # PMD holes: only the VMA categories, WRITTEN since the 2026 PMD-hole fix
         if wpv and self.profile.scan_pmd_hole_written:

@@ -40,6 +40,13 @@ class Profile:
     #: PAGE_IS_SOFT_DIRTY category (6.8) and PAGE_IS_GUARD (6.15)
     category_soft_dirty: bool = True
     category_guard: bool = True
+    #: CONFIG_PT_RECLAIM (6.14, x86-64): MADV_DONTNEED over a whole PMD frees the emptied
+    #: PTE table, leaving pmd_none (observed on 6.18 by the differential test: a later write
+    #: fault there gets a THP)
+    pt_reclaim: bool = True
+    #: do_huge_zero_wp_pmd (6.14?): a write fault on the huge zero page allocates a THP
+    #: (observed on 6.18 by the differential test); before, the PMD was split
+    huge_zero_wp_thp: bool = True
     #: /sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise" or "never"
     thp: str = "madvise"
     #: /sys/kernel/mm/transparent_hugepage/use_zero_page: read faults map the huge zero page
@@ -67,13 +74,15 @@ PROFILES: dict[str, Profile] = {
     "6.7-pre-2026-fixes": Profile(
         "6.7-pre-2026-fixes", "6.7", softdirty_sticky_merge=False, scan_pte_none_written=False,
         scan_pmd_hole_written=False, mremap_clears_uffd_wp=False, huge_zero_pfnzero=False,
-        category_soft_dirty=False, category_guard=False),
+        category_soft_dirty=False, category_guard=False, pt_reclaim=False,
+        huge_zero_wp_thp=False),
     # Debian 12 (section 10): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
     # WP_ASYNC, no PAGEMAP_SCAN (ENOTTY).
     "6.1": Profile(
         "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
         scan_pte_none_written=False, scan_pmd_hole_written=False, mremap_clears_uffd_wp=False,
-        huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False),
+        huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False,
+        pt_reclaim=False, huge_zero_wp_thp=False),
 }
 
 

@@ -384,7 +384,7 @@ class Mm:
         return addr
 
     def _zap(self, v: Vma, start: int, end: int, keep_markers: bool = True,
-             drop_cache: bool = False) -> None:
+             drop_cache: bool = False, reclaim_pt: bool = False) -> None:
         """Unmap the entries of [start, end) in ``v`` (zap_pte_range)."""
         markers = keep_markers and not v.anonymous and v.uffd is not None and \
             self.uses_markers(v)
@@ -416,6 +416,9 @@ class Mm:
                 t.st[i:j] = NONE
                 t.fl[i:j] = 0
             t.ver[i:j] = 0
+            if reclaim_pt and i == 0 and j == 512 and self.profile.pt_reclaim and \
+                    not t.st.any():
+                self._free(k)  # CONFIG_PT_RECLAIM (6.14): MADV_DONTNEED frees the empty table
         if drop_cache and v.file is not None:
             a, b = v.page_index(start), v.page_index(end)
             v.file.ver[a:b] = 0
@@ -541,7 +544,7 @@ class Mm:
         for v in self.vmas_in(addr, end):
             lo, hi = max(v.start, addr), min(v.end, end)
             if advice == "DONTNEED":
-                self._zap(v, lo, hi)
+                self._zap(v, lo, hi, reclaim_pt=True)
                 self._notify("zap", lo, hi)
             elif advice == "REMOVE":
                 if not v.shared:
@@ -693,6 +696,15 @@ class Mm:
                     self._uffd_fault(v, addr, tids, hook)
                     t = self.pt.get(k)
             if t is not None and t.huge:
+                if t.fl[0] & ZERO and self.profile.huge_zero_wp_thp:
+                    # do_huge_zero_wp_pmd: a THP replaces the huge zero page
+                    self.c.faults += 1
+                    if not v.anon_vma:
+                        v.anon_vma = self.world.new_anon_vma()
+                    t.fl[:] = (t.fl & np.uint8(WP)) | ANON | W | D | SD
+                    t.ver[:] = 0
+                    t.ver[n] = self.world.new_version()
+                    return
                 if t.fl[0] & ZERO:
                     self.split_huge(k)  # do_huge_pmd_wp_page on the huge zero page: fallback
                 elif t.fl[0] & W:

@@ -1,0 +1,81 @@
+"""Fidelity: random op sequences on real memory and on the model (profile of the running
+kernel) must give identical PAGEMAP_SCAN categories for every page after every step.
+
+A difference is a model bug unless docs/model.md lists it as a deliberate simplification.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from memutil import require_uffd_async
+
+from writewatch.model import fidelity as F
+
+N = F.NPAGES
+
+
+@st.composite
+def page_range(draw: st.DrawFn) -> tuple[int, int]:
+    if draw(st.integers(0, 5)) == 0:  # a whole PMD: THP zaps, PMD holes
+        return draw(st.sampled_from([0, 512])), 512
+    p = draw(st.integers(0, N - 1))
+    return p, draw(st.integers(1, min(16, N - p)))
+
+
+@st.composite
+def op(draw: st.DrawFn) -> tuple:
+    kind = draw(st.sampled_from(["write", "write", "write", "read", "dontneed", "mprotect",
+                                 "mremap", "munmap", "fork", "collect", "collect",
+                                 "write_moved", "read_moved"]))
+    if kind in ("fork", "collect"):
+        return (kind,)
+    p, n = draw(page_range())
+    if kind == "mprotect":
+        return (kind, p, n, draw(st.sampled_from(["r", "rw"])))
+    return (kind, p, n)
+
+
+ops = st.lists(op(), min_size=1, max_size=14)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_kernel() -> None:
+    require_uffd_async()
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(F.KINDS), thp=st.booleans(), seq=ops)
+def test_model_matches_kernel(kind: str, thp: bool, seq: list[tuple]) -> None:
+    bad = F.run(kind, thp, seq)
+    assert not bad, f"{kind} thp={thp}: {bad[0]}"
+
+
+@pytest.mark.parametrize("kind", F.KINDS)
+@pytest.mark.parametrize("thp", [False, True])
+def test_debate_points(kind: str, thp: bool) -> None:
+    """Fixed sequences through the points of the thread: zap after arm, a whole-PMD discard,
+    read of an armed unpopulated page (zero page with the bit), a remap out of the tracked
+    range, mprotect splits, fork."""
+    seqs = [
+        [("write", 0, 4), ("collect",), ("write", 1, 1), ("dontneed", 0, 2), ("read", 5, 2),
+         ("collect",)],
+        [("write", 0, 600), ("collect",), ("write", 3, 1), ("dontneed", 512, 512),
+         ("write", 600, 1), ("read", 700, 1), ("collect",)],
+        [("read", 0, 1), ("read", 600, 1), ("write", 600, 1), ("collect",)],
+        [("write", 0, 8), ("mprotect", 2, 2, "r"), ("write", 0, 8), ("collect",),
+         ("mprotect", 2, 2, "rw"), ("mremap", 1, 3), ("munmap", 6, 1), ("fork",),
+         ("write", 7, 1)],
+        [("write", 0, 16), ("read", 16, 16), ("mremap", 0, 32), ("read_moved", 0, 32),
+         ("write_moved", 3, 2), ("read_moved", 8, 1)],
+        # PT_RECLAIM frees the emptied table; the huge zero page; a write to it
+        [("write", 0, 512), ("mremap", 0, 512), ("write_moved", 0, 1), ("dontneed", 512, 512),
+         ("read", 513, 1), ("write", 514, 1)],
+        [("write", 0, 1024), ("collect",), ("mprotect", 100, 10, "r"), ("dontneed", 0, 1024),
+         ("read", 0, 1024), ("write", 0, 1024)],
+    ]
+    for s in seqs:
+        bad = F.run(kind, thp, s)
+        assert not bad, f"{kind} thp={thp}: {bad[0]}"
