@@ -103,6 +103,7 @@ def test_gc_removes_only_unreferenced(tmp_path, tracking):
         s.save()
         store_obj = s.store
         store_obj.put("chunks/" + "ab" * 16, b"orphan")
+        store_obj.flush()
         before = len(chunk_files(d))
         assert s.snapshots.gc() == 1
         assert len(chunk_files(d)) == before - 1

@@ -616,13 +616,14 @@ class Snapshotter:
                  stop: bool = True) -> None:
         if compress not in (None, "zstd"):
             raise errors.InvalidTarget(f"compress={compress!r}", hint="None or 'zstd'")
+        self._owns_store = not isinstance(store, Store)
         self.snapshots = Snapshots(store, create=True)
         self.store = self.snapshots.store
         self.store.acquire()
         try:
             self.source = _make_source(target, backend, stop)
         except BaseException:
-            self.store.release()
+            self.store.close() if self._owns_store else self.store.release()
             raise
         ps = self.source.page_size
         if chunk_size < ps or chunk_size % ps:
@@ -668,24 +669,21 @@ class Snapshotter:
         return Pages.from_addresses(changed, ps) if changed else Pages((), ps)
 
     def _plan(self, want: Pages) -> list[np.ndarray]:
-        """Split ``want`` into per-chunk lists of runs (each at most chunk_pages pages)."""
-        ps = self.source.page_size
-        cap = self.chunk_pages * ps
-        plans: list[np.ndarray] = []
-        cur: list[tuple[int, int]] = []
-        room = cap
-        for lo, hi in want.ranges.tolist():
-            while lo < hi:
-                n = min(hi - lo, room)
-                cur.append((lo, lo + n))
-                lo += n
-                room -= n
-                if room == 0:
-                    plans.append(np.array(cur, _U64))
-                    cur, room = [], cap
-        if cur:
-            plans.append(np.array(cur, _U64))
-        return plans
+        """Split ``want`` into per-chunk arrays of runs (each chunk at most chunk_pages)."""
+        if not want:
+            return []
+        cap = self.chunk_pages * self.source.page_size
+        r = want.ranges.astype(np.int64)
+        lengths = r[:, 1] - r[:, 0]
+        off = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        total = int(lengths.sum())
+        cuts = np.union1d(off, np.arange(cap, total, cap, dtype=np.int64))
+        run = np.searchsorted(off, cuts, side="right") - 1
+        starts = r[run, 0] + (cuts - off[run])
+        ends = starts + np.diff(np.append(cuts, total))
+        pieces = np.stack([starts, ends], axis=1).astype(_U64)
+        bounds = np.flatnonzero(np.diff(cuts // cap)) + 1
+        return np.split(pieces, bounds)
 
     def save(self) -> SnapshotInfo:
         """Save a snapshot: full the first time, then only the pages written since the
@@ -699,14 +697,15 @@ class Snapshotter:
             stream = isinstance(src, BufferSource)
             bufs: list[tuple[np.ndarray, np.ndarray]] = []
             with src.paused():
-                regions = src.regions()
                 maps = src.maps()
+                regions = src.regions(maps)
                 written = src.collect()
                 every = _region_pages(regions, ps)
                 if parent is None:
                     want = every
                 else:
-                    same = _region_pages([r for r in regions if r in set(parent.regions)], ps)
+                    before = set(parent.regions)
+                    same = _region_pages([r for r in regions if r in before], ps)
                     want = (written & every) | (every - same)
                 untracked = every - src.tracked()
                 if untracked:
@@ -827,7 +826,15 @@ class Snapshotter:
             if src is not None:
                 src.close()
         finally:
-            self.store.release()
+            if self._owns_store:
+                self.store.close()
+            else:
+                flush = getattr(self.store, "flush", None)
+                try:
+                    if flush:
+                        flush()
+                finally:
+                    self.store.release()
 
     def __enter__(self) -> Snapshotter:
         return self

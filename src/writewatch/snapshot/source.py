@@ -33,8 +33,9 @@ class Source(abc.ABC):
     page_size: int
 
     @abc.abstractmethod
-    def regions(self) -> tuple[Region, ...]:
-        """The memory a snapshot holds now, sorted by address."""
+    def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
+        """The memory a snapshot holds now, sorted by address (``maps``: the result of
+        :meth:`maps` just read, to avoid reading it twice)."""
 
     def maps(self) -> tuple[Region, ...]:
         """Every mapping (metadata only); empty for buffers."""
@@ -75,7 +76,7 @@ class BufferSource(Source):
         self.page_size = tracker.page_size
         self.owned = owned
 
-    def regions(self) -> tuple[Region, ...]:
+    def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
         ps = self.page_size
         out = []
         for t in sorted(self.tracker.targets, key=lambda t: t.start):
@@ -91,16 +92,20 @@ class BufferSource(Source):
 
     def read(self, runs: np.ndarray, out: np.ndarray) -> None:
         base = out.ctypes.data
+        # an unmapped page would fault the whole process: check the spans read from first
+        # (msync ENOMEM: one VMA walk per span, no page tables)
+        if len(runs):
+            lo, hi = int(runs[0, 0]), int(runs[-1, 1])
+            for s in self.tracker.spans:
+                if s.start < hi and lo < s.end and not LINUX.is_mapped("self", s.start,
+                                                                       s.end - s.start):
+                    raise SnapshotError(
+                        f"tracked memory {s.start:#x}-{s.end:#x} is not mapped any more",
+                        hint="keep the buffer mapped while it is snapshotted")
         pos = 0
         for lo, hi in runs.tolist():
-            n = hi - lo
-            # an unmapped page would fault the whole process: check first (msync ENOMEM)
-            if not LINUX.is_mapped("self", lo, n):
-                raise SnapshotError(
-                    f"tracked memory {lo:#x}-{hi:#x} is not mapped any more",
-                    hint="keep the buffer mapped while it is snapshotted")
-            ctypes.memmove(base + pos, lo, n)
-            pos += n
+            ctypes.memmove(base + pos, lo, hi - lo)
+            pos += hi - lo
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "pid": os.getpid(),
@@ -251,8 +256,8 @@ class ProcessSource(Source):
         return tuple(Region(m.start, m.end, m.perms, m.offset, m.path)
                      for m in procfs.read_maps(self.pid))
 
-    def regions(self) -> tuple[Region, ...]:
-        return tuple(r for r in self.maps()
+    def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
+        return tuple(r for r in (maps or self.maps())
                      if r.perms[0] == "r" and r.perms[1] == "w"
                      and r.path not in ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]",
                                         "[uprobes]"))

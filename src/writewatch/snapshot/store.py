@@ -15,7 +15,9 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..kernel import _sys
@@ -101,12 +103,19 @@ class DirStore(Store):
     FORMAT = 1
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True,
-                 hash: str | None = None, fsync: bool = True) -> None:
+                 hash: str | None = None, fsync: bool = True, workers: int = 4) -> None:
         self.path = os.fspath(path)
         self.url = self.path
         self.fsync = fsync
         self._lock_fd = -1
         self._dirty_dirs: set[str] = set()
+        self._mutex = threading.Lock()
+        # puts run on worker threads (write + fsync + rename; each fsync waits for the disk,
+        # several in flight share journal commits); at most 2 * workers blobs in flight
+        self._workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(2 * self._workers)
+        self._pending: dict[str, Future[None]] = {}
         meta_path = os.path.join(self.path, "STORE")
         if not os.path.exists(meta_path):
             if not create:
@@ -146,38 +155,68 @@ class DirStore(Store):
 
     # -- blobs -----------------------------------------------------------------------------------
     def _write_atomic(self, final: str, bufs: list[Any]) -> None:
+        """Write to tmp/, fsync, rename into place: a visible blob is always complete."""
         tmp = os.path.join(self.path, "tmp", f"{os.path.basename(final)}.{secrets.token_hex(4)}")
-        fd = _sys.os_call(f"open {tmp}", os.open, tmp,
-                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            for b in bufs:
-                mv = memoryview(b).cast("B")
-                while mv.nbytes:
-                    n = _sys.os_call(f"write {tmp}", os.write, fd, mv)
-                    mv = mv[n:]
-            if self.fsync:
-                _sys.os_call(f"fsync {tmp}", os.fsync, fd)
+            self._write_file(tmp, bufs)
         except BaseException:
-            _sys.close(fd)
             _unlink(tmp)
             raise
-        _sys.close(fd)
         try:
             _sys.os_call(f"rename {tmp}", os.rename, tmp, final)
         except BaseException:
             _unlink(tmp)
             raise
-        self._dirty_dirs.add(os.path.dirname(final))
+        with self._mutex:
+            self._dirty_dirs.add(os.path.dirname(final))
+
+    def _submit(self, fn: Any, *args: Any) -> Future[None]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ww-store")
+        return self._pool.submit(fn, *args)
 
     def put(self, name: str, data: Buffers) -> None:
+        """Write the blob on a worker thread (the buffers must not change until
+        :meth:`flush` or :meth:`commit`); errors surface there."""
         final = self._file(name)
         d = os.path.dirname(final)
         if not os.path.isdir(d):
             _mkdir(d)
-            self._dirty_dirs.add(os.path.dirname(d))
-        self._write_atomic(final, _buffers(data))
+            with self._mutex:
+                self._dirty_dirs.add(os.path.dirname(d))
+        bufs = _buffers(data)
+        self._slots.acquire()
+
+        def job() -> None:
+            try:
+                self._write_atomic(final, bufs)
+            finally:
+                self._slots.release()
+
+        try:
+            fut = self._submit(job)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._mutex:
+            self._pending[name] = fut
+
+    def flush(self) -> None:
+        """Wait for every put in flight; raise the first error."""
+        with self._mutex:
+            pending, self._pending = list(self._pending.values()), {}
+        first: BaseException | None = None
+        for f in pending:
+            exc = f.exception()
+            if exc is not None and first is None:
+                first = exc
+        if first is not None:
+            raise first
 
     def get(self, name: str) -> bytearray:
+        fut = self._pending.get(name)
+        if fut is not None:
+            fut.result()
         path = self._file(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -198,9 +237,10 @@ class DirStore(Store):
             _sys.close(fd)
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self._file(name))
+        return name in self._pending or os.path.exists(self._file(name))
 
     def list(self, prefix: str) -> list[str]:
+        self.flush()
         kind = prefix.rstrip("/")
         root = os.path.join(self.path, kind)
         if kind == "snapshots":
@@ -211,21 +251,54 @@ class DirStore(Store):
         raise SnapshotError(f"bad prefix {prefix!r}")
 
     def delete(self, name: str) -> None:
+        fut = self._pending.pop(name, None)
+        if fut is not None:
+            fut.exception()
         path = self._file(name)
         _unlink(path)
         self._dirty_dirs.add(os.path.dirname(path))
 
     def commit(self, name: str, data: Buffers) -> None:
-        self.sync()
-        self.put(name, data)
-        self.sync()
+        self.flush()  # every chunk file written, fsynced and renamed
+        final = self._file(name)
+        # the new names' directory entries and the manifest's bytes, both durable before the
+        # manifest's rename publishes it
+        with self._mutex:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
+        futs = [self._submit(self._sync_dir, d) for d in dirs] if self.fsync else []
+        tmp = os.path.join(self.path, "tmp", f"{os.path.basename(final)}.{secrets.token_hex(4)}")
+        try:
+            self._write_file(tmp, _buffers(data))
+            for f in futs:
+                f.result()
+            _sys.os_call(f"rename {tmp}", os.rename, tmp, final)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self._sync_dir(os.path.dirname(final))
+
+    def _write_file(self, path: str, bufs: list[Any]) -> None:
+        fd = _sys.os_call(f"open {path}", os.open, path,
+                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            for b in bufs:
+                mv = memoryview(b).cast("B")
+                while mv.nbytes:
+                    n = _sys.os_call(f"write {path}", os.write, fd, mv)
+                    mv = mv[n:]
+            if self.fsync:
+                _sys.os_call(f"fsync {path}", os.fsync, fd)
+        finally:
+            _sys.close(fd)
 
     def sync(self) -> None:
-        """fsync every directory that received or lost an entry since the last sync."""
+        """Finish every put and fsync every directory that gained or lost an entry."""
+        self.flush()
+        with self._mutex:
+            dirs, self._dirty_dirs = self._dirty_dirs, set()
         if self.fsync:
-            for d in sorted(self._dirty_dirs, key=len, reverse=True):
-                self._sync_dir(d)
-        self._dirty_dirs.clear()
+            for f in [self._submit(self._sync_dir, d) for d in dirs]:
+                f.result()
 
     def _sync_dir(self, d: str) -> None:
         if not self.fsync:
@@ -260,6 +333,15 @@ class DirStore(Store):
         tmpdir = os.path.join(self.path, "tmp")
         for n in _listdir(tmpdir):
             _unlink(os.path.join(tmpdir, n))
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self.release()
 
     def release(self) -> None:
         if self._lock_fd >= 0:
