@@ -95,7 +95,7 @@ def test_tracker_sigkilled_at_random_points(writer_bin: str) -> None:
         out = target.communicate(timeout=seconds + 10)[0]
         assert target.returncode == 0, out
         assert out.startswith("PASS"), out
-        assert kills >= 5
+        assert kills >= 3
     finally:
         if target.poll() is None:
             target.kill()
