@@ -614,12 +614,9 @@ class Mm:
                 if v.uffd is not None and v.uffd.design == "kernel":
                     st[wpd] = MARKER  # try_to_unmap_one: pte_install_uffd_wp_if_needed
                     fl[wpd] = WP
-                elif v.uffd is not None and v.uffd.design == "faulttime" and v.uffd.armed:
-                    # the proposal's discard marker, keeping the written state
-                    st[pres] = MARKER
-                    fl[pres] &= np.uint8(WP)
-                    wpd = pres
                 else:
+                    # the designs without markers (the fault-time proposal installs them on
+                    # discard only): a reclaimed PTE becomes pte_none, its state is gone
                     wpd[:] = False
                 rest = pres & ~wpd
                 st[rest] = NONE

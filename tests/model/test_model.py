@@ -1,0 +1,293 @@
+"""The model on its own: trace format, kernel seam semantics, the designs' known gains and
+losses from the thread, metrics consistency, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+
+import pytest
+
+import writewatch
+from writewatch import _uapi as U
+from writewatch.model import compare, process, run_trace
+from writewatch.model import profiles as P
+from writewatch.model.state import PAGE, PMD, WP
+from writewatch.model.trace import Trace, TraceError, TraceHeader, TraceWriter
+from writewatch.model.workloads import BASE, random_trace
+
+P618 = P.get("6.18")
+P67 = P.get("6.7-pre-2026-fixes")
+P61 = P.get("6.1")
+
+
+def tr(*ops: dict) -> Trace:
+    return Trace(TraceHeader(page_size=PAGE, source="test"), list(ops))
+
+
+def op(name: str, **kw: object) -> dict:
+    return {"op": name, **kw}
+
+
+# -- trace format ----------------------------------------------------------------------------
+def test_trace_roundtrip(tmp_path) -> None:
+    t = tr(op("mmap", addr=BASE, len=4 * PAGE, kind="anon"), op("track", addr=BASE, len=PAGE),
+           op("write", addr=BASE, len=PAGE, tids=[0, 1]), op("collect"))
+    for name in ("t.jsonl", "t.jsonl.zst"):
+        path = tmp_path / name
+        t.dump(path)
+        back = Trace.load(path)
+        assert back.ops == t.ops and back.header.page_size == PAGE
+    assert Trace.loads(t.dumps()).ops == t.ops
+
+
+def test_trace_writer_and_hex(tmp_path) -> None:
+    path = tmp_path / "rec.jsonl"
+    with TraceWriter(path, TraceHeader(page_size=PAGE, pid=42)) as w:
+        w.op("maps", t=0.0, maps=[[BASE, BASE + 2 * PAGE, "rw-p", "anon"]])
+        w.op("written", t=1.0, ranges=[[BASE, BASE + PAGE]])
+    t = Trace.load(path)
+    assert t.header.pid == 42 and [o["op"] for o in t] == ["maps", "written"]
+    m = run_trace(t, "uffd-async", P618)
+    assert m.pages_written == 1 and m.false_negatives == 0
+    assert Trace.loads('{"writewatch_trace":1}\n{"op":"write","addr":"0x1000","len":4096}'
+                       ).ops[0]["addr"] == 0x1000
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    '{"nope": 1}',
+    '{"writewatch_trace": 99}',
+    '{"writewatch_trace": 1}\n{"op": "teleport"}',
+    '{"writewatch_trace": 1}\n{"op": "write", "addr": 4097, "len": 4096}',
+    '{"writewatch_trace": 1}\n{"op": "write", "addr": 4096}',
+    '{"writewatch_trace": 1}\nnot json',
+])
+def test_trace_errors(text: str) -> None:
+    with pytest.raises(TraceError) as ei:
+        Trace.loads(text)
+    assert isinstance(ei.value, writewatch.WriteWatchError) and ei.value.hint
+
+
+def test_missing_trace_file(tmp_path) -> None:
+    with pytest.raises(TraceError):
+        Trace.load(tmp_path / "absent.jsonl")
+
+
+# -- the seam ----------------------------------------------------------------------------------
+def test_tracker_runs_on_the_model() -> None:
+    proc, kern = process("6.18")
+    a = proc.mmap(None, 64 * PAGE)
+    proc.write(a, 8 * PAGE)  # before tracking: not reported
+    with writewatch.track((a, 64 * PAGE), backend="uffd-async", kernel=kern,
+                          hole_scan=False) as t:
+        assert len(t.collect()) == 0
+        proc.write(a + 3 * PAGE)
+        proc.write(a + 40 * PAGE)
+        proc.madvise(a + 50 * PAGE, PAGE, "DONTNEED")
+        pages = t.collect()
+        assert set(pages.ranges[:, 0].tolist()) == {a + 3 * PAGE, a + 40 * PAGE, a + 50 * PAGE}
+        assert len(t.collect()) == 0
+    assert kern.open_fds() == 0
+    assert all(v.uffd is None for v in proc.vmas)
+    assert not any(((t.fl & WP) != 0).any() for t in proc.pt.values())
+
+
+def test_seam_errors() -> None:
+    proc, k = process("6.18")
+    a = proc.mmap(None, 16 * PAGE)
+    fd = k.userfaultfd(0)
+    k.uffdio_api(fd, int(U.UffdFeature.WP_ASYNC))
+    with pytest.raises(writewatch.errors.Unsupported):
+        k.uffdio_api(fd, 0)  # a second UFFDIO_API is EINVAL
+    with pytest.raises(writewatch.errors.InvalidTarget) as ei:
+        k.uffdio_writeprotect(fd, a, PAGE, U.UffdWriteprotectMode.WP)
+    assert ei.value.errno == errno.ENOENT
+    k.uffdio_register(fd, a, 8 * PAGE, U.UffdRegisterMode.WP)
+    fd2 = k.userfaultfd(0)
+    k.uffdio_api(fd2, int(U.UffdFeature.WP_ASYNC))
+    with pytest.raises(writewatch.errors.AlreadyTracked):
+        k.uffdio_register(fd2, a, PAGE, U.UffdRegisterMode.WP)
+    with pytest.raises(writewatch.errors.InvalidTarget):
+        k.uffdio_writeprotect(fd, a, PAGE, U.UffdWriteprotectMode.WP |
+                              U.UffdWriteprotectMode.DONTWAKE)
+    pm = k.open_pagemap("self")
+    with pytest.raises(writewatch.WriteWatchError) as ei:
+        k.pagemap_scan(pm, a, a + PAGE, flags=4)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(writewatch.errors.InvalidTarget) as ei:  # EPERM: unregistered part
+        k.pagemap_scan(pm, a, a + 16 * PAGE, flags=int(U.PmScanFlag.CHECK_WPASYNC))
+    assert ei.value.errno == errno.EPERM
+    with pytest.raises(writewatch.errors.NoSuchProcess):
+        k.open_pagemap(987654321)
+    for f in (fd, fd2, pm):
+        k.close(f)
+    _, k61 = process(P61)
+    pm = k61.open_pagemap("self")
+    with pytest.raises(writewatch.errors.Unsupported):
+        k61.pagemap_scan(pm, 0, PAGE)
+
+
+def test_scan_vec_len_and_max_pages() -> None:
+    proc, k = process("6.18")
+    a = proc.mmap(None, 32 * PAGE)
+    for i in range(0, 32, 2):
+        proc.write(a + i * PAGE)
+    pm = k.open_pagemap("self")
+    r = k.pagemap_scan(pm, a, a + 32 * PAGE, category_mask=int(U.PageCategory.PRESENT),
+                       return_mask=int(U.PageCategory.PRESENT), vec_len=3)
+    assert len(r.regions) == 3 and r.walk_end == a + 6 * PAGE
+    r = k.pagemap_scan(pm, a, a + 32 * PAGE, category_mask=int(U.PageCategory.PRESENT),
+                       return_mask=int(U.PageCategory.PRESENT), max_pages=5)
+    assert len(r.regions) == 5 and r.walk_end == a + 9 * PAGE
+
+
+# -- designs: what the thread says each one gains and loses --------------------------------------
+def _merge_loss() -> Trace:
+    """A clean tracked VMA, a page re-mapped read-only next to it (VM_SOFTDIRTY), merged by
+    mprotect of the clean neighbour (the selftest test_merge scenario)."""
+    a = BASE
+    return tr(op("mmap", addr=a, len=4 * PAGE), op("write", addr=a, len=4 * PAGE),
+              op("track", addr=a, len=4 * PAGE),
+              op("munmap", addr=a + 2 * PAGE, len=PAGE),
+              op("mmap", addr=a + 2 * PAGE, len=PAGE, prot="r"),
+              op("mprotect", addr=a + PAGE, len=PAGE, prot="r"), op("collect"))
+
+
+def test_soft_dirty_merge_loses_flag_before_the_fix() -> None:
+    old = run_trace(_merge_loss(), "soft-dirty-old", P618)
+    new = run_trace(_merge_loss(), "soft-dirty", P618)
+    assert old.false_negatives == 1 and "mprotect" not in old.fn_examples[0]
+    assert "munmap" in old.fn_examples[0]
+    assert new.false_negatives == 0 and new.false_positives >= 1
+
+
+def _zap_after_arm(thp: bool, size: int = 2 * PMD) -> Trace:
+    a = BASE
+    ops = [op("mmap", addr=a, len=size)]
+    if thp:
+        ops.append(op("madvise", addr=a, len=size, advice="HUGEPAGE"))
+    ops += [op("write", addr=a, len=size), op("track", addr=a, len=size),
+            op("madvise", addr=a, len=PMD if thp else 4 * PAGE, advice="DONTNEED"),
+            op("collect")]
+    return tr(*ops)
+
+
+def test_pte_none_generic_path_before_and_after_the_fix() -> None:
+    t = _zap_after_arm(False)
+    assert run_trace(t, "uffd-async-generic", P67).false_negatives == 4
+    assert run_trace(t, "uffd-async-generic", P618).false_negatives == 0
+    assert run_trace(t, "uffd-async", P67).false_negatives == 0  # the fast path
+
+
+def test_pmd_hole_before_and_after_the_fix() -> None:
+    t = _zap_after_arm(True)
+    assert run_trace(t, "uffd-async", P67).false_negatives == 512
+    assert run_trace(t, "uffd-async", P618).false_negatives == 0
+    # the library scans for holes itself on kernels without the fix
+    assert run_trace(t, "writewatch", P67).false_negatives == 0
+
+
+def test_sync_without_wp_unpopulated_misses_unpopulated_anon() -> None:
+    a = BASE
+    t = tr(op("mmap", addr=a, len=16 * PAGE), op("track", addr=a, len=16 * PAGE),
+           op("write", addr=a, len=4 * PAGE), op("collect"))
+    m = run_trace(t, "uffd-sync", P61)
+    assert m.false_negatives == 4 and m.snapshot_differs == 4
+    m = run_trace(t, "uffd-sync-unpop", P618)
+    assert m.false_negatives == 0 and m.snapshot_differs == 0
+    assert run_trace(t, "uffd-sync-unpop", P61).available is False
+
+
+def test_fault_time_sync_loses_the_snapshot_on_shmem_with_two_writers() -> None:
+    a = BASE
+    t = tr(op("mmap", addr=a, len=8 * PAGE, kind="shmem", shared=True),
+           op("write", addr=a, len=8 * PAGE), op("track", addr=a, len=8 * PAGE),
+           op("reclaim", addr=a, len=8 * PAGE),  # PTEs zapped, content kept in the cache
+           op("write", addr=a, len=PAGE, tids=[0, 1]), op("collect"))
+    ft = run_trace(t, "fault-time-sync", P618)
+    assert ft.snapshot_differs == 1 and ft.false_negatives == 0
+    assert run_trace(t, "uffd-sync-unpop", P618).snapshot_differs == 0
+
+
+def test_zapped_shmem_writes_need_markers() -> None:
+    """Peter Xu: without markers, how to tell "this pte is none" from "written before but
+    just got zapped"? A shmem page written, then reclaimed before the collect."""
+    a = BASE
+    t = tr(op("mmap", addr=a, len=8 * PAGE, kind="shmem", shared=True),
+           op("track", addr=a, len=8 * PAGE), op("write", addr=a, len=PAGE),
+           op("reclaim", addr=a, len=8 * PAGE), op("collect"))
+    for d in ("vma-flag", "fault-time-async"):
+        m = run_trace(t, d, P618)
+        assert m.false_negatives == 1 and "reclaim" in m.fn_examples[0], d
+    for d in ("uffd-async", "uffd-sync-unpop", "fault-time-sync"):
+        assert run_trace(t, d, P618).false_negatives == 0, d
+
+
+def test_markers_cost_page_tables_fault_time_does_not() -> None:
+    a = BASE - (4 << 30)
+    t = tr(op("mmap", addr=a, len=4 << 30), op("write", addr=a, len=PAGE),
+           op("track", addr=a, len=4 << 30), op("write", addr=a + (3 << 30), len=PAGE),
+           op("collect"))
+    res = {m.design: m for m in compare(t, ["uffd-async", "fault-time-async", "soft-dirty"],
+                                        P618)}
+    assert res["uffd-async"].pt_extra >= 2048  # one PTE table per 2 MiB
+    assert res["fault-time-async"].pt_extra == 0 and res["soft-dirty"].pt_extra == 0
+    assert all(m.false_negatives == 0 for m in res.values())
+
+
+def test_ring_overflow_falls_back_to_a_walk() -> None:
+    a = BASE
+    ops = [op("mmap", addr=a, len=4096 * PAGE), op("track", addr=a, len=4096 * PAGE),
+           op("write", addr=a, len=2000 * PAGE), op("collect"),
+           op("write", addr=a, len=10 * PAGE), op("collect")]
+    m = run_trace(tr(*ops), "write-ring", P618)
+    assert m.ring_overflows == 1 and m.false_negatives == 0
+    assert m.pages_written == 2010 and m.reported == 2010
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_traces_metrics_are_consistent(seed: int) -> None:
+    t = random_trace(seed, 600, space=8 << 20)
+    for m in compare(t, ["uffd-async", "writewatch", "soft-dirty", "fault-time-sync"], P618):
+        changed = m.pages_written + m.changed_otherwise
+        assert m.reported - m.false_positives == changed - m.false_negatives, m.design
+        if m.false_negatives == 0:
+            assert m.replica_diverged == 0, m.design
+    lib = run_trace(t, "writewatch", P618)
+    assert lib.false_negatives == 0, lib.fn_examples  # no lost writes on the model
+    assert lib.replica_diverged == 0
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+def _cli(*argv: str) -> int:
+    from writewatch.cli import model as cli
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return cli.run(p.parse_args(list(argv)))
+
+
+def test_cli_compare_json(capsys) -> None:
+    assert _cli("compare", "-w", "fork", "-d", "uffd-async", "-d", "soft-dirty", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["design"] for r in out["results"]} == {"uffd-async", "soft-dirty"}
+    assert all(r["false_negatives"] == 0 for r in out["results"])
+
+
+def test_cli_compare_table_and_list(capsys) -> None:
+    assert _cli("compare", "-w", "merge", "-d", "soft-dirty-old", "-p", "6.1") == 0
+    out = capsys.readouterr().out
+    assert "soft-dirty-old" in out and "false negative" in out
+    assert _cli("compare", "--list") == 0
+    assert "fault-time-sync" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_names() -> None:
+    with pytest.raises(writewatch.WriteWatchError):
+        _cli("compare", "-d", "nope")
+    with pytest.raises(writewatch.WriteWatchError):
+        _cli("compare", "-w", "nope")
+    with pytest.raises(writewatch.WriteWatchError):
+        _cli("compare", "-p", "2.4")
+
