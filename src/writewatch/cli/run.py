@@ -37,6 +37,15 @@ def _poll(proc: Any) -> int | None:
     return proc.poll() if proc is not None and hasattr(proc, "poll") else None
 
 
+def _wait(proc: Any, timeout: float) -> None:
+    import subprocess
+    if proc is not None and hasattr(proc, "wait"):
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def _end(proc: Any, pid: int) -> None:
     """SIGTERM, then SIGKILL after GRACE seconds."""
     import subprocess
@@ -79,22 +88,26 @@ def run(args: argparse.Namespace) -> int:
     proc = getattr(tracker, "process", None)
     pid = int(getattr(proc, "pid", 0) or getattr(tracker, "pid", 0) or 0)
     target = f"pid {pid} ({os.path.basename(cmd[0])})"
-    timed_out = False
+    ended_by_us = False
+    series = None
     try:
         series = monitor_tracker(tracker, args, target, pid=pid, argv=cmd,
                                  alive=lambda: _poll(proc) is None)
     finally:
         tracker.close()
-        if _poll(proc) is None and not getattr(args, "keep_running", False):
+        if series is not None and series.ended == "target exited" and _poll(proc) is None:
+            # its memory is gone, it is exiting: let it finish (it is not ours to end)
+            _wait(proc, GRACE)
+        if _poll(proc) is None and not args.keep_running:
             # the duration ended, or the monitor was stopped: the command is ours to end
-            timed_out = True
+            ended_by_us = True
             _end(proc, pid)
     code = _poll(proc)
     if code is not None:
         series.exit_status = code
-        if not timed_out:
+        if not ended_by_us:
             series.ended = "command exited"
     finish(series, args)
-    if timed_out and series.ended == "duration":
+    if ended_by_us and series.ended == "duration":
         return TIMEOUT_STATUS
     return _status(code) if code is not None else 0
