@@ -21,6 +21,7 @@ See docs/kernel-matrix.md.
 from __future__ import annotations
 
 import argparse
+import codecs
 import io
 import json
 import os
@@ -404,8 +405,9 @@ def boot(spec: KernelSpec, argv: Sequence[str], *, cwd: str | None = None,
 
         def reader() -> None:
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                lines.put(raw)
+            fd = proc.stdout.fileno()
+            while chunk := os.read(fd, 1 << 16):
+                lines.put(chunk)
             lines.put(None)
 
         threading.Thread(target=reader, daemon=True).start()
@@ -413,6 +415,10 @@ def boot(spec: KernelSpec, argv: Sequence[str], *, cwd: str | None = None,
         running = False
         timed_out = False
         deadline = t0 + timeout
+        partial = ""  # the console's unfinished last line
+        shown = 0  # how much of it was echoed already (pytest's progress dots)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        marker = "WW-KERNEL-MATRIX-"  # common to both markers
         try:
             while True:
                 try:
@@ -422,14 +428,25 @@ def boot(spec: KernelSpec, argv: Sequence[str], *, cwd: str | None = None,
                     break
                 if raw is None:
                     break
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                console.append(line)
-                if line.startswith(f"{MARK_EXIT} {nonce}"):
-                    running = False
-                elif line.startswith(f"{MARK_BEGIN} {nonce}"):
-                    running = True
-                elif running and echo:
-                    print(line, flush=True)
+                text = decoder.decode(raw).replace("\r", "")
+                *done, partial = (partial + text).split("\n")
+                for line in done:
+                    console.append(line)
+                    if line.startswith(f"{MARK_EXIT} {nonce}"):
+                        running = False
+                    elif line.startswith(f"{MARK_BEGIN} {nonce}"):
+                        running = True
+                    elif running and echo:
+                        sys.stdout.write(line[shown:] + "\n")
+                    shown = 0
+                if running and echo and len(partial) > shown and not (
+                        marker.startswith(partial) or partial.startswith(marker)):
+                    sys.stdout.write(partial[shown:])
+                    shown = len(partial)
+                if echo:
+                    sys.stdout.flush()
+            if partial:
+                console.append(partial)
         finally:
             if proc.poll() is None:
                 try:
