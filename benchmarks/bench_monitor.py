@@ -8,14 +8,16 @@ It reports the time its sweeps took, CPU (``CLOCK_PROCESS_CPUTIME_ID``: the prog
 plus the kernel's write-fault handling, insensitive to other load on the machine) and wall
 (``CLOCK_MONOTONIC``), excluding start-up and the launch/arming.
 
-For each buffer size, rounds alternate between:
+Each round runs, at the same time (so that whatever else loads the machine weighs on both;
+``--sequential`` alternates them instead):
 
 * ``plain``: the target run directly;
 * ``monitored``: ``writewatch run --interval 1 --quiet -- target`` (launch under uffd-wp async
   tracking, one collect per second, the time series kept in memory).
 
-The figure is the ratio of the medians of the sweeps' CPU time (target: < 5 % slowdown at
-1 s); the wall-time ratio is shown too (it also includes the monitor competing for CPUs).
+The figure is the median over rounds of the monitored / plain ratio of the sweeps' CPU time
+(target: < 5 % slowdown at 1 s); the wall-time ratio is shown too (it also includes the
+monitor competing for CPUs).
 ``--interval`` changes the sampling period (e.g. 0.1 to see the cost grow with the collect
 rate). ``--markdown PATH`` also writes the table with the machine, date and command.
 
@@ -92,17 +94,42 @@ def plain(exe: str, mib: int, passes: int) -> tuple[float, float]:
     return float(out["seconds"]), float(out["cpu"])
 
 
+def _monitor_cmd(exe: str, mib: int, passes: int, interval: float, js: Path) -> list[str]:
+    return [sys.executable, "-c", CLI, "run", "--interval", str(interval), "--quiet", "--json",
+            str(js), "--", exe, str(mib), str(passes)]
+
+
+def _monitored_result(stdout: str, stderr: str, code: int,
+                      js: Path) -> tuple[tuple[float, float], dict]:
+    if code != 0:
+        sys.exit(f"writewatch run failed ({code}): {stderr}")
+    out = json.loads(next(ln for ln in stdout.splitlines() if ln.startswith('{"seconds"')))
+    return (float(out["seconds"]), float(out["cpu"])), json.loads(js.read_text())["summary"]
+
+
 def monitored(exe: str, mib: int, passes: int, interval: float,
               tmp: Path) -> tuple[tuple[float, float], dict]:
     js = tmp / "series.json"
-    p = subprocess.run([sys.executable, "-c", CLI, "run", "--interval", str(interval),
-                        "--quiet", "--json", str(js), "--", exe, str(mib), str(passes)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"writewatch run failed ({p.returncode}): {p.stderr}")
-    out = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith('{"seconds"')))
-    doc = json.loads(js.read_text())
-    return (float(out["seconds"]), float(out["cpu"])), doc["summary"]
+    p = subprocess.run(_monitor_cmd(exe, mib, passes, interval, js), capture_output=True,
+                       text=True)
+    return _monitored_result(p.stdout, p.stderr, p.returncode, js)
+
+
+def paired(exe: str, mib: int, passes: int, interval: float,
+           tmp: Path) -> tuple[tuple[float, float], tuple[float, float], dict]:
+    """Both at once: the plain and the monitored target share whatever else loads the
+    machine during the round."""
+    js = tmp / "series.json"
+    a = subprocess.Popen([exe, str(mib), str(passes)], stdout=subprocess.PIPE, text=True)
+    b = subprocess.Popen(_monitor_cmd(exe, mib, passes, interval, js), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    bout, berr = b.communicate()
+    aout, _ = a.communicate()
+    if a.returncode != 0:
+        sys.exit(f"target failed ({a.returncode})")
+    pa = json.loads(aout)
+    mon, summary = _monitored_result(bout, berr, b.returncode, js)
+    return (float(pa["seconds"]), float(pa["cpu"])), mon, summary
 
 
 def main() -> None:
@@ -112,6 +139,9 @@ def main() -> None:
                     help="target run time unmonitored (passes are calibrated to it)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--sequential", action="store_true",
+                    help="alternate plain and monitored runs instead of running each pair at "
+                         "once (use on an otherwise idle machine)")
     ap.add_argument("--markdown", metavar="PATH")
     args = ap.parse_args()
     rows = []
@@ -123,15 +153,21 @@ def main() -> None:
             passes = max(8, round(args.seconds / (t1 / 8)))
             base, mon, summaries = [], [], []
             for _ in range(args.rounds):
-                base.append(plain(exe, mib, passes))
-                t, s = monitored(exe, mib, passes, args.interval, tmp)
+                if args.sequential:
+                    base.append(plain(exe, mib, passes))
+                    t, s = monitored(exe, mib, passes, args.interval, tmp)
+                else:
+                    p0, t, s = paired(exe, mib, passes, args.interval, tmp)
+                    base.append(p0)
                 mon.append(t)
                 summaries.append(s)
             row = {"mib": mib, "passes": passes}
             for k, i in (("wall", 0), ("cpu", 1)):
                 b = statistics.median(x[i] for x in base)
                 m = statistics.median(x[i] for x in mon)
-                row |= {f"plain_{k}": b, f"mon_{k}": m, f"slowdown_{k}": (m / b - 1) * 100,
+                # the slowdown: median over rounds of monitored / plain (paired rounds)
+                ratio = statistics.median(y[i] / x[i] for x, y in zip(base, mon, strict=True))
+                row |= {f"plain_{k}": b, f"mon_{k}": m, f"slowdown_{k}": (ratio - 1) * 100,
                         f"plain_{k}_all": [x[i] for x in base],
                         f"mon_{k}_all": [x[i] for x in mon]}
             s = summaries[len(summaries) // 2]
@@ -141,13 +177,17 @@ def main() -> None:
             # per interval; the extra CPU per such fault
             faults = s["intervals"] * mib * 256
             row["us_per_fault"] = (row["mon_cpu"] - row["plain_cpu"]) / faults * 1e6
+            # on an idle machine a program writing the whole buffer within every interval
+            # pays that once per page per interval, per second of its run:
+            row["projected_pct"] = mib * 256 * row["us_per_fault"] * 1e-6 / args.interval * 100
             rows.append(row)
             print(f"{mib:5d} MiB x {passes:4d} passes: CPU plain {row['plain_cpu']:.3f} s, "
                   f"monitored {row['mon_cpu']:.3f} s -> {row['slowdown_cpu']:+.2f} %; wall "
                   f"{row['plain_wall']:.3f} / {row['mon_wall']:.3f} s -> "
                   f"{row['slowdown_wall']:+.2f} %  (monitor saw mean {s['mean_rate']:.0f} MB/s, "
                   f"peak {s['peak_rate']:.0f} MB/s over {s['intervals']} intervals; "
-                  f"≈ {row['us_per_fault']:.2f} µs extra CPU per page per re-arm)", flush=True)
+                  f"≈ {row['us_per_fault']:.2f} µs extra CPU per page per re-arm -> "
+                  f"{row['projected_pct']:+.2f} % on an idle machine)", flush=True)
     if args.markdown:
         write_markdown(Path(args.markdown), rows, args)
 
@@ -170,23 +210,33 @@ def write_markdown(path: Path, rows: list[dict], args: argparse.Namespace) -> No
         f"Command: `.venv/bin/python {cmd}`",
         "",
         "The target sweeps an anonymous buffer, writing one word per cache line of every page "
-        "in each pass; it times its sweeps itself. `plain` runs it directly, `monitored` under "
+        "in each pass; it times its sweeps itself (CPU: its user + system time, which includes "
+        "the kernel's write-fault handling; wall). "
+        + ("Plain and monitored runs alternate. " if args.sequential else
+           "In each round the plain and the monitored target run at the same time, so both "
+           "see the same load from the rest of the machine. ")
+        + "`plain` runs it directly, `monitored` under "
         f"`writewatch run --interval {args.interval:g}` (uffd-wp async, one collect per "
         "interval; every page written since is write-protected again, so the next pass takes a "
-        "write fault on each page once per interval). Medians of "
-        f"{args.rounds} alternating rounds; the target's own sweep time.",
+        "write fault on each page once per interval). Slowdown: the median over "
+        f"{args.rounds} rounds of monitored / plain; times: medians. The last column divides "
+        "the extra CPU time by the number of re-armed pages written (intervals x pages); the "
+        "projection multiplies it by the pages written per interval: what a program writing "
+        "its whole buffer within every interval pays per second when it has the CPU to itself "
+        "(under load a run spans more intervals per CPU-second, so the measured CPU ratio is "
+        "higher than on an idle machine).",
         "",
         "| buffer | passes | CPU plain (s) | CPU monitored (s) | **slowdown (CPU)** | "
         "wall plain (s) | wall monitored (s) | slowdown (wall) | monitor: mean / peak "
-        "(MB/s) | extra CPU per page re-armed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(MB/s) | extra CPU per page re-armed | projected slowdown, idle machine |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mib']} MiB | {r['passes']} | {r['plain_cpu']:.3f} | {r['mon_cpu']:.3f} | "
             f"**{r['slowdown_cpu']:+.2f} %** | {r['plain_wall']:.3f} | {r['mon_wall']:.3f} | "
             f"{r['slowdown_wall']:+.2f} % | {r['mean_rate']:.0f} / {r['peak_rate']:.0f} | "
-            f"{r['us_per_fault']:.2f} µs |")
+            f"{r['us_per_fault']:.2f} µs | {r['projected_pct']:+.2f} % |")
     lines += ["", "All runs (CPU seconds of the sweeps, in order):", ""]
     for r in rows:
         lines.append(f"* {r['mib']} MiB: plain {', '.join(f'{x:.3f}' for x in r['plain_cpu_all'])}"
