@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -637,6 +638,10 @@ class Snapshotter:
         self.progress = progress
         self._last: Manifest | None = None
         self._hashes: dict[int, int] = {}
+        # chunk buffers are reused: a fresh multi-MiB array costs its page faults (and, with
+        # THP, the zeroing of huge pages) on every save
+        self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        self._pooled = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -667,6 +672,23 @@ class Snapshotter:
                 changed.append(a)
         self._hashes = new
         return Pages.from_addresses(changed, ps) if changed else Pages((), ps)
+
+    #: chunk buffers kept for reuse between saves
+    POOL = 16
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        cap = self.chunk_pages * self.source.page_size
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            buf = np.empty(cap, np.uint8)
+            self._pooled += 1
+        return buf[:nbytes]
+
+    def _release(self, buf: np.ndarray) -> None:
+        base = buf.base if isinstance(buf.base, np.ndarray) else buf
+        if self._free.qsize() < self.POOL:
+            self._free.put(base)
 
     def _plan(self, want: Pages) -> list[np.ndarray]:
         """Split ``want`` into per-chunk arrays of runs (each chunk at most chunk_pages)."""
@@ -713,7 +735,7 @@ class Snapshotter:
                 plans = self._plan(want)
                 if not stream:
                     for runs in plans:
-                        buf = np.empty(int((runs[:, 1] - runs[:, 0]).sum()), np.uint8)
+                        buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
                         src.read(runs, buf)
                         bufs.append((runs, buf))
             pause = time.perf_counter() - t0 if not stream else None
@@ -727,7 +749,7 @@ class Snapshotter:
                 for runs, got in items:
                     buf = got
                     if buf is None:
-                        buf = np.empty(int((runs[:, 1] - runs[:, 0]).sum()), np.uint8)
+                        buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
                         src.read(runs, buf)
                     ext, nbytes = self._pack(runs, buf, chunks, index)
                     extents.append(ext)
@@ -749,15 +771,17 @@ class Snapshotter:
             self._last = m
             return self.snapshots.info(name)
 
-    def _pack(self, runs: np.ndarray, buf: np.ndarray, chunks: list[bytes],
+    def _pack(self, runs: np.ndarray, buf: np.ndarray | None, chunks: list[bytes],
               index: dict[bytes, int]) -> tuple[np.ndarray, int]:
-        """Store one chunk's pages; return its extents and the bytes written."""
+        """Store one chunk's pages; return its extents and the bytes written. ``buf`` goes
+        back to the pool once nothing reads it any more."""
+        assert buf is not None
         ps = self.source.page_size
         rows = buf.reshape(-1, ps)
         data = rows
         nz: np.ndarray | None = None
         if self.zero_pages:
-            nz = rows.view(np.uint64).any(axis=1)
+            nz = np.bitwise_or.reduce(rows.view(np.uint64), axis=1) != 0
             if nz.all():
                 nz = None
             else:
@@ -774,8 +798,14 @@ class Snapshotter:
                 blob = f"chunks/{key.hex()}"
                 if not self.store.exists(blob):
                     parts = encode_chunk(raw, self.codec, self.level)
-                    self.store.put(blob, parts)
                     written = sum(memoryview(p).nbytes for p in parts)
+                    if parts[1] is raw and nz is None:  # raw is a view of buf
+                        self.store.put(blob, parts, done=lambda b=buf: self._release(b))
+                        buf = None  # the store hands it back
+                    else:
+                        self.store.put(blob, parts)
+        if buf is not None:
+            self._release(buf)
         if nz is None:
             lengths = (runs[:, 1] - runs[:, 0]) // _U64(ps)
             ext = np.empty(len(runs), EXTENT)

@@ -75,6 +75,7 @@ class BufferSource(Source):
         self.tracker = tracker
         self.page_size = tracker.page_size
         self.owned = owned
+        self._views: dict[tuple[int, int], np.ndarray] = {}
 
     def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
         ps = self.page_size
@@ -90,22 +91,42 @@ class BufferSource(Source):
     def tracked(self) -> Pages:
         return Pages([(s.start, s.end) for s in self.tracker.spans], self.page_size)
 
+    def _rows(self, start: int, end: int) -> np.ndarray:
+        """The pages ``[start, end)`` of this process as a (n, page_size) array (no copy)."""
+        key = (start, end)
+        view = self._views.get(key)
+        if view is None:
+            raw = (ctypes.c_uint8 * (end - start)).from_address(start)
+            view = self._views[key] = np.ctypeslib.as_array(raw).reshape(-1, self.page_size)
+        return view
+
     def read(self, runs: np.ndarray, out: np.ndarray) -> None:
-        base = out.ctypes.data
-        # an unmapped page would fault the whole process: check the spans read from first
-        # (msync ENOMEM: one VMA walk per span, no page tables)
-        if len(runs):
-            lo, hi = int(runs[0, 0]), int(runs[-1, 1])
-            for s in self.tracker.spans:
-                if s.start < hi and lo < s.end and not LINUX.is_mapped("self", s.start,
-                                                                       s.end - s.start):
-                    raise SnapshotError(
-                        f"tracked memory {s.start:#x}-{s.end:#x} is not mapped any more",
-                        hint="keep the buffer mapped while it is snapshotted")
+        if not len(runs):
+            return
+        ps = self.page_size
+        rows = out.reshape(-1, ps)
+        lo, hi = int(runs[0, 0]), int(runs[-1, 1])
+        addrs = Pages._trusted(np.ascontiguousarray(runs, _U64), ps).addresses() \
+            if len(runs) > 1 else np.arange(lo, hi, ps, dtype=_U64)
         pos = 0
-        for lo, hi in runs.tolist():
-            ctypes.memmove(base + pos, lo, hi - lo)
-            pos += hi - lo
+        for s in self.tracker.spans:
+            if not (s.start < hi and lo < s.end):
+                continue
+            # an unmapped page would fault the whole process: check the span first
+            # (msync ENOMEM: one VMA walk, no page tables)
+            if not LINUX.is_mapped("self", s.start, s.end - s.start):
+                raise SnapshotError(
+                    f"tracked memory {s.start:#x}-{s.end:#x} is not mapped any more",
+                    hint="keep the buffer mapped while it is snapshotted")
+            i = int(np.searchsorted(addrs, _U64(s.start)))
+            j = int(np.searchsorted(addrs, _U64(s.end)))
+            if i == j:
+                continue
+            idx = ((addrs[i:j] - _U64(s.start)) // _U64(ps)).astype(np.intp)
+            np.take(self._rows(s.start, s.end), idx, axis=0, out=rows[i:j])
+            pos += j - i
+        if pos != len(addrs):
+            raise SnapshotError("asked to read pages outside the tracked spans")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "pid": os.getpid(),

@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -47,9 +47,10 @@ class Store(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def put(self, name: str, data: Buffers) -> None:
+    def put(self, name: str, data: Buffers, done: Callable[[], None] | None = None) -> None:
         """Store a blob. It may become visible before :meth:`commit`, but is only guaranteed
-        durable once a later :meth:`commit` returns. Re-putting a name replaces it atomically."""
+        durable once a later :meth:`commit` returns. Re-putting a name replaces it atomically.
+        ``done`` is called (from any thread) once the store no longer reads ``data``."""
 
     @abc.abstractmethod
     def get(self, name: str) -> bytearray:
@@ -175,9 +176,9 @@ class DirStore(Store):
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ww-store")
         return self._pool.submit(fn, *args)
 
-    def put(self, name: str, data: Buffers) -> None:
-        """Write the blob on a worker thread (the buffers must not change until
-        :meth:`flush` or :meth:`commit`); errors surface there."""
+    def put(self, name: str, data: Buffers, done: Callable[[], None] | None = None) -> None:
+        """Write the blob on a worker thread (the buffers must not change until ``done`` is
+        called); errors surface at :meth:`flush` or :meth:`commit`."""
         final = self._file(name)
         d = os.path.dirname(final)
         if not os.path.isdir(d):
@@ -192,11 +193,15 @@ class DirStore(Store):
                 self._write_atomic(final, bufs)
             finally:
                 self._slots.release()
+                if done is not None:
+                    done()
 
         try:
             fut = self._submit(job)
         except BaseException:
             self._slots.release()
+            if done is not None:
+                done()
             raise
         with self._mutex:
             self._pending[name] = fut
