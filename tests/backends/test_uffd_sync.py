@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from memutil import PAGE
+from memutil import PAGE, Region
 
 import writewatch
 from writewatch import _uapi as U
@@ -128,23 +128,60 @@ def test_dontneed_then_write_is_never_lost(region, backend) -> None:
     assert {5} <= _pages(c, r.addr)
     assert _pages(c, r.addr) <= set(range(8))
     assert c.reasons
-    backend.collect()  # discards are reported for two collects
+    backend.collect()  # a discarded page still present is reported once more
     assert backend.collect().written.size == 0
     r.write(6)
     assert _pages(backend.collect(), r.addr) == {6}
 
 
-def test_thp_write_reports_one_page(region, backend) -> None:
+def test_thp_split_and_zap_stay_exact(region, backend) -> None:
     pmd = 2 << 20
-    r = region(pmd // PAGE, align=pmd)
+    r = region(2 * pmd // PAGE, align=pmd)
     _sys.madvise(r.addr, r.length, U.MADV_HUGEPAGE)
-    r.write(0)
-    r.write(100)
+    ctypes.memset(r.addr, 1, r.length)
     backend.add(Span(r.addr, r.addr + r.length))
-    r.write(200)
-    assert _pages(backend.collect(), r.addr) == {200}
-    r.write(1)
-    assert _pages(backend.collect(), r.addr) == {1}
+    for i in (1, 300, 700):
+        r.write(i, 2)
+    assert _pages(backend.collect(), r.addr) == {1, 300, 700}  # 4 KiB exact after the split
+    _sys.madvise(r.addr + pmd, pmd, U.MADV_DONTNEED)  # a whole-PMD zap reads written
+    assert _pages(backend.collect(), r.addr) == set(range(512, 1024))
+    assert _pages(backend.collect(), r.addr) == set()
+    r.write(600)
+    assert _pages(backend.collect(), r.addr) == {600}
+
+
+def test_file_mappings_are_refused_with_a_hint(tmp_path) -> None:
+    f = tmp_path / "data"
+    f.write_bytes(b"\0" * 4 * PAGE)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        r = Region(4, flags=mmap.MAP_SHARED, fd=fd)
+        try:
+            with pytest.raises(errors.InvalidTarget, match="file mapping") as exc:
+                writewatch.track(r.span, backend="uffd-wp-sync")
+            assert "uffd-async" in (exc.value.hint or "")
+        finally:
+            r.unmap()
+    finally:
+        os.close(fd)
+
+
+def test_fixed_mapping_over_part_of_a_span_reports_the_new_pages(region, backend) -> None:
+    """A VMA mapped over part of a span is not registered: its pages carry no uffd-wp bit, so
+    they are reported (conservatively), then registered and protected again."""
+    r = region(16)
+    for i in range(16):
+        r.write(i)
+    backend.add(Span(r.addr, r.addr + r.length))
+    _sys.mmap(r.page(4), 4 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
+    r.write(5)
+    c = backend.collect()
+    assert _pages(c, r.addr) == {4, 5, 6, 7}
+    assert len(c.conservative) and c.reasons
+    r.write(6)
+    r.write(12)
+    assert _pages(backend.collect(), r.addr) == {6, 12}
 
 
 def test_remapped_span_is_reported_whole_then_tracked_again(region, backend) -> None:

@@ -43,6 +43,7 @@ from ..kernel import _sys, pagemap, procfs, uffd
 _LEN = struct.Struct("<Q")
 _WP = int(U.UffdWriteprotectMode.WP)
 _UFFD_WP_BIT = np.uint64(int(U.PagemapBit.UFFD_WP))
+_PRESENT = np.uint64(int(U.PagemapBit.PRESENT))
 #: pages copied per background step of a snapshot, between two looks at pending faults
 SNAPSHOT_BATCH = 16
 
@@ -79,10 +80,14 @@ class Handler:
         self.unpopulated = bool(self.features & U.UffdFeature.WP_UNPOPULATED)
         self.spans: list[tuple[int, int]] = []
         self.log: set[int] = set()  #: pages whose write fault was resolved since the last collect
-        #: (start, end) ranges discarded by madvise (UFFD_EVENT_REMOVE) since the last collect,
-        #: and those of the collect before (reported twice: the zap follows the event)
+        #: (start, end) ranges discarded by madvise (UFFD_EVENT_REMOVE) since the last collect
         self.removed: list[tuple[int, int]] = []
-        self.removed_before: list[tuple[int, int]] = []
+        #: pages of those still present at the last collect: the zap follows the event
+        #: (userfaultfd_remove returns once the event is read), so it may not have happened
+        #: yet; reported again at the next collect
+        self.removed_pending = np.empty(0, np.uint64)
+        #: (start, end, page size) of hugetlb VMAs met (protection works per huge page)
+        self.huge: list[tuple[int, int, int]] = []
         self.carry = np.empty(0, np.uint64)  #: pages left over by a max_pages collect
         self.carry_cons = np.empty(0, np.uint64)
         self.faults = 0
@@ -104,6 +109,7 @@ class Handler:
         REMOVE) is queued and unread (ctx->mmap_changing): read it, retry. ENOENT: part of the
         range is not registered (a VMA replaced since); before 6.4 also any range spanning
         several VMAs (mwriteprotect_range took one VMA): go VMA by VMA, registering again."""
+        start, end = self._granular(start, end)
         while True:
             try:
                 uffd.writeprotect(self.uffd, start, end - start, mode)
@@ -111,6 +117,9 @@ class Handler:
             except errors.WriteWatchError as exc:
                 if exc.errno == E.EAGAIN:
                     self.drain()
+                    continue
+                if exc.errno == E.EINVAL and self._learn_huge(start, end):
+                    start, end = self._granular(start, end)
                     continue
                 if exc.errno != E.ENOENT:
                     raise
@@ -134,6 +143,33 @@ class Handler:
                     if exc.errno != E.ENOENT or attempt or not mode:
                         raise
                     uffd.register(self.uffd, lo, hi - lo, int(U.UffdRegisterMode.WP))
+
+    def _granular(self, start: int, end: int) -> tuple[int, int]:
+        """Widen ``[start, end)`` to whole huge pages where it meets hugetlb VMAs (hugetlb
+        ranges must be aligned to the huge page size: mwriteprotect_range, EINVAL)."""
+        for lo, hi, size in self.huge:
+            if lo <= start < hi:
+                start -= (start - lo) % size
+            if lo < end <= hi:
+                end += -(end - lo) % size
+        return start, end
+
+    def _learn_huge(self, start: int, end: int) -> bool:
+        """Find the hugetlb VMAs of ``[start, end)`` (KernelPageSize in /proc/PID/smaps);
+        False when there is nothing new to learn."""
+        found = False
+        vma: tuple[int, int] | None = None
+        for line in procfs.read_bytes(f"/proc/{self.pid}/smaps").splitlines():
+            head = line.split(b" ", 1)[0]
+            if b"-" in head and not head.endswith(b":"):
+                a, b = (int(x, 16) for x in head.split(b"-"))
+                vma = (a, b) if a < end and start < b else None
+            elif vma and line.startswith(b"KernelPageSize:"):
+                size = int(line.split()[1]) * 1024
+                if size > self.ps and (vma[0], vma[1], size) not in self.huge:
+                    self.huge.append((vma[0], vma[1], size))
+                    found = True
+        return found
 
     def _entries(self, start: int, end: int) -> np.ndarray:
         return pagemap.read_entries(self.pagemap, start, (end - start) // self.ps, self.ps)
@@ -180,8 +216,9 @@ class Handler:
         return left
 
     # -- fault messages ----------------------------------------------------------------------
-    def drain(self) -> None:
-        """Read every pending message and resolve the faults."""
+    def drain(self, until_empty: bool = True) -> None:
+        """Read pending messages and resolve the faults: every message (``until_empty``, the
+        read that finds none costs an EAGAIN), or one read's worth (after poll said POLLIN)."""
         while True:
             msgs = uffd.read_msgs(self.uffd, 64)
             if not msgs:
@@ -195,10 +232,15 @@ class Handler:
                     else:
                         self.log.add(page)
                         self._writeprotect(page, page + self.ps, 0)  # mode 0 wakes the writer
+                        if self.huge:  # a huge page is unprotected whole: log all of it
+                            lo, hi = self._granular(page, page + self.ps)
+                            self.log.update(range(lo, hi, self.ps))
                 elif m.event == U.UffdEvent.REMOVE:
                     self.removed.append((m.a, m.b))
                     if self.snap is not None:
                         self._snap_removed(m.a, m.b)
+            if not until_empty and len(msgs) < 64:
+                return
 
     # -- requests ----------------------------------------------------------------------------
     def op_arm(self, start: int, end: int) -> int:
@@ -260,13 +302,11 @@ class Handler:
             reasons.append(f"{len(escaped)} page(s) lost write-protection without a fault "
                            "(zapped by MADV_DONTNEED or similar, then touched): reported as "
                            "written")
-        removed = [r for r in self.removed + self.removed_before
-                   if any(r[0] < e and s < r[1] for s, e in spans)]
-        rem_pages = np.empty(0, np.uint64)
-        if removed:
-            parts = [_pages(max(a, s), min(b, e), ps) for a, b in removed for s, e in spans
-                     if max(a, s) < min(b, e)]
-            rem_pages = np.unique(np.concatenate(parts))
+        parts = [_pages(max(a, s), min(b, e), ps) for a, b in self.removed for s, e in spans
+                 if max(a, s) < min(b, e)]
+        new_removed = np.unique(np.concatenate([np.empty(0, np.uint64), *parts]))
+        rem_pages = np.union1d(new_removed, self.removed_pending)
+        if len(rem_pages):
             reasons.append(f"{len(rem_pages)} page(s) discarded by madvise "
                            "(MADV_DONTNEED/FREE/REMOVE): content may have changed")
         cons = np.union1d(np.union1d(escaped, rem_pages), self.carry_cons)
@@ -281,11 +321,17 @@ class Handler:
             # Every page of ``taken`` is unprotected or lost protection: protect it again.
             # Faults read from here on (EAGAIN retries) go to the new log.
             self.log = set()
-            self.removed_before, self.removed = self.removed, []
+            self.removed = []
+            self.removed_pending = self._still_present(new_removed)
             self.carry = np.setdiff1d(rest, cons)
             self.carry_cons = np.intersect1d(rest, cons)
             self._protect(_runs(taken, ps))
         return taken.tobytes(), cons_taken.tobytes(), tuple(reasons)
+
+    def _still_present(self, pages: np.ndarray) -> np.ndarray:
+        keep = [p for lo, hi in _runs(pages, self.ps)
+                for p in _pages(lo, hi, self.ps)[(self._entries(lo, hi) & _PRESENT) != 0]]
+        return np.array(keep, np.uint64)
 
     def op_stats(self) -> dict[str, int]:
         return {"faults": self.faults, **self.snap_stats}
@@ -462,7 +508,7 @@ class Handler:
                     if ev & select.POLLERR:
                         self.running = False
                     else:
-                        self.drain()
+                        self.drain(until_empty=False)
                 elif fd == sock_fd:
                     if ev & select.POLLOUT:
                         self._flush()

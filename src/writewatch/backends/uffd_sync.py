@@ -52,7 +52,7 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, _sys
+from ..kernel import LINUX, KernelCalls, Mapping, _sys
 from .base import Backend, Collected, Span, register
 
 __all__ = ["HandlerDied", "LiveSnapshot", "UffdSyncBackend", "live_snapshot", "open_uffd",
@@ -65,6 +65,9 @@ F = U.UffdFeature
 OPTIONAL = F.WP_HUGETLBFS_SHMEM | F.WP_UNPOPULATED
 #: required: WP faults (5.7) and discard events (4.11)
 REQUIRED = F.PAGEFAULT_FLAG_WP | F.EVENT_REMOVE
+#: /proc/PID/maps names of shmem and hugetlb mappings (mm/shmem.c, ipc/shm.c, mm/memfd.c,
+#: mm/hugetlb.c): MAP_SHARED|MAP_ANONYMOUS is "/dev/zero (deleted)"
+SHMEM_PATHS = ("/dev/zero", "/SYSV", "/memfd:", "/dev/shm/", "/anon_hugepage")
 #: seconds to wait for the helper to start, to answer, and to exit
 START_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
@@ -304,9 +307,11 @@ class UffdSyncBackend(Backend):
         self.helper_pid = self._helper.pid
         self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
 
-    def _mapped_parts(self, span: Span) -> tuple[tuple[int, int], ...]:
+    def _mapped_parts(self, span: Span, maps: tuple[Mapping, ...] | None = None
+                      ) -> tuple[tuple[int, int], ...]:
+        """What of the span is mapped now, adjacent mappings coalesced."""
         out: list[tuple[int, int]] = []
-        for m in self.kernel.read_maps("self"):
+        for m in maps if maps is not None else self.kernel.read_maps("self"):
             lo, hi = max(m.start, span.start), min(m.end, span.end)
             if lo < hi:
                 if out and out[-1][1] == lo:
@@ -314,6 +319,30 @@ class UffdSyncBackend(Backend):
                 else:
                     out.append((lo, hi))
         return tuple(out)
+
+    def _check_kind(self, span: Span, maps: tuple[Mapping, ...]) -> None:
+        """Synchronous uffd-wp registers anonymous, shmem and hugetlb VMAs only
+        (vma_can_userfault without WP_ASYNC); shmem needs WP_HUGETLBFS_SHMEM (5.19)."""
+        for m in maps:
+            if not (m.start < span.end and span.start < m.end):
+                continue
+            where = f"{m.label} at {max(m.start, span.start):#x}-{min(m.end, span.end):#x}"
+            if m.anonymous:
+                continue
+            if not m.path.startswith(SHMEM_PATHS):
+                if m.shared and not m.writable:
+                    raise errors.InvalidTarget(
+                        f"{where} is a shared mapping not writable", op="track",
+                        start=span.start, end=span.end, hint="track writable memory")
+                raise errors.InvalidTarget(
+                    f"{where} is a file mapping: synchronous uffd-wp covers anonymous memory, "
+                    "shmem and hugetlb only", op="track", start=span.start, end=span.end,
+                    hint="use the uffd-async backend (Linux 6.7+) or soft-dirty")
+            if not self.features & F.WP_HUGETLBFS_SHMEM:
+                raise errors.Unsupported(
+                    f"{where} is shmem or hugetlb: synchronous write-protect of it needs "
+                    "UFFD_FEATURE_WP_HUGETLBFS_SHMEM", feature="WP_HUGETLBFS_SHMEM",
+                    since="5.19", op="track", start=span.start, end=span.end)
 
     def add(self, span: Span) -> None:
         if self.closed:
@@ -323,12 +352,22 @@ class UffdSyncBackend(Backend):
                 raise errors.InvalidTarget(
                     f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
                     f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
-        parts = self._mapped_parts(span)
-        if parts != ((span.start, span.end),):
+        maps = self.kernel.read_maps("self")
+        self._check_kind(span, maps)
+        parts = self._mapped_parts(span, maps)
+        if not parts:
             raise errors.InvalidTarget(
-                f"{span.start:#x}-{span.end:#x} is not entirely mapped", op="track",
+                f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
                 start=span.start, end=span.end, hint="track mapped memory")
-        self._helper.request("arm", span.start, span.end)
+        done: list[tuple[int, int]] = []
+        try:
+            for lo, hi in parts:
+                self._helper.request("arm", lo, hi)
+                done.append((lo, hi))
+        except BaseException:
+            for lo, hi in done:
+                self._helper.request("disarm", lo, hi)
+            raise
         self._layout[span] = parts
         self.spans.append(span)
 
@@ -343,8 +382,9 @@ class UffdSyncBackend(Backend):
         ps = self.page_size
         conservative: list[np.ndarray] = []
         reasons: list[str] = []
+        maps = self.kernel.read_maps("self") if self.spans else ()
         for span in self.spans:
-            parts = self._mapped_parts(span)
+            parts = self._mapped_parts(span, maps)
             if parts != self._layout.get(span):
                 conservative.append(np.array([[span.start, span.end]], np.uint64))
                 reasons.append(f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: "
@@ -353,16 +393,17 @@ class UffdSyncBackend(Backend):
                     self.stats.rearms += 1
                     self._helper.request("rearm", span.start, span.end)
                     self._layout[span] = parts
-        spans = [(s.start, s.end) for s in self.spans]
+        spans = [p for s in self.spans for p in self._layout[s]]
         raw, raw_cons, why = self._helper.request("collect", spans, reset, max_pages)
         pages = np.frombuffer(raw, np.uint64)
         cons_pages = np.frombuffer(raw_cons, np.uint64)
         written = np.stack([pages, pages + np.uint64(ps)], axis=1) if len(pages) else _EMPTY
+        if conservative:  # whole spans whose mappings changed
+            written = np.concatenate([written, *conservative])
         if len(cons_pages):
             conservative.append(np.stack([cons_pages, cons_pages + np.uint64(ps)], axis=1))
         reasons.extend(why)
         cons = np.concatenate(conservative) if conservative else _EMPTY
-        written = np.concatenate([written, cons]) if len(cons) else written
         self.stats.collects += 1
         self.stats.scan_calls += len(spans)
         self.stats.pages_reported += int((written[:, 1] - written[:, 0]).sum()) // ps
