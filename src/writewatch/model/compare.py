@@ -143,13 +143,24 @@ class Runner:
         self._walked = 0
         self._walked_total = 0
         self.replica_now = 0
-        self._op_index = 0
+        self._op_index = -1
         self.mm.observer = self._observe
         if design is not None:
             design.setup(self)
 
     # -- ground truth --------------------------------------------------------------------------
     def _observe(self, what: str, start: int, end: int) -> None:
+        if end - start == PAGE:
+            for t in self.tracked:
+                if t.start <= start < t.end:
+                    c = t.chunks.get(start >> PMD_SHIFT)
+                    if c is not None:
+                        i = (start - c.lo) >> PAGE_SHIFT
+                        c.touched[i] = True
+                        if what == "write":
+                            c.wrote[i] = True
+                        self.log.append((start, end, self._op_index))
+            return
         hit = False
         for t in self.tracked:
             for k in t.keys(start, end):
@@ -167,6 +178,13 @@ class Runner:
 
     def _materialise(self, start: int, end: int) -> None:
         """Record the content of the tracked pages of [start, end) before an op changes it."""
+        if end - start == PAGE:
+            k = start >> PMD_SHIFT
+            for t in self.tracked:
+                if t.start <= start < t.end and k not in t.chunks:
+                    lo, hi = t.bounds(k)
+                    t.chunks[k] = _Chunk(lo, self.mm.content(lo, hi))
+            return
         for t in self.tracked:
             for k in t.keys(start, end):
                 if k not in t.chunks:
@@ -253,22 +271,31 @@ class Runner:
         self._walked = self.kernel.entries_walked
 
     def apply(self, op: dict[str, Any]) -> None:
-        mm = self.mm
         name = op["op"]
         self.ops.append(op)
-        self._op_index = len(self.ops) - 1
+        self._op_index += 1
+        if name == "write":  # the common case first
+            a, ln = op["addr"], op["len"]
+            if self.tracked:
+                self._materialise(a, a + ln)
+            tids = op.get("tids")
+            self.mm.write(a, ln, tuple(tids) if tids else (op.get("tid", 0),))
+            return
+        self._apply_other(op, name)
+        if len(self.mm.vmas) > self.m.vmas_peak:
+            self.m.vmas_peak = len(self.mm.vmas)
+
+    def _apply_other(self, op: dict[str, Any], name: str) -> None:
+        mm = self.mm
         if self.tracked and name in _CHANGES and op.get("addr") is not None:
             a = op["addr"]
             self._materialise(a, a + max(op["len"], op.get("new_len") or 0))
-            if op.get("new_addr") is not None:
+            if name == "mremap" and op.get("new_addr") is not None:
                 self._materialise(op["new_addr"], op["new_addr"] + op["new_len"])
         elif self.tracked and name == "written":
             for s, e in op["ranges"]:
                 self._materialise(int(s), int(e))
-        if name == "write":
-            tids = tuple(op.get("tids") or (op.get("tid", 0),))
-            mm.write(op["addr"], op["len"], tids)
-        elif name == "read":
+        if name == "read":
             mm.read(op["addr"], op["len"])
         elif name == "mmap":
             mm.mmap(op.get("addr"), op["len"], op.get("kind", "anon"),
@@ -303,10 +330,6 @@ class Runner:
             for s, e in op["ranges"]:
                 mm.write(int(s), int(e) - int(s))
             self.collect()
-        if mm.c.pt_peak > self.m.pt_peak:
-            self.m.pt_peak = mm.c.pt_peak
-        if len(mm.vmas) > self.m.vmas_peak:
-            self.m.vmas_peak = len(mm.vmas)
 
     def _maps(self, op: dict[str, Any]) -> None:
         """A recorded mapping snapshot: unmap what vanished, map and track what appeared."""
@@ -324,6 +347,7 @@ class Runner:
     def finish(self) -> Metrics:
         m = self.m
         c = self.mm.c
+        m.pt_peak = c.pt_peak
         m.tracking_faults = c.tracking_faults
         m.faults = c.faults
         m.duplicates += self.duplicates

@@ -81,14 +81,14 @@ class UffdCtx:
         self.msgs: list[UffdMsg] = []
         self.armed = False
         self.notifications = 0
+        self.async_ = False
+        self.unpopulated = False
 
-    @property
-    def async_(self) -> bool:
-        return bool(self.features & U.UffdFeature.WP_ASYNC)
-
-    @property
-    def unpopulated(self) -> bool:
-        return bool(self.features & (U.UffdFeature.WP_UNPOPULATED | U.UffdFeature.WP_ASYNC))
+    def set_features(self, features: int) -> None:
+        self.features = features
+        self.async_ = bool(features & U.UffdFeature.WP_ASYNC)
+        self.unpopulated = bool(features & (U.UffdFeature.WP_UNPOPULATED |
+                                            U.UffdFeature.WP_ASYNC))
 
     # -- fault paths (called by Mm) ----------------------------------------------------------
     def _message(self, addr: int, seen: int, tids: tuple[int, ...]) -> None:
@@ -279,7 +279,7 @@ class ModelKernel:
                 op="UFFDIO_API", errno=E.EINVAL)
         if features & U.UffdFeature.WP_ASYNC:
             features |= U.UffdFeature.WP_UNPOPULATED  # "WP_ASYNC relies on WP_UNPOPULATED"
-        ctx.features = features
+        ctx.set_features(features)
         ctx.initialized = True
         return ApiResult(U.UffdFeature(supported), _API_IOCTLS)
 

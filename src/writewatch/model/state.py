@@ -647,6 +647,18 @@ class Mm:
     def write(self, addr: int, length: int = PAGE, tids: tuple[int, ...] = (0,),
               hook: FaultHook | None = None) -> None:
         end = addr + length
+        if length == PAGE:  # the common case, without the chunk loop
+            v = self._vma_for(addr, True)
+            t = self.pt.get(addr >> PMD_SHIFT)
+            n = (addr >> PAGE_SHIFT) & 511
+            if t is not None and not t.huge and t.st[n] == PRESENT and \
+                    (int(t.fl[n]) & (W | WP)) == W:
+                self._store(v, t, addr >> PMD_SHIFT, n, addr)
+            else:
+                self._write_page(v, addr, tids, hook)
+            if self.observer is not None:
+                self.observer("write", addr, end)
+            return
         pos = addr
         while pos < end:
             v = self._vma_for(pos, True)
@@ -793,6 +805,12 @@ class Mm:
 
     def read(self, addr: int, length: int = PAGE) -> None:
         end = addr + length
+        if length == PAGE:
+            v = self._vma_for(addr, False)
+            t = self.pt.get(addr >> PMD_SHIFT)
+            if t is None or not (t.huge or t.st[(addr >> PAGE_SHIFT) & 511] == PRESENT):
+                self._read_page(v, addr)
+            return
         pos = addr
         while pos < end:
             v = self._vma_for(pos, False)
