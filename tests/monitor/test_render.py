@@ -136,7 +136,8 @@ def test_record_writes_a_trace_the_model_reads(tmp_path) -> None:
     from writewatch.monitor.record import TraceRecorder
 
     clock = FakeClock()
-    script = [[(HEAP[0], HEAP[0] + 2 * PS)], [(FILE[0], FILE[0] + PS)], []]
+    script = [[(HEAP[0], HEAP[0] + 2 * PS)], [(FILE[0], FILE[0] + PS)],
+              [(0x400000, 0x401000)]]  # a write to memory that is read-only by then
 
     def maps(k: int) -> list[M]:
         out = [M(*HEAP, "rw-p", "[heap]"), M(0x400000, 0x401000, "r-xp", "/usr/bin/x")]
@@ -156,3 +157,5 @@ def test_record_writes_a_trace_the_model_reads(tmp_path) -> None:
     assert tr.ops[0]["maps"] == [[HEAP[0], HEAP[1], "rw-p", "anon"]]  # writable only
     assert tr.ops[2]["maps"][1] == [FILE[0], FILE[1], "rw-s", "/tmp/d.db"]
     assert tr.ops[3]["ranges"] == [[FILE[0], FILE[0] + PS]]
+    assert "outside" not in tr.ops[3]
+    assert tr.ops[5]["ranges"] == [] and tr.ops[5]["outside"] == 1

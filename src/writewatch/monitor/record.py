@@ -1,7 +1,11 @@
 """``--record FILE``: the monitored run as a trace in the model's format
 (:mod:`writewatch.model.trace`): a ``maps`` line with the writable mappings at the start and
 whenever they change, and a ``written`` line with the pages found written per interval, so
-``writewatch model compare --workload trace:FILE`` can replay it."""
+``writewatch model compare --workload trace:FILE`` can replay it.
+
+A ``written`` line holds the pages inside the writable mappings of the ``maps`` line before
+it; pages written in memory that was unmapped or made read-only before the monitor read the
+mappings are counted in its ``outside`` key instead (the JSON time series keeps them all)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..pages import Pages
 from .series import Interval, Region, Series
 
 __all__ = ["TraceRecorder", "maps_entry"]
@@ -57,7 +62,15 @@ class TraceRecorder:
         appeared during the interval must exist before their writes are replayed), then the
         pages written."""
         self.maps(iv.t_end, regions)
-        self._w.op("written", t=round(iv.t_end, 6), ranges=iv.written.ranges.tolist())
+        ps = iv.written.page_size
+        mapped = Pages([(e[0], e[1]) for e in self._maps or ()], ps)
+        inside = iv.written & mapped
+        extra = {}
+        if len(inside) != len(iv.written):
+            # pages of memory unmapped or made read-only before the maps were read (e.g. a
+            # RELRO segment written by ld.so, then mprotect'ed): a replay cannot write them
+            extra["outside"] = len(iv.written) - len(inside)
+        self._w.op("written", t=round(iv.t_end, 6), ranges=inside.ranges.tolist(), **extra)
 
     def close(self) -> None:
         self._w.close()
