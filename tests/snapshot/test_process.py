@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from snaphelp import store
 
-from writewatch.snapshot import ProcessSource, Snapshotter
+from writewatch.snapshot import ProcessSource, Snapshots, Snapshotter
 from writewatch.snapshot.source import _thread_states, process_vm_readv
 
 LOAD = r"""
@@ -110,3 +110,31 @@ def test_snapshot_by_pid(tmp_path, loaded):
         assert s.restore(b).data.nbytes == b.image_bytes
         m = s.snapshots.manifest(b.name)
         assert m.maps and len(m.maps) >= len(m.regions)
+
+
+KILLER = r"""
+import os, signal, sys
+from writewatch.snapshot import ProcessSource, Snapshots, Snapshotter
+src = ProcessSource(int(sys.argv[1]), stop=sys.argv[3])
+src.on_pause = lambda _s: os.kill(os.getpid(), signal.SIGKILL)
+Snapshotter(src, sys.argv[2]).save()
+"""
+
+
+def test_target_runs_on_when_the_snapshotter_dies_while_it_is_stopped(tmp_path, loaded):
+    r = subprocess.run([sys.executable, "-c", KILLER, str(loaded.pid), str(tmp_path / "s"),
+                        "ptrace"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    deadline = time.time() + 5
+    while time.time() < deadline and any(st in "Tt" for st in _thread_states(loaded.pid)):
+        time.sleep(0.01)
+    assert all(st not in "Tt" for st in _thread_states(loaded.pid)), "target left stopped"
+    assert Snapshots(tmp_path / "s").list() == ()
+
+
+def test_stop_methods(tmp_path, loaded):
+    for how in ("ptrace", "sigstop"):
+        with Snapshotter(ProcessSource(loaded.pid, stop=how), store(tmp_path / how)) as s:
+            info = s.save()
+            assert s.snapshots.manifest(info.name).stats["stopped_by"] == how
+        assert all(st not in "Tt" for st in _thread_states(loaded.pid))

@@ -189,7 +189,8 @@ class Snapshots:
         return name
 
     def manifest(self, ref: Any) -> Manifest:
-        name = self.name(ref) if not isinstance(ref, str) or ref in ("latest",) else ref
+        exact = isinstance(ref, str) and len(ref) == 6 and ref.isdigit()
+        name = ref if exact else self.name(ref)
         m = self._cache.get(name)
         if m is None:
             try:
@@ -609,12 +610,15 @@ class Snapshotter:
     a page written while being read may hold a mix of old and new bytes in this snapshot,
     and is complete in the next one (its write was re-armed before the read, so it is
     reported again). Stop writing during ``save()`` for an exact moment.
+
+    ``stop`` (processes): True/"auto" (ptrace interrupt, SIGSTOP when ptrace is refused),
+    "ptrace", "sigstop", or False (never stop: each page is as it was when read).
     """
 
     def __init__(self, target: Any, store: Store | str | os.PathLike[str], *,
                  compress: str | None = None, level: int = 1, chunk_size: int = DEFAULT_CHUNK,
                  zero_pages: bool = True, backend: str = "auto", progress: bool | None = None,
-                 stop: bool = True) -> None:
+                 stop: bool | str = True) -> None:
         if compress not in (None, "zstd"):
             raise errors.InvalidTarget(f"compress={compress!r}", hint="None or 'zstd'")
         self._owns_store = not isinstance(store, Store)
@@ -763,6 +767,7 @@ class Snapshotter:
             }
             if pause is not None:
                 stats["pause"] = round(getattr(src, "last_pause", pause), 6)
+                stats["stopped_by"] = getattr(src, "stopped_by", "")
             m = Manifest(name, parent.name if parent else None, time.time(), ps, regions,
                          tuple(chunks), ext_all, src.describe(), maps, stats)
             self.store.commit(f"snapshots/{name}",

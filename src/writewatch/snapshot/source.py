@@ -216,12 +216,14 @@ def _thread_states(pid: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def stopped(pid: int, timeout: float = 5.0) -> Iterator[float]:
-    """Stop every thread of ``pid`` with SIGSTOP, yield, and resume it with SIGCONT, always.
+def sigstopped(pid: int, timeout: float = 5.0) -> Iterator[float]:
+    """Stop every thread of ``pid`` with SIGSTOP, yield, and resume it with SIGCONT.
 
     SIGSTOP is delivered asynchronously: this waits until every thread shows state ``T``
     (stopped) or ``t`` (traced) in /proc/PID/task/TID/stat. A process that was already
-    stopped when called stays stopped. Yields the time the stop took to settle."""
+    stopped when called stays stopped. If this process dies while the target is stopped,
+    the target stays stopped (a group stop outlives its sender): :func:`stopped` prefers
+    ptrace, which the kernel undoes when the tracer dies. Yields the time the stop took."""
     t0 = time.perf_counter()
     try:
         before = _thread_states(pid)
@@ -250,6 +252,33 @@ def stopped(pid: int, timeout: float = 5.0) -> Iterator[float]:
             pass
 
 
+@contextlib.contextmanager
+def stopped(pid: int, how: str = "auto") -> Iterator[str]:
+    """Every thread of ``pid`` stopped for the duration; yields the method used.
+
+    ``"ptrace"``: PTRACE_SEIZE + PTRACE_INTERRUPT on each thread (CRIU's compel does the
+    same), PTRACE_DETACH after. When the tracer dies the kernel detaches its tracees and a
+    thread in a ptrace stop resumes (kernel/ptrace.c __ptrace_unlink), so the target is never
+    left stopped. ``"sigstop"``: SIGSTOP/SIGCONT (:func:`sigstopped`). ``"auto"``: ptrace,
+    or SIGSTOP when the process already has a tracer (a debugger) or ptrace is refused."""
+    if how in ("auto", "ptrace"):
+        try:
+            from ..kernel.inject import ThreadGroupStop
+            group = ThreadGroupStop(pid)
+            group.__enter__()
+        except (errors.PermissionDenied, errors.KernelError, ImportError):
+            if how == "ptrace":
+                raise
+        else:
+            try:
+                yield "ptrace"
+            finally:
+                group.release()
+            return
+    with sigstopped(pid):
+        yield "sigstop"
+
+
 class ProcessSource(Source):
     """Every readable, writable mapping of process ``pid``.
 
@@ -259,7 +288,7 @@ class ProcessSource(Source):
 
     kind = "process"
 
-    def __init__(self, pid: int, tracker: Any = None, *, stop: bool = True,
+    def __init__(self, pid: int, tracker: Any = None, *, stop: bool | str = True,
                  owned: bool = False) -> None:
         self.pid = pid
         self.tracker = tracker
@@ -269,6 +298,7 @@ class ProcessSource(Source):
         self.stop = stop
         self.page_size = LINUX.page_size
         self.last_pause = 0.0
+        self.stopped_by = ""  #: "ptrace" or "sigstop": how the last pause stopped the target
         self.on_pause: Any = None  #: called with the source while the target is stopped
         if not os.path.exists(f"/proc/{pid}"):
             raise errors.NoSuchProcess(pid)
@@ -301,7 +331,8 @@ class ProcessSource(Source):
             yield
             return
         try:
-            with stopped(self.pid):
+            with stopped(self.pid, "auto" if self.stop is True else str(self.stop)) as how:
+                self.stopped_by = how
                 yield
                 if self.on_pause is not None:
                     self.on_pause(self)
