@@ -45,6 +45,7 @@ Schedules are counted, not sampled.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -852,8 +853,8 @@ def run(args: argparse.Namespace) -> int:
     show = max(0, args.show)
     results = [explore(d, s, limit=max(show, 1)) for d in designs for s in scenarios]
     if args.json:
-        from ..cli._fmt import dump_json
-        dump_json([r.to_dict() for r in results])
+        json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
         return 0
     _table("Concurrency explorer: every interleaving, per design and scenario",
            ["design", "scenario", "schedules", "states", "losing", "lost", "dup/fp sched.",
