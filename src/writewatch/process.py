@@ -236,6 +236,11 @@ class ProcessTracker(Tracker):
         if name == "auto":
             from .tracker import _pick_backend
             name = _pick_backend("auto")
+        from .features import features
+        feat = features().backends.get(name)
+        if feat is not None and not feat.usable:
+            raise errors.Unsupported(f"the {name} backend is not usable here: {feat.detail}",
+                                     feature=name, hint=feat.fix or "use backend='auto'")
         if name != "uffd-async":
             # backends that need no descriptor inside the target (soft-dirty) plug in here
             backend = make_backend(name, self.pid, self._kernel, **self._options)

@@ -150,3 +150,16 @@ def test_attach_already_traced(c_target) -> None:  # type: ignore[no-untyped-def
         P.waitpid(pid)
         P.detach(pid)
     assert c_target.cmd("w 1") == "ok"
+
+
+def test_unusable_backend_refused(c_target) -> None:  # type: ignore[no-untyped-def]
+    """A backend this kernel cannot run (soft-dirty without CONFIG_MEM_SOFT_DIRTY) would
+    report nothing: refused with the reason instead."""
+    f = writewatch.features()
+    bad = [n for n, b in f.backends.items() if not b.usable]
+    if not bad:
+        pytest.skip("every backend is usable on this kernel")
+    with pytest.raises(writewatch.Unsupported, match="not usable"):
+        attach(c_target.proc.pid, backend=bad[0])
+    with pytest.raises(writewatch.InvalidTarget, match="unknown backend"):
+        attach(c_target.proc.pid, backend="no-such-backend")
