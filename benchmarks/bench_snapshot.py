@@ -190,6 +190,7 @@ def bench_process(args: argparse.Namespace, root: str) -> dict[str, float]:
         pauses, saves, pages = [], [], []
         with Snapshotter(p.pid, DirStore(os.path.join(root, "proc"))) as s:
             tracker = s.source.describe().get("tracker")
+            stop_how = ""
             s.save()
             for _ in range(args.runs):
                 p.stdin.write("go\n")
@@ -199,12 +200,14 @@ def bench_process(args: argparse.Namespace, root: str) -> dict[str, float]:
                 info = s.save()
                 saves.append(time.perf_counter() - t)
                 pauses.append(info.pause or 0.0)
+                stop_how = s.snapshots.manifest(info.name).stats.get("stopped_by", "")
                 pages.append(info.pages)
     finally:
         p.kill()
         p.wait()
     return {"pause": med(pauses), "pause_max": max(pauses), "proc_save": med(saves),
-            "proc_pages": med(pages), "tracker": tracker or "none (content hash)"}
+            "proc_pages": med(pages), "tracker": tracker or "none (content hash)",
+            "stop": stop_how}
 
 
 def main() -> None:
@@ -247,9 +250,13 @@ def main() -> None:
         f" | {gb / b['restore']:.2f} GB/s (target >= 1) |",
         f"| process {b['nbytes'] >> 20} MiB resident, {args.dirty:.1%} dirty: pause | "
         f"{pr['pause'] * ms:.1f} ms (max {pr['pause_max'] * ms:.1f}) | target < 50 ms; "
-        f"tracker {pr['tracker']}, {pr['proc_pages']:.0f} pages/save, save "
+        f"tracker {pr['tracker']}, stop by {pr['stop']}, {pr['proc_pages']:.0f} pages/save, save "
         f"{pr['proc_save'] * ms:.0f} ms |",
     ]
+    load = os.getloadavg()
+    lines.append("")
+    lines.append(f"load average during the run: {load[0]:.1f} (1 min), {load[2]:.1f} (15 min) "
+                 f"on {os.cpu_count()} CPUs")
     text = "\n".join(lines)
     print(text)
     if args.write:
