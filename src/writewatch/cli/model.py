@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
     from ..model import DESIGNS, WORKLOADS, designs, profiles, workloads
-    from ..model.compare import compare
+    from ..model.replay import compare
     prof = profiles.get(args.profile)
     names = args.design or list(DESIGNS)
     for d in names:

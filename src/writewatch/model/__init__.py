@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from . import profiles, workloads
-from .compare import FalseNegative, Metrics, Runner, run_trace
-from .compare import compare as compare_trace
 from .designs import DESIGNS
 from .kernel import ModelKernel, UffdCtx
 from .profiles import PROFILES, Profile
+from .replay import FalseNegative, Metrics, Runner, run_trace
+from .replay import compare as compare_trace
 from .state import Mm, ModelError
 from .trace import Trace, TraceError, TraceHeader, TraceWriter
 from .workloads import WORKLOADS

@@ -48,7 +48,7 @@ from .profiles import Profile
 from .state import MARKER, NONE, PAGE, PAGE_SHIFT, PMD_SHIFT, WP, Ring
 
 if TYPE_CHECKING:
-    from .compare import Runner
+    from .replay import Runner
 
 _WRITTEN = int(U.PageCategory.WRITTEN)
 _PRESENT = int(U.PageCategory.PRESENT)

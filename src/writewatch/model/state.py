@@ -744,10 +744,14 @@ class Mm:
             self._uffd_fault(v, addr, tids, hook)
             fl = int(t.fl[n])
             st = t.st[n]
-        elif st == MARKER:
+        elif st == MARKER and fl & WP:
             self._uffd_fault(v, addr, tids, hook)
             st = t.st[n]
             fl = int(t.fl[n])
+        elif st == MARKER:  # a discard marker without the bit (fault-time proposal): written
+            t.st[n] = NONE
+            t.fl[n] = 0
+            st, fl = NONE, 0
         elif st == NONE and ctx is not None and ctx.design != "kernel" and \
                 ctx.none_is_protected(v, addr):
             ctx.on_none_write(self, v, addr, tids, hook, when="before", before=before)
@@ -836,7 +840,8 @@ class Mm:
             t.fl[n] &= np.uint8(0xFF & ~W)
             return
         ctx = v.uffd
-        wp = st == MARKER  # pte_marker_handle_uffd_wp: mapped with the bit kept
+        # pte_marker_handle_uffd_wp: mapped with the bit kept
+        wp = st == MARKER and bool(t.fl[n] & WP)
         if st == NONE and ctx is not None and ctx.design != "kernel" and \
                 ctx.none_is_protected(v, addr):
             wp = True  # the fault-time proposal (a): read fault maps the zero page + wp bit
