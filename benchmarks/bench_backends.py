@@ -57,13 +57,19 @@ def _sync_without_unpopulated(span: tuple[int, int]) -> writewatch.Tracker:
     return Tracker(UffdSyncBackend(unpopulated=False), [Target(span[0], span[1], "bench")])
 
 
+def _tracker_for(name: str) -> Callable[[tuple[int, int]], writewatch.Tracker | None]:
+    def make(span: tuple[int, int]) -> writewatch.Tracker | None:
+        return writewatch.track(span, backend=name)
+    return make
+
+
 def cases() -> list[Case]:
     f = writewatch.features()
     out = [Case("untracked", lambda span: None)]
     for name in ("uffd-async", "uffd-wp-sync", "soft-dirty"):
         feat = f.backends.get(name)
         usable = feat is not None and feat.usable and name in REGISTRY
-        out.append(Case(name, (lambda span, n=name: writewatch.track(span, backend=n)),
+        out.append(Case(name, _tracker_for(name),
                         "" if usable else (feat.detail if feat else "not built")))
     sync = f.backends.get("uffd-wp-sync")
     out.append(Case("uffd-wp-sync, no WP_UNPOPULATED", _sync_without_unpopulated,

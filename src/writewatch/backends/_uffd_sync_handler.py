@@ -193,8 +193,9 @@ class Handler:
         """Pages of the range without a uffd-wp bit in pagemap (bit 57, 5.13): present, or
         a swap entry / marker, without protection, or not populated at all."""
         ent = self._entries(start, end)
-        idx = np.nonzero((ent & _UFFD_WP_BIT) == 0)[0]
-        return np.uint64(start) + idx.astype(np.uint64) * np.uint64(self.ps)
+        idx = np.nonzero((ent & _UFFD_WP_BIT) == 0)[0].astype(np.uint64)
+        out: np.ndarray = np.uint64(start) + idx * np.uint64(self.ps)
+        return out
 
     def _protect(self, runs: list[tuple[int, int]]) -> int:
         """Write-protect the runs until every page has the uffd-wp bit: a kernel without
