@@ -446,6 +446,11 @@ class ProcessTracker(Tracker):
                     break
         return tuple(out)
 
+    def _check_open(self) -> None:
+        if self._backend.closed:
+            raise errors.TrackerClosed("this tracker is closed",
+                                       hint="create a new one with writewatch.attach(pid)")
+
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
         """Stop tracking: unregister every range (the kernel drops the protection) and close
