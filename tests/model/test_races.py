@@ -87,7 +87,7 @@ def test_every_losing_schedule_of_the_race_is_found() -> None:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("design", ["uffd-wp-sync", "uffd-wp-async"])
+@pytest.mark.parametrize("design", ["uffd-sync-unpop", "uffd-async"])
 def test_markers_and_async_get_wp_lose_nothing(design: str, scenario: str) -> None:
     r = _explore(design, scenario)
     assert r.schedules > 0
@@ -141,18 +141,18 @@ def test_notification_repeats_after_a_zap_without_markers(design: str) -> None:
         assert r.duplicates == 1 and r.duplicate_schedules == r.schedules == 1
         marked = [s for s in r.example_dup if s.action.endswith("[duplicate]")]
         assert len(marked) == 1 and "queue wp message" in marked[0].action
-    assert explore("uffd-wp-sync", "shmem-dontneed").duplicates == 0
+    assert explore("uffd-sync-unpop", "shmem-dontneed").duplicates == 0
 
 
 def test_without_wp_unpopulated_sync_misses_unpopulated_anon_only() -> None:
     # userfaultfd_wp_use_markers(): anon needs WP_UNPOPULATED, shmem always has markers
-    r = _explore("uffd-wp-sync-nomarkers", "anon-unpopulated-2w")
+    r = _explore("uffd-sync", "anon-unpopulated-2w")
     assert r.losing_count == r.schedules and r.loss_kinds == ("unnotified",)
-    assert _explore("uffd-wp-sync-nomarkers", "shmem-zapped-2w").losing_count == 0
+    assert _explore("uffd-sync", "shmem-zapped-2w").losing_count == 0
     # async without markers loses nothing (holes read written) but reports them every time
-    r = _explore("uffd-wp-async-nomarkers", "anon-read-write")
+    r = _explore("uffd-async-nounpop", "anon-read-write")
     assert r.losing_count == 0
-    assert r.duplicate_schedules > _explore("uffd-wp-async", "anon-read-write"
+    assert r.duplicate_schedules > _explore("uffd-async", "anon-read-write"
                                             ).duplicate_schedules
 
 
@@ -172,7 +172,7 @@ def test_independent_writers_give_binomial_schedules(n1: int, n2: int) -> None:
                     (("W1", (("write", 0),) * n1), ("W2", (("write", 1),) * n2)),
                     collects=0)
     a, b = n1 + 2, n2 + 2
-    r = explore("uffd-wp-async", scen)
+    r = explore("uffd-async", scen)
     assert r.schedules == math.comb(a + b, a)
     assert r.losing_count == 0
 
@@ -188,8 +188,8 @@ def test_three_threads_give_multinomial_schedules() -> None:
 
 
 @pytest.mark.parametrize(("design", "scenario"), [
-    ("soft-dirty", "anon-read-write"), ("uffd-wp-async", "anon-unpopulated-2w"),
-    ("uffd-wp-sync", "shmem-zapped-2w"), ("write-log", "anon-dontneed-last"),
+    ("soft-dirty", "anon-read-write"), ("uffd-async", "anon-unpopulated-2w"),
+    ("uffd-sync-unpop", "shmem-zapped-2w"), ("write-ring", "anon-dontneed-last"),
     ("fault-time-async", "anon-dontneed-last")])
 def test_memoised_counts_equal_brute_force(design: str, scenario: str) -> None:
     r = _explore(design, scenario)
@@ -203,9 +203,9 @@ def test_bad_names_raise_typed_errors_with_hints() -> None:
     with pytest.raises(RaceExplorerError) as e:
         explore("no-such-design", "shmem-zapped-2w")
     assert isinstance(e.value, WriteWatchError) and isinstance(e.value, ValueError)
-    assert "uffd-wp-async" in (e.value.hint or "")
+    assert "uffd-async" in (e.value.hint or "")
     with pytest.raises(RaceExplorerError):
-        explore("uffd-wp-async", "no-such-scenario")
+        explore("uffd-async", "no-such-scenario")
     with pytest.raises(RaceExplorerError):
         Scenario("bad", "", "anon", ("mapped",), (("W1", (("write", 3),)),))
     with pytest.raises(RaceExplorerError):
@@ -238,10 +238,10 @@ def _args(*argv: str) -> argparse.Namespace:
 
 def test_cli_prints_the_table_and_the_losing_schedule(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    assert races.run(_args("--design", "fault-time-sync", "--design", "uffd-wp-sync",
+    assert races.run(_args("--design", "fault-time-sync", "--design", "uffd-sync-unpop",
                            "--scenario", "shmem-zapped-2w")) == 0
     out = capsys.readouterr().out
-    assert "fault-time-sync" in out and "uffd-wp-sync" in out
+    assert "fault-time-sync" in out and "uffd-sync-unpop" in out
     assert "WITHOUT uffd-wp bit" in out
     assert "copied into the snapshot after new content landed" in out
 
@@ -251,7 +251,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     rows = {(r["design"], r["scenario"]): r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == {(d, "anon-collect") for d in DESIGNS}
     assert rows[("soft-dirty", "anon-collect")]["losing_schedules"] > 0
-    assert rows[("uffd-wp-async", "anon-collect")]["losing_schedules"] == 0
+    assert rows[("uffd-async", "anon-collect")]["losing_schedules"] == 0
 
 
 def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
@@ -296,7 +296,7 @@ if given is not None:
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scen=_scenarios(sync_safe=True))
     def test_random_scenarios_markers_and_async_lose_nothing(scen: Scenario) -> None:
-        for design in ("uffd-wp-sync", "uffd-wp-async", "vma-flag-sync"):
+        for design in ("uffd-sync-unpop", "uffd-async", "vma-flag-sync"):
             r = explore(design, scen, limit=1)
             assert r.deadlocks == 0
             assert r.losing_count == 0, (design, scen, format_schedule(
@@ -305,7 +305,7 @@ if given is not None:
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(scen=_scenarios(sync_safe=False))
     def test_random_scenarios_async_and_counts(scen: Scenario) -> None:
-        for design in ("uffd-wp-async", "uffd-wp-async-nomarkers"):
+        for design in ("uffd-async", "uffd-async-nounpop"):
             assert explore(design, scen, limit=1).losing_count == 0, (design, scen)
         for design in ("fault-time-sync", "soft-dirty"):
             r = explore(design, scen, limit=0)

@@ -18,7 +18,7 @@ of the kernel's fault path and of the tracker:
   (copy-before-write), ``UFFDIO_WRITEPROTECT`` mode=0, which wakes the faulting threads;
 * tracker (collecting designs): PAGEMAP_SCAN get+WP, atomic per page under the PTL; or
   soft-dirty's pagemap read per page followed by ``clear_refs`` 4 (not atomic together); or
-  a write-log ring drain followed by re-protection; then the copy of each reported page.
+  a write-ring drain followed by re-protection; then the copy of each reported page.
 
 After the last step a final collect runs with every thread quiescent.
 
@@ -114,17 +114,17 @@ class Design:
 
 
 DESIGNS: dict[str, Design] = {d.name: d for d in (
-    Design("uffd-wp-sync",
+    Design("uffd-sync-unpop",
            "uffd-wp synchronous, WP_UNPOPULATED markers on pte_none (6.4+)",
            sync=True, uffd=True, markers=True),
-    Design("uffd-wp-sync-nomarkers",
+    Design("uffd-sync",
            "uffd-wp synchronous without WP_UNPOPULATED (before 6.4): unpopulated anon "
            "pages are not protected (shmem always gets markers)",
            sync=True, uffd=True),
-    Design("uffd-wp-async",
+    Design("uffd-async",
            "uffd-wp async + PAGEMAP_SCAN get+WP, atomic per page under the PTL (6.7+)",
            uffd=True, markers=True, collect="scan"),
-    Design("uffd-wp-async-nomarkers",
+    Design("uffd-async-nounpop",
            "uffd-wp async + PAGEMAP_SCAN without WP_UNPOPULATED: anon holes read written "
            "and cannot be armed",
            uffd=True, collect="scan"),
@@ -140,11 +140,15 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (
            "per-VMA 'protection starts right away' flag, no markers: a write fault on "
            "pte_none notifies before mapping",
            sync=True, none_protected=True),
+    Design("vma-flag",
+           "the per-VMA flag in async mode: pte_none is clean, a write fault maps a page "
+           "without the bit (written), a zap leaves pte_none; PAGEMAP_SCAN get+WP",
+           none_protected=True, collect="scan"),
     Design("soft-dirty",
            "soft-dirty: user tracker reads pagemap bit 55, then writes 4 to clear_refs "
            "(get and clear not atomic)",
            collect="softdirty"),
-    Design("write-log",
+    Design("write-ring",
            "write-log ring: the fault that unprotects a page appends it under the PTL; "
            "collect drains the ring, re-protects, copies (no overflow)",
            none_protected=True, collect="ring"),
