@@ -132,6 +132,43 @@ def paired(exe: str, mib: int, passes: int, interval: float,
     return (float(pa["seconds"]), float(pa["cpu"])), mon, summary
 
 
+def fault_cost(mib: int, rounds: int) -> dict:
+    """In this process: the time to write one byte to each page of a ``mib`` MiB buffer just
+    after a collect re-armed it (one write-protect fault per page) against the same sweep on
+    pages already written since (no fault): this thread's CPU time (user + system, so the
+    kernel's fault handling counts and time spent waiting for a CPU does not), medians of
+    ``rounds`` sweeps."""
+    import time
+
+    import numpy as np
+
+    import writewatch
+    page = os.sysconf("SC_PAGE_SIZE")
+    raw = np.zeros((mib << 20) + page, np.uint8)
+    off = (-raw.ctypes.data) % page
+    buf = raw[off:off + (mib << 20)]  # page aligned
+    view = buf[::page]
+    clock = time.thread_time
+    armed, warm, collect = [], [], []
+    with writewatch.track(buf) as t:
+        view += 1
+        for r in range(rounds):
+            c0 = clock()
+            t.collect()  # re-arms every page written since
+            c1 = clock()
+            view[:] = r  # first write to each page after the re-arm: a fault each
+            c2 = clock()
+            view[:] = r + 1  # same pages again: no fault
+            c3 = clock()
+            collect.append(c1 - c0)
+            armed.append(c2 - c1)
+            warm.append(c3 - c2)
+    n = len(view)
+    a, w = statistics.median(armed), statistics.median(warm)
+    return {"mib": mib, "pages": n, "armed_ms": a * 1e3, "warm_ms": w * 1e3,
+            "us_per_fault": (a - w) / n * 1e6, "collect_ms": statistics.median(collect) * 1e3}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,256", help="buffer sizes in MiB (comma separated)")
@@ -139,12 +176,25 @@ def main() -> None:
                     help="target run time unmonitored (passes are calibrated to it)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--fault-rounds", type=int, default=30,
+                    help="sweeps per size for the in-process fault cost (0: skip)")
     ap.add_argument("--sequential", action="store_true",
                     help="alternate plain and monitored runs instead of running each pair at "
                          "once (use on an otherwise idle machine)")
     ap.add_argument("--markdown", metavar="PATH")
     args = ap.parse_args()
     rows = []
+    faults = []
+    if args.fault_rounds:
+        for mib in (int(x) for x in args.sizes.split(",")):
+            f = fault_cost(mib, args.fault_rounds)
+            f["projected_pct"] = f["pages"] * f["us_per_fault"] * 1e-6 / args.interval * 100
+            faults.append(f)
+            print(f"fault cost, {mib} MiB ({f['pages']} pages): sweep after re-arm "
+                  f"{f['armed_ms']:.2f} ms, warm {f['warm_ms']:.2f} ms -> "
+                  f"{f['us_per_fault']:.3f} µs per re-armed page; collect "
+                  f"{f['collect_ms']:.2f} ms; a program writing all of it every "
+                  f"{args.interval:g} s pays {f['projected_pct']:+.2f} %", flush=True)
     with tempfile.TemporaryDirectory(prefix="ww-bench-monitor-") as d:
         tmp = Path(d)
         exe = build(tmp)
@@ -189,10 +239,11 @@ def main() -> None:
                   f"≈ {row['us_per_fault']:.2f} µs extra CPU per page per re-arm -> "
                   f"{row['projected_pct']:+.2f} % on an idle machine)", flush=True)
     if args.markdown:
-        write_markdown(Path(args.markdown), rows, args)
+        write_markdown(Path(args.markdown), rows, faults, args)
 
 
-def write_markdown(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+def write_markdown(path: Path, rows: list[dict], faults: list[dict],
+                   args: argparse.Namespace) -> None:
     cpu = "?"
     try:
         for ln in Path("/proc/cpuinfo").read_text().splitlines():
@@ -237,6 +288,24 @@ def write_markdown(path: Path, rows: list[dict], args: argparse.Namespace) -> No
             f"**{r['slowdown_cpu']:+.2f} %** | {r['plain_wall']:.3f} | {r['mon_wall']:.3f} | "
             f"{r['slowdown_wall']:+.2f} % | {r['mean_rate']:.0f} / {r['peak_rate']:.0f} | "
             f"{r['us_per_fault']:.2f} µs | {r['projected_pct']:+.2f} % |")
+    if faults:
+        lines += [
+            "", "## The cost behind it: one write fault per page per interval", "",
+            "In-process (`writewatch.track` on a numpy buffer, uffd-wp async): the time to "
+            "write one byte to every page of the buffer right after a `collect()` re-armed "
+            "it, against the same sweep over pages already written since (no fault); medians "
+            f"of {args.fault_rounds} sweeps, each a few milliseconds, so other load on the "
+            "machine weighs little. The projection is the slowdown of a program that writes "
+            f"every page of the buffer within each {args.interval:g} s interval and otherwise "
+            "has the CPU to itself.", "",
+            "| buffer | pages | sweep after re-arm | sweep, no fault | per re-armed page | "
+            "collect (re-arm) | projected slowdown |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+        for f in faults:
+            lines.append(
+                f"| {f['mib']} MiB | {f['pages']} | {f['armed_ms']:.2f} ms | "
+                f"{f['warm_ms']:.2f} ms | {f['us_per_fault']:.3f} µs | {f['collect_ms']:.2f} ms "
+                f"| {f['projected_pct']:+.2f} % |")
     lines += ["", "All runs (CPU seconds of the sweeps, in order):", ""]
     for r in rows:
         lines.append(f"* {r['mib']} MiB: plain {', '.join(f'{x:.3f}' for x in r['plain_cpu_all'])}"
