@@ -202,6 +202,27 @@ def test_remapped_span_is_reported_whole_then_tracked_again(region, backend) -> 
     assert _pages(backend.collect(), r.addr) == {3, 6}
 
 
+def test_untrackable_mapping_placed_over_a_span_is_reported_at_every_collect(
+        region, backend, tmp_path) -> None:
+    r = region(8)
+    for i in range(8):
+        r.write(i)
+    backend.add(Span(r.addr, r.addr + r.length))
+    f = tmp_path / "data"
+    f.write_bytes(b"\1" * 2 * PAGE)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        _sys.mmap(r.page(2), 2 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                  mmap.MAP_SHARED | U.MAP_FIXED, fd)
+    finally:
+        os.close(fd)
+    for _ in range(2):
+        c = backend.collect()
+        assert {2, 3} <= _pages(c, r.addr) and c.reasons
+    r.write(6)
+    assert {2, 3, 6} <= _pages(backend.collect(), r.addr)
+
+
 def test_shared_anonymous_memory(backend) -> None:
     if not backend.features & U.UffdFeature.WP_HUGETLBFS_SHMEM:
         pytest.skip("sync write-protect of shmem needs UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19)")

@@ -88,6 +88,7 @@ class Handler:
         self.removed_pending = np.empty(0, np.uint64)
         #: (start, end, page size) of hugetlb VMAs met (protection works per huge page)
         self.huge: list[tuple[int, int, int]] = []
+        self.refused: list[str] = []  #: runs the last collect could not protect again
         self.carry = np.empty(0, np.uint64)  #: pages left over by a max_pages collect
         self.carry_cons = np.empty(0, np.uint64)
         self.faults = 0
@@ -197,6 +198,19 @@ class Handler:
         out: np.ndarray = np.uint64(start) + idx * np.uint64(self.ps)
         return out
 
+    def _protect_tolerant(self, runs: list[tuple[int, int]]) -> list[str]:
+        """:meth:`_protect` run by run; a run the kernel refuses (a mapping placed there that
+        cannot be registered: a file, another userfaultfd's range) stays unprotected, and so
+        is reported at every collect. Returns the refusals."""
+        refused = []
+        for lo, hi in runs:
+            try:
+                self._protect([(lo, hi)])
+            except errors.WriteWatchError as exc:
+                refused.append(f"{lo:#x}-{hi:#x} cannot be write-protected ({exc}); "
+                               "reported at every collect")
+        return refused
+
     def _protect(self, runs: list[tuple[int, int]]) -> int:
         """Write-protect the runs until every page has the uffd-wp bit: a kernel without
         WP_UNPOPULATED skips none PTEs of anonymous memory, so those are populated and
@@ -232,7 +246,7 @@ class Handler:
                         self._snap_fault(page)
                     else:
                         self.log.add(page)
-                        self._writeprotect(page, page + self.ps, 0)  # mode 0 wakes the writer
+                        self._release(page)
                         if self.huge:  # a huge page is unprotected whole: log all of it
                             lo, hi = self._granular(page, page + self.ps)
                             self.log.update(range(lo, hi, self.ps))
@@ -242,6 +256,20 @@ class Handler:
                         self._snap_removed(m.a, m.b)
             if not until_empty and len(msgs) < 64:
                 return
+
+    def _release(self, page: int) -> None:
+        """Unprotect the faulting page; mode 0 wakes the writer. Should the range have been
+        unmapped or unregistered meanwhile (ENOENT, EINVAL), wake the writer anyway: its
+        fault is retried against whatever is mapped now."""
+        try:
+            self._writeprotect(page, page + self.ps, 0)
+        except errors.WriteWatchError as exc:
+            if exc.errno not in (E.ENOENT, E.EINVAL, E.ENOMEM):
+                raise
+            try:
+                uffd.wake(self.uffd, page, self.ps)
+            except errors.WriteWatchError:
+                pass
 
     # -- requests ----------------------------------------------------------------------------
     def op_arm(self, start: int, end: int) -> int:
@@ -254,14 +282,21 @@ class Handler:
         self.spans.append((start, end))
         return ioctls
 
-    def op_rearm(self, start: int, end: int) -> None:
-        """The span's mappings changed: register what is there now and protect it."""
+    def op_rearm(self, start: int, end: int) -> list[str]:
+        """The span's mappings changed: register what is there now and protect it. A part the
+        kernel refuses stays unprotected (reported at every collect); returns why."""
+        refused = []
         for m in procfs.read_maps(self.pid):
             lo, hi = max(m.start, start), min(m.end, end)
             if lo < hi:
-                uffd.register(self.uffd, lo, hi - lo, int(U.UffdRegisterMode.WP))
-                self._protect([(lo, hi)])
+                try:
+                    uffd.register(self.uffd, lo, hi - lo, int(U.UffdRegisterMode.WP))
+                    self._protect([(lo, hi)])
+                except errors.WriteWatchError as exc:
+                    refused.append(f"{lo:#x}-{hi:#x} cannot be tracked ({exc}); reported at "
+                                   "every collect")
         self._forget(start, end)
+        return refused
 
     def op_disarm(self, start: int, end: int) -> None:
         """Unregister: the kernel drops the uffd-wp bits and wakes waiters on the range
@@ -326,7 +361,8 @@ class Handler:
             self.removed_pending = self._still_present(new_removed)
             self.carry = np.setdiff1d(rest, cons)
             self.carry_cons = np.intersect1d(rest, cons)
-            self._protect(_runs(taken, ps))
+            self.refused = self._protect_tolerant(_runs(taken, ps))
+        reasons.extend(self.refused)
         return taken.tobytes(), cons_taken.tobytes(), tuple(reasons)
 
     def _still_present(self, pages: np.ndarray) -> np.ndarray:

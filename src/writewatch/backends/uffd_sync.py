@@ -391,7 +391,7 @@ class UffdSyncBackend(Backend):
                                "mappings replaced, moved or unmapped; reported whole")
                 if reset:
                     self.stats.rearms += 1
-                    self._helper.request("rearm", span.start, span.end)
+                    reasons.extend(self._helper.request("rearm", span.start, span.end))
                     self._layout[span] = parts
         spans = [p for s in self.spans for p in self._layout[s]]
         raw, raw_cons, why = self._helper.request("collect", spans, reset, max_pages)
