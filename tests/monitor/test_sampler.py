@@ -216,3 +216,15 @@ def test_the_monitor_core_imports_numpy_only() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_tracker_error_ends_sampling_but_keeps_the_series() -> None:
+    class Broken(FakeTracker):
+        def collect(self):
+            if self.k == 2:
+                raise writewatch.KernelError("PAGEMAP_SCAN failed", op="PAGEMAP_SCAN")
+            return super().collect()
+
+    series, _ = run(Broken([[pages(HEAP[0], 1)]] * 5), 0.1, None)
+    assert len(series.intervals) == 2
+    assert series.ended.startswith("error: PAGEMAP_SCAN failed")

@@ -41,4 +41,4 @@ def run(args: argparse.Namespace) -> int:
     finally:
         tracker.close()
     finish(series, args)
-    return 0
+    return 1 if series.ended.startswith("error") else 0

@@ -240,6 +240,10 @@ class Sampler:
         except errors.TrackerClosed:
             self.series.ended = "tracker closed"
             return False
+        except errors.WriteWatchError as exc:
+            # keep what was measured: the caller still gets the series, and why it ended
+            self.series.ended = f"error: {exc}"
+            return False
         if on_interval is not None:
             on_interval(iv, self.series)
         return True
