@@ -311,3 +311,12 @@ if given is not None:
             r = explore(design, scen, limit=0)
             if r.schedules <= 20_000:
                 assert _brute_force(design, scen) == (r.schedules, r.losing_count)
+
+
+def test_shortest_losing_schedule_is_shortest_and_loses() -> None:
+    r = explore("fault-time-sync", "shmem-reclaim", limit=10_000)
+    assert r.shortest and r.shortest_reasons
+    assert len(r.losing) == r.losing_count          # all of them, to compare lengths
+    assert r.shortest in r.losing
+    assert len(r.shortest) == min(len(s) for s in r.losing)
+    assert explore("uffd-sync-unpop", "shmem-reclaim").shortest == ()

@@ -241,7 +241,9 @@ class ExploreResult:
     :class:`Step`; ``reasons[i]`` says what schedule ``losing[i]`` lost. ``losing_count`` is
     exact. ``duplicates`` sums duplicate notifications / false-positive reports over all
     schedules; ``duplicate_schedules`` counts the schedules with at least one. ``example_dup``
-    is one schedule with a duplicate, when there is one. ``loss_kinds`` names every kind of
+    is one schedule with a duplicate, when there is one. ``shortest`` is a losing schedule
+    with the fewest steps (empty when nothing is lost), ``shortest_reasons`` what it lost.
+    ``loss_kinds`` names every kind of
     loss in any losing schedule: ``late copy`` (the handler copied a page after new content
     landed), ``unnotified`` (a page changed without a notification), ``lost write`` and
     ``lost discard`` (the replica misses a store, or the zeros MADV_DONTNEED left).
@@ -259,6 +261,8 @@ class ExploreResult:
     deadlocks: int
     threads: tuple[str, ...]
     loss_kinds: tuple[str, ...]
+    shortest: tuple[Step, ...]
+    shortest_reasons: tuple[str, ...]
     seconds: float = field(compare=False)
     example_dup: tuple[Step, ...] = ()
 
@@ -273,6 +277,8 @@ class ExploreResult:
             "duplicates": self.duplicates, "duplicate_schedules": self.duplicate_schedules,
             "deadlocks": self.deadlocks, "loss_kinds": list(self.loss_kinds),
             "seconds": round(self.seconds, 3),
+            "shortest": ({"steps": [list(s) for s in self.shortest],
+                          "lost": list(self.shortest_reasons)} if self.loses else None),
             "losing": [{"steps": [list(s) for s in sched], "lost": list(why)}
                        for sched, why in zip(self.losing, self.reasons, strict=True)],
         }
@@ -283,8 +289,10 @@ Local = tuple[int, str, Any]
 State = tuple[tuple[Pte, ...], tuple[Local, ...], tuple[int, ...], tuple[Any, ...],
               tuple[int, ...]]
 Move = tuple[Step, State, str, int]  # step, next state, loss reason ("" = none), duplicates
-# schedules, losing, dup schedules, dups, deadlocks, loss kinds in any losing completion
-Stats = tuple[int, int, int, int, int, frozenset[str]]
+# schedules, losing, dup schedules, dups, deadlocks, loss kinds in any losing completion,
+# steps of the shortest completion, steps of the shortest losing completion (_INF: none)
+Stats = tuple[int, int, int, int, int, frozenset[str], int, int]
+_INF = 1 << 30
 
 
 def _pte_desc(pte: Pte, softdirty: bool) -> str:
@@ -658,23 +666,45 @@ class _Explorer:
         if not mvs:
             reasons, dup, dead = self.final(st)
             res: Stats = (1, 1 if reasons else 0, 1 if dup else 0, dup, int(dead),
-                          frozenset(_kind(r) for r in reasons))
+                          frozenset(_kind(r) for r in reasons), 0, 0 if reasons else _INF)
         else:
             s_ = lo = ds = dt = dl = 0
             kinds: set[str] = set()
+            short = short_lose = _INF
             for _, nxt, loss, dup in mvs:
-                cs, cl, cds, cdt, cdl, ck = self.count(nxt)
+                cs, cl, cds, cdt, cdl, ck, cmin, cmin_lose = self.count(nxt)
                 s_ += cs
                 lo += cs if loss else cl
                 ds += cs if dup else cds
                 dt += cdt + dup * cs
                 dl += cdl
                 kinds |= ck
+                short = min(short, cmin + 1)
+                short_lose = min(short_lose, (cmin if loss else cmin_lose) + 1)
                 if loss:
                     kinds.add(_kind(loss))
-            res = (s_, lo, ds, dt, dl, frozenset(kinds))
+            res = (s_, lo, ds, dt, dl, frozenset(kinds), short, min(short_lose, _INF))
         memo[st] = res
         return res
+
+    def shortest_losing(self, st: State) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+        """One losing schedule with the fewest steps (the memo holds the lengths)."""
+        path: list[Step] = []
+        why: list[str] = []
+        s = st
+        while mvs := self.moves(s):
+            want = self.memo[s][6] if why else self.memo[s][7]
+            for stp, nxt, loss, _ in mvs:
+                c = self.memo[nxt]
+                if (c[6] if (why or loss) else c[7]) + 1 == want:
+                    path.append(stp)
+                    if loss:
+                        why.append(loss)
+                    s = nxt
+                    break
+            else:  # pragma: no cover - the memo is consistent by construction
+                raise AssertionError("no move realises the memoised shortest length")
+        return tuple(path), (*why, *self.final(s)[0])
 
     def losing(self, st: State, limit: int) -> list[tuple[tuple[Step, ...], tuple[str, ...]]]:
         out: list[tuple[tuple[Step, ...], tuple[str, ...]]] = []
@@ -775,7 +805,8 @@ def explore(design: str | Design, scenario: str | Scenario, *, limit: int = 20
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 10000))
     try:
-        n, lo, ds, dt, dl, kinds = ex.count(init)
+        n, lo, ds, dt, dl, kinds, _, _ = ex.count(init)
+        shortest = ex.shortest_losing(init) if lo else ((), ())
         lost = ex.losing(init, limit) if lo and limit > 0 else []
         dup_ex = ex.first_dup(init) if ds else ()
     finally:
@@ -784,7 +815,7 @@ def explore(design: str | Design, scenario: str | Scenario, *, limit: int = 20
         design=d.name, scenario=s.name, schedules=n, states=len(ex.memo), losing_count=lo,
         losing=tuple(p for p, _ in lost), reasons=tuple(r for _, r in lost),
         duplicates=dt, duplicate_schedules=ds, deadlocks=dl, threads=ex.names,
-        loss_kinds=tuple(sorted(kinds)),
+        loss_kinds=tuple(sorted(kinds)), shortest=shortest[0], shortest_reasons=shortest[1],
         seconds=time.perf_counter() - t0, example_dup=dup_ex)
 
 
@@ -877,9 +908,14 @@ def run(args: argparse.Namespace) -> int:
         _table("Which designs lose what", ["design", "scenarios losing", "losing in",
                                            "lost", "scenarios with dup/fp"], rows)
     for r in results:
-        for sched, why in list(zip(r.losing, r.reasons, strict=True))[:show]:
+        if r.loses and show:
             print(f"\n{r.design} / {r.scenario}: loses in {r.losing_count} of "
-                  f"{r.schedules} schedules; for example:")
+                  f"{r.schedules} schedules; the shortest:")
+            print(format_schedule(r.shortest, r.threads, r.shortest_reasons))
+        others = [(p, w) for p, w in zip(r.losing, r.reasons, strict=True)
+                  if p != r.shortest][:max(0, show - 1)]
+        for sched, why in others:
+            print(f"\n{r.design} / {r.scenario}: another losing schedule:")
             print(format_schedule(sched, r.threads, why))
         if args.dups and r.example_dup:
             print(f"\n{r.design} / {r.scenario}: duplicate notification or false positive "
