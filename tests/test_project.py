@@ -17,7 +17,8 @@ def run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    res = run(sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "tools")
+    res = run(sys.executable, "-m", "ruff", "check", "src", "tests", "benchmarks", "tools",
+              "examples")
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -7,4 +7,5 @@ A module whose name has an underscore is the command with a dash (``foo_bar`` ->
 
 COMMANDS: tuple[str, ...] = (
     "features",
+    "model",
 )
