@@ -168,7 +168,8 @@ class PageState(NamedTuple):
 
     @property
     def resident(self) -> np.ndarray:
-        return self.present | self.swapped
+        out: np.ndarray = self.present | self.swapped
+        return out
 
 
 def decode_state(raw: np.ndarray) -> PageState:
