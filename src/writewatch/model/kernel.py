@@ -112,8 +112,7 @@ class UffdCtx:
             if self.ring is not None:
                 self.ring.append(addr)
             return
-        seen = int(mm.content(addr, addr + PAGE)[0])
-        self._message(addr, seen, tids)
+        self._message(addr, mm.content_page(addr), tids)
 
     def none_is_protected(self, v: Vma, addr: int) -> bool:
         if self.design == "faulttime":

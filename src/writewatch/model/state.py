@@ -61,7 +61,7 @@ PROT = {"none": 0, "r": 1, "rw": 3}
 class ModelError(errors.WriteWatchError):
     """An operation the modelled kernel refuses or a program would crash on (SIGSEGV)."""
 
-    __module__ = "writewatch"
+    __module__ = "writewatch.model"
 
 
 class Table:
@@ -735,7 +735,7 @@ class Mm:
         self.c.faults += 1
         before = 0
         if ctx is not None and ctx.design != "kernel":
-            before = int(self.content(addr, addr + PAGE)[0])
+            before = self.content_page(addr)
         if st == SWAP:
             # do_swap_page: uffd-wp and soft-dirty come back from the swap entry
             t.st[n] = PRESENT
@@ -936,6 +936,24 @@ class Mm:
                 if v.anonymous:
                     seg[(st == PRESENT) & ((fl & ZERO) != 0)] = 0
         return out
+
+    def content_page(self, addr: int) -> int:
+        """The content version of one page (as :meth:`content`)."""
+        v = self.find(addr)
+        if v is None:
+            return -1
+        t = self.pt.get(addr >> PMD_SHIFT)
+        if t is not None:
+            n = (addr >> PAGE_SHIFT) & 511
+            st, fl = int(t.st[n]), int(t.fl[n])
+            if st in (PRESENT, SWAP) and fl & ANON:
+                return int(t.ver[n])
+            if st == PRESENT and fl & ZERO and v.anonymous:
+                return 0
+        if v.file is not None:
+            i = v.page_index(addr)
+            return int(v.file.ver[i]) if i < len(v.file.ver) else 0
+        return 0
 
     def stats(self) -> dict[str, int]:
         return {"vmas": len(self.vmas), "pt_pages": self.c.pt_pages,

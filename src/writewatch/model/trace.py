@@ -86,7 +86,7 @@ _INT_KEYS = ("addr", "len", "new_len", "new_addr", "offset", "tid")
 class TraceError(errors.WriteWatchError, ValueError):
     """A trace file is malformed; ``line`` is its 1-based line number."""
 
-    __module__ = "writewatch"
+    __module__ = "writewatch.model"
 
     def __init__(self, message: str, line: int | None = None, **kw: Any) -> None:
         self.line = line
