@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     img = snaps.restore(args.snapshot, progress=args.progress)
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(memoryview(img.data))
+        f.write(img.data.data)
     m = snaps.manifest(img.name)
     if m.source.get("kind") == "process" or len(img.regions) > 1:
         side = {

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..process import launch
         what = launch(target, args.backend)
-        process = what.process  # type: ignore[attr-defined]
+        process = what.process
     if args.count < 0 or args.keep < 0:
         raise errors.InvalidTarget("--count and --keep take N >= 0")
     n = 0

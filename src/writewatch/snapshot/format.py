@@ -58,7 +58,7 @@ def hasher(name: str) -> Callable[[Any], bytes]:
         except ImportError:
             raise SnapshotError("this store hashes with xxh3_128, which needs xxhash",
                                 hint="pip install 'writewatch[snapshot]'") from None
-        return xxhash.xxh3_128_digest  # type: ignore[no-any-return]
+        return xxhash.xxh3_128_digest
     if name == "blake2b-128":
         return lambda data: hashlib.blake2b(data, digest_size=16).digest()
     raise SnapshotError(f"unknown hash {name!r}", hint=f"one of {', '.join(HASHES)}")

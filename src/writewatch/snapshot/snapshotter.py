@@ -9,7 +9,9 @@ that holds it.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -165,6 +167,7 @@ class Snapshots:
         self.store = open_store(store, create=create)
         self.digest = hasher(self.store.hash_name)
         self._cache: dict[str, Manifest] = {}
+        self._local = threading.local()
 
     # -- names and manifests --------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -298,6 +301,10 @@ class Snapshots:
         ps = res.manifest.page_size
         rows = out.reshape(-1, ps)
         ch = res.chunk[idx]
+        # a read buffer per thread, reused: a fresh one per chunk costs its page faults
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = bytearray(DEFAULT_CHUNK + 64)
         order = np.lexsort((res.page[idx], ch))
         ch_sorted = ch[order]
         bounds = np.flatnonzero(np.diff(ch_sorted)) + 1
@@ -313,7 +320,7 @@ class Snapshots:
             else:
                 key = res.keys[c]
                 try:
-                    blob = self.store.get(f"chunks/{key.hex()}")
+                    blob = self.store.get_into(f"chunks/{key.hex()}", scratch)
                 except BlobNotFound:
                     raise CorruptSnapshot("chunk is missing", snapshot=res.owner[c],
                                           chunk=key.hex()) from None
@@ -380,7 +387,8 @@ class Snapshots:
         return np.frombuffer(mv.cast("B") if mv.nbytes else b"", np.uint8) if mv.nbytes \
             else np.empty(0, np.uint8)
 
-    def _outputs(self, m: Manifest, into: Any, sizes: list[int], total: int) -> list[np.ndarray]:
+    def _outputs(self, m: Manifest, into: Any, sizes: builtins.list[int],
+                 total: int) -> builtins.list[np.ndarray]:
         if into is None:
             return [np.empty(total, np.uint8)]
         if isinstance(into, (list, tuple)):
@@ -398,7 +406,8 @@ class Snapshots:
         return [arr]
 
     @staticmethod
-    def _split(outs: list[np.ndarray], sizes: list[int]) -> list[np.ndarray]:
+    def _split(outs: builtins.list[np.ndarray],
+               sizes: builtins.list[int]) -> builtins.list[np.ndarray]:
         if len(outs) == len(sizes):
             return outs
         offs = np.cumsum([0, *sizes])
@@ -528,7 +537,7 @@ class Snapshots:
                 sync()
             self.gc()
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:
         """Keep the newest ``keep`` snapshots (compacting the oldest kept one into a base
         when needed), delete the rest and their unreferenced chunks. Returns the deleted."""
         if keep < 1:
@@ -569,15 +578,12 @@ def _meta(r: Region) -> tuple[Any, ...]:
     return (r.end, r.perms, r.offset, r.path)
 
 
-def _make_source(target: Any, backend: str, stop: bool) -> Source:
+def _make_source(target: Any, backend: str, stop: bool | str) -> Source:
+    from ..process import ProcessTracker, attach
     from ..tracker import Tracker, track
-    try:
-        from ..process import ProcessTracker, attach
-    except ImportError:  # pragma: no cover (older tree without process tracking)
-        ProcessTracker, attach = (), None  # type: ignore[assignment]
     if isinstance(target, Source):
         return target
-    if ProcessTracker and isinstance(target, ProcessTracker):
+    if isinstance(target, ProcessTracker):
         return ProcessSource(int(target.pid), target, stop=stop)
     if isinstance(target, Tracker):
         return BufferSource(target)
@@ -585,14 +591,13 @@ def _make_source(target: Any, backend: str, stop: bool) -> Source:
         raise errors.InvalidTarget("cannot snapshot a bool")
     if isinstance(target, int):
         tracker = None
-        why = "no process tracker in this build"
-        if attach is not None:
-            try:
-                tracker = attach(target, backend)
-            except (errors.Unsupported, errors.PermissionDenied, errors.KernelError) as exc:
-                why = str(exc)
+        why = None
+        try:
+            tracker = attach(target, backend)
+        except (errors.Unsupported, errors.PermissionDenied, errors.KernelError) as exc:
+            why = str(exc)
         src = ProcessSource(target, tracker, stop=stop, owned=True)
-        src.untracked_reason = None if tracker is not None else why
+        src.untracked_reason = why
         return src
     return BufferSource(track(target, backend=backend), owned=True)
 
@@ -739,9 +744,9 @@ class Snapshotter:
                 plans = self._plan(want)
                 if not stream:
                     for runs in plans:
-                        buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
-                        src.read(runs, buf)
-                        bufs.append((runs, buf))
+                        into = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
+                        src.read(runs, into)
+                        bufs.append((runs, into))
             pause = time.perf_counter() - t0 if not stream else None
             name = self._next_name()
             chunks: list[bytes] = []
@@ -751,7 +756,7 @@ class Snapshotter:
             with _progress(f"save {name}", want.nbytes, self.progress) as advance:
                 items = bufs if not stream else ((r, None) for r in plans)
                 for runs, got in items:
-                    buf = got
+                    buf: np.ndarray | None = got
                     if buf is None:
                         buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
                         src.read(runs, buf)
@@ -805,7 +810,7 @@ class Snapshotter:
                     parts = encode_chunk(raw, self.codec, self.level)
                     written = sum(memoryview(p).nbytes for p in parts)
                     if parts[1] is raw and nz is None:  # raw is a view of buf
-                        self.store.put(blob, parts, done=lambda b=buf: self._release(b))
+                        self.store.put(blob, parts, done=functools.partial(self._release, buf))
                         buf = None  # the store hands it back
                     else:
                         self.store.put(blob, parts)
@@ -842,7 +847,7 @@ class Snapshotter:
     def compact(self, snapshot: Any = "latest") -> SnapshotInfo:
         return self.snapshots.compact(snapshot)
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:
         with self._lock:
             return self.snapshots.prune(keep)
 
