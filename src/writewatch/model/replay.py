@@ -332,17 +332,19 @@ class Runner:
             self.collect()
 
     def _maps(self, op: dict[str, Any]) -> None:
-        """A recorded mapping snapshot: unmap what vanished, map and track what appeared."""
-        want = {(int(s), int(e)): (kind if kind in ("anon", "shmem", "file") else "file")
-                for s, e, _perms, kind in op["maps"]}
-        have = {(v.start, v.end) for v in self.mm.vmas}
-        for s, e in sorted(have - set(want)):
-            if not any(s0 <= s and e <= e0 for s0, e0 in want):
-                self.mm.munmap(s, e - s)
-        for (s, e), kind in sorted(want.items()):
-            if not self.mm.vmas_in(s, e):
+        """A recorded mapping snapshot: unmap what vanished, map what appeared, and track
+        what appeared that is not tracked yet."""
+        want = sorted((int(s), int(e), kind if kind in ("anon", "shmem") else "file")
+                      for s, e, _perms, kind in op["maps"])
+        have = [(v.start, v.end) for v in self.mm.vmas]
+        for s, e in _subtract(have, [(s, e) for s, e, _ in want]):
+            self.mm.munmap(s, e - s)
+        have = [(v.start, v.end) for v in self.mm.vmas]
+        for s0, e0, kind in want:
+            for s, e in _subtract([(s0, e0)], have):
                 self.mm.mmap(s, e - s, kind, kind == "shmem")
-                self.track(s, e)
+                for ts, te in _subtract([(s, e)], [(t.start, t.end) for t in self.tracked]):
+                    self.track(ts, te)
 
     def finish(self) -> Metrics:
         m = self.m
@@ -366,6 +368,25 @@ class Runner:
                     diff += int((snap != c.arm).sum())
             m.snapshot_differs = diff
         return m
+
+
+def _subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of the ranges ``a`` not covered by the ranges ``b``."""
+    out = []
+    bs = sorted(b)
+    for s, e in a:
+        pos = s
+        for bs_, be in bs:
+            if be <= pos or bs_ >= e:
+                continue
+            if bs_ > pos:
+                out.append((pos, bs_))
+            pos = max(pos, be)
+            if pos >= e:
+                break
+        if pos < e:
+            out.append((pos, e))
+    return out
 
 
 def run_trace(trace: Trace | Iterable[dict[str, Any]], design: str | None, profile: Profile,
