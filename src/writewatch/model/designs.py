@@ -36,7 +36,7 @@ Origins (the linux-mm thread of 22 Feb 2023 in ../shared/seed/, and the kernel):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from .. import errors
 from ..kernel.pagemap import scan_all
 from .kernel import UffdCtx
 from .profiles import Profile
-from .state import MARKER, NONE, PAGE, PAGE_SHIFT, PMD_SHIFT, WP, Ring
+from .state import NONE, PAGE, PAGE_SHIFT, PMD_SHIFT, WP, Ring
 
 if TYPE_CHECKING:
     from .replay import Runner
@@ -269,10 +269,6 @@ class FaultTimeAsync(_WalkDesign):
     def unavailable(self, profile: Profile) -> str | None:
         return None
 
-    def setup(self, r: Runner) -> None:
-        self._saved = r.kernel.profile
-        super().setup(r)
-
 
 class FaultTimeSync(_WalkDesign):
     name = "fault-time-sync"
@@ -355,5 +351,3 @@ def get(name: str) -> type[Design]:
         raise errors.InvalidTarget(f"unknown design {name!r}",
                                    hint=f"one of: {', '.join(DESIGNS)}") from None
 
-
-_ = (MARKER, Any)
