@@ -225,8 +225,8 @@ def main() -> None:
                     "mean_rate": s["mean_rate"]}
             # every page of the buffer is written after each re-arm: one write fault per page
             # per interval; the extra CPU per such fault
-            faults = s["intervals"] * mib * 256
-            row["us_per_fault"] = (row["mon_cpu"] - row["plain_cpu"]) / faults * 1e6
+            nfaults = s["intervals"] * mib * 256
+            row["us_per_fault"] = (row["mon_cpu"] - row["plain_cpu"]) / nfaults * 1e6
             # on an idle machine a program writing the whole buffer within every interval
             # pays that once per page per interval, per second of its run:
             row["projected_pct"] = mib * 256 * row["us_per_fault"] * 1e-6 / args.interval * 100
