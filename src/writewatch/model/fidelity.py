@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ MAP_NORESERVE = 0x4000  # include/uapi/asm-generic/mman.h
 #: op tuples: ("write", page, n) ("read", page, n) ("dontneed", page, n)
 #: ("mprotect", page, n, "r"|"rw") ("mremap", page, n) ("munmap", page, n) ("fork",)
 #: ("collect",) ("write_moved", page, n) ("read_moved", page, n): pages moved by mremap
-Op = tuple
+Op = tuple[Any, ...]
 
 
 def categories(kernel: KernelCalls, pm: int, start: int, length: int) -> np.ndarray:

@@ -359,7 +359,8 @@ class ModelKernel:
         if not (isinstance(obj, tuple) and obj[0] == "pagemap"):
             _sys.raise_errno(E.EBADF, op)
         assert isinstance(obj, tuple)
-        return obj[1]
+        mm: Mm = obj[1]
+        return mm
 
     def read_maps(self, pid: int | str) -> tuple[Mapping, ...]:
         self._check_pid(pid, f"open /proc/{pid}/maps")

@@ -362,10 +362,10 @@ class Runner:
         if d is not None and d.sync:
             diff = 0
             for t in self.tracked:
-                for k, c in t.chunks.items():
+                for k, ch in t.chunks.items():
                     cur = self.mm.content(*t.bounds(k))
-                    snap = np.where(c.copied, c.copy, cur)
-                    diff += int((snap != c.arm).sum())
+                    snap = np.where(ch.copied, ch.copy, cur)
+                    diff += int((snap != ch.arm).sum())
             m.snapshot_differs = diff
         return m
 

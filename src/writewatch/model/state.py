@@ -694,7 +694,7 @@ class Mm:
     def _write_page(self, v: Vma, addr: int, tids: tuple[int, ...],
                     hook: FaultHook | None) -> None:
         k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
-        t = self.pt.get(k)
+        t: Any = self.pt.get(k)  # a Table wherever st != NONE
         ctx = v.uffd
         if t is not None and t.huge:
             if t.fl[0] & WP:
@@ -782,7 +782,7 @@ class Mm:
         t = self._alloc(k)
         keep_wp = int(t.fl[n]) & WP if t.st[n] == MARKER else 0
         t.st[n] = PRESENT
-        if v.shared:
+        if v.shared and v.file is not None:
             t.fl[n] = keep_wp | W | D | SD
             a = v.page_index(addr)
             v.file.resident[a] = True
@@ -830,7 +830,7 @@ class Mm:
 
     def _read_page(self, v: Vma, addr: int) -> None:
         k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
-        t = self.pt.get(k)
+        t: Any = self.pt.get(k)
         st = t.st[n] if t is not None else NONE
         if st == PRESENT:
             return

@@ -156,6 +156,7 @@ def _open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
     if p.endswith(".zst"):
         import zstandard
         raw = open(p, mode + "b")  # noqa: SIM115
+        stream: Any
         if mode == "r":
             stream = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
         else:
