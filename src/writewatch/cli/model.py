@@ -60,6 +60,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         races.add_arguments(r)
 
 
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Designs as rows: the design column never wraps or truncates (rich when installed)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        table(title, columns, rows)
+        return
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, no_wrap=i == 0, justify="left" if i == 0 else "right",
+                     overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    Console(soft_wrap=False).print(t)
+
+
 def _cell(m: Any, col: Any) -> str:
     if callable(col):
         return str(col(m))
@@ -108,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
                 rows.append([m.design, f"n/a: {m.reason}"] + [""] * (len(COLUMNS) - 2))
             else:
                 rows.append([_cell(m, c) for _, c in COLUMNS])
-        table(f"workload {w} ({len(trace)} ops), kernel profile {prof.name}",
-              [t for t, _ in COLUMNS], rows)
+        _table(f"workload {w} ({len(trace)} ops), kernel profile {prof.name}",
+               [t for t, _ in COLUMNS], rows)
         for m in results:
             if m.false_negatives and args.examples:
                 print(f"  {m.design}: {m.false_negatives} false negative(s), e.g.")
