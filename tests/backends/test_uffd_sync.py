@@ -34,7 +34,9 @@ USABLE, WHY = uffd_sync.probe()
 pytestmark = pytest.mark.skipif(not USABLE, reason=f"uffd-wp-sync unusable here: {WHY}")
 HAVE_UNPOPULATED = USABLE and bool(uffd_sync._offered() & U.UffdFeature.WP_UNPOPULATED)
 #: False: behave as a kernel before 6.4 (no WP_UNPOPULATED); None: use it when offered
-MODES = [pytest.param(None, id="default"), pytest.param(False, id="no-wp-unpopulated")]
+MODES = [pytest.param(None, id="default"),
+         pytest.param(False, id="no-wp-unpopulated", marks=pytest.mark.skipif(
+             not HAVE_UNPOPULATED, reason="same as default: the kernel lacks WP_UNPOPULATED"))]
 TIMEOUT = 120
 
 
@@ -310,7 +312,7 @@ def _run_child(code: str, timeout: float = TIMEOUT) -> str:
     return p.stdout
 
 
-@pytest.mark.parametrize("unpopulated", [None, False], ids=["default", "no-wp-unpopulated"])
+@pytest.mark.parametrize("unpopulated", MODES)
 def test_writer_holding_the_gil_and_concurrent_collects(unpopulated) -> None:
     """A numpy store blocks in the kernel with the GIL held; another thread collects all the
     while. Every written page is reported, exactly (no conservative report)."""
@@ -410,7 +412,7 @@ def test_helper_exits_when_the_tracked_process_dies() -> None:
 
 # -- live snapshots ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("unpopulated", [None, False], ids=["default", "no-wp-unpopulated"])
+@pytest.mark.parametrize("unpopulated", MODES)
 def test_live_snapshot_equals_memory_at_arm_time_while_threads_write(region, unpopulated) -> None:
     n = 4096
     r = region(n)
