@@ -185,6 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     faults = []
+    args.load_before = os.getloadavg()
     if args.fault_rounds:
         for mib in (int(x) for x in args.sizes.split(",")):
             f = fault_cost(mib, args.fault_rounds)
@@ -238,6 +239,7 @@ def main() -> None:
                   f"peak {s['peak_rate']:.0f} MB/s over {s['intervals']} intervals; "
                   f"≈ {row['us_per_fault']:.2f} µs extra CPU per page per re-arm -> "
                   f"{row['projected_pct']:+.2f} % on an idle machine)", flush=True)
+    args.load_after = os.getloadavg()
     if args.markdown:
         write_markdown(Path(args.markdown), rows, faults, args)
 
@@ -259,6 +261,8 @@ def write_markdown(path: Path, rows: list[dict], faults: list[dict],
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Linux "
         f"{platform.release()}; {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         f"Command: `.venv/bin/python {cmd}`",
+        f"Load average (1 min) when it started / ended: {args.load_before[0]:.1f} / "
+        f"{args.load_after[0]:.1f} (other work was running on the machine).",
         "",
         "The target sweeps an anonymous buffer, writing one word per cache line of every page "
         "in each pass; it times its sweeps itself (CPU: its user + system time, which includes "
@@ -306,6 +310,17 @@ def write_markdown(path: Path, rows: list[dict], faults: list[dict],
                 f"| {f['mib']} MiB | {f['pages']} | {f['armed_ms']:.2f} ms | "
                 f"{f['warm_ms']:.2f} ms | {f['us_per_fault']:.3f} µs | {f['collect_ms']:.2f} ms "
                 f"| {f['projected_pct']:+.2f} % |")
+        cost = statistics.median(f["us_per_fault"] for f in faults)
+        budget = 0.05 * args.interval / (cost * 1e-6)  # pages per interval for 5 %
+        lines += [
+            "", f"Reading: the cost is {cost:.2f} µs of the program's CPU per page it writes "
+            f"after each re-arm, so sampling every {args.interval:g} s stays under 5 % for a "
+            f"program that writes up to {budget:.0f} distinct pages ({budget * 4096 / 2**20:.0f} "
+            f"MiB) per interval; the collect itself runs in the monitor's process "
+            f"({faults[-1]['collect_ms']:.1f} ms for {faults[-1]['pages']} written pages). "
+            "The end-to-end CPU ratios above are larger when the machine is loaded: the "
+            "target's run is stretched over more intervals, so it takes more faults per "
+            "CPU-second."]
     lines += ["", "All runs (CPU seconds of the sweeps, in order):", ""]
     for r in rows:
         lines.append(f"* {r['mib']} MiB: plain {', '.join(f'{x:.3f}' for x in r['plain_cpu_all'])}"
