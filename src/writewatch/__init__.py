@@ -19,6 +19,14 @@ from .errors import (
 )
 from .features import Feature, Features, features
 from .pages import Pages
+from .process import (
+    LaunchedProcess,
+    MappingInfo,
+    ProcessCollectInfo,
+    ProcessTracker,
+    attach,
+    launch,
+)
 from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track
 
 __version__ = "0.1.0"
@@ -30,16 +38,22 @@ __all__ = [
     "Features",
     "InvalidTarget",
     "KernelError",
+    "LaunchedProcess",
+    "MappingInfo",
     "NoSuchProcess",
     "Pages",
     "PartialPageWarning",
     "PermissionDenied",
+    "ProcessCollectInfo",
+    "ProcessTracker",
     "Target",
     "Tracker",
     "TrackerClosed",
     "Unsupported",
     "WriteWatchError",
     "__version__",
+    "attach",
     "features",
+    "launch",
     "track",
 ]

@@ -286,6 +286,14 @@ def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX
     if cls is None:
         raise errors.InvalidTarget(f"unknown backend {name!r}",
                                    hint=f"choose one of: auto, {', '.join(sorted(REGISTRY))}")
+    if kernel is LINUX:
+        # a mechanism the kernel lacks may still "work" and report nothing (soft-dirty
+        # compiled out: clear_refs 4 is accepted, bit 55 never set): refuse it
+        from .features import features
+        usable = features().backends.get(name)
+        if usable is not None and not usable.usable:
+            raise errors.Unsupported(f"backend {name!r} is not usable here: {usable.detail}",
+                                     feature=name, since=usable.since, hint=usable.fix)
     return cls(pid, kernel, **options)
 
 

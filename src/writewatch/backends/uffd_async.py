@@ -26,6 +26,7 @@ What the kernel alone could miss, and what this backend does about it:
 
 from __future__ import annotations
 
+import bisect
 import errno as E
 import os
 import threading
@@ -87,6 +88,16 @@ def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None) -> int:
     return fd
 
 
+def _page_mask(regions: np.ndarray, span: Span, page_size: int) -> np.ndarray:
+    """One bool per page of ``span``: inside one of the disjoint ``regions``."""
+    delta = np.zeros(span.length // page_size + 1, np.int32)
+    base = np.uint64(span.start)
+    delta[((regions[:, 0] - base) // np.uint64(page_size)).astype(np.intp)] += 1
+    delta[((regions[:, 1] - base) // np.uint64(page_size)).astype(np.intp)] -= 1
+    mask: np.ndarray = np.cumsum(delta[:-1]) > 0
+    return mask
+
+
 @register
 class UffdAsyncBackend(Backend):
     """Async uffd-wp + PAGEMAP_SCAN over the memory of ``pid`` (``"self"`` or a PID).
@@ -124,9 +135,10 @@ class UffdAsyncBackend(Backend):
         self._untracked: dict[Span, list[tuple[int, int, str]]] = {}
         #: spans with file or shared memory, and their resident pages at the last collect
         self._file_backed: set[Span] = set()
-        self._resident: dict[Span, tuple[Pages, Pages]] = {}
+        self._resident: dict[Span, tuple[np.ndarray, np.ndarray]] = {}
         #: /proc/PID/maps, read at most once per collect (or add)
         self._maps: tuple[Mapping, ...] | None = None
+        self._map_ends: list[int] = []
         self.own = pid in ("self", os.getpid())
 
     # -- arming ------------------------------------------------------------------------------
@@ -214,14 +226,14 @@ class UffdAsyncBackend(Backend):
                        batch=self.batch, category_mask=PRESENT, return_mask=PRESENT | FILE,
                        page_size=ps).regions
         self.stats.scan_calls += 1
-        present = Pages(res[:, :2], ps)
-        private = Pages(res[(res[:, 2] & np.uint64(FILE)) == 0][:, :2], ps)
+        present = _page_mask(res, span, ps)
+        private = _page_mask(res[(res[:, 2] & np.uint64(FILE)) == 0], span, ps)
         before = self._resident.get(span)
         if update:
             self._resident[span] = (present, private)
         if before is None:
             return Pages((), ps)
-        return (before[0] - present) | (before[1] - private)
+        return Pages.from_mask((before[0] & ~present) | (before[1] & ~private), span.start, ps)
 
     def _mapped_parts(self, span: Span) -> list[tuple[int, int]]:
         """What of the span is mapped now, adjacent mappings coalesced (a registration may
@@ -230,7 +242,10 @@ class UffdAsyncBackend(Backend):
         file_backed = False
         if self._maps is None:
             self._maps = self.kernel.read_maps(self.pid)
-        for m in self._maps:
+            self._map_ends = [m.end for m in self._maps]
+        for m in self._maps[bisect.bisect_right(self._map_ends, span.start):]:
+            if m.start >= span.end:
+                break
             lo, hi = max(m.start, span.start), min(m.end, span.end)
             if lo < hi:
                 file_backed |= m.inode != 0 or m.shared
@@ -304,7 +319,9 @@ class UffdAsyncBackend(Backend):
                 continue
             found.append(regions)
             if span in self._file_backed:
-                gone = self._resident_changes(span, update=reset) - Pages(regions, self.page_size)
+                gone = self._resident_changes(span, update=reset)
+                if gone:
+                    gone = gone - Pages.from_kernel(regions, self.page_size)
                 if gone:
                     conservative.append(gone.ranges)
                     reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
