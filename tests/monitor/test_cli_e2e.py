@@ -135,3 +135,33 @@ def test_attach_to_a_missing_process_is_a_clear_error(process_tracking) -> None:
     p = writewatch_cmd("attach", "999999999")
     assert p.returncode == 1
     assert "999999999" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_on_attach_prints_the_summary_and_leaves_the_target_running(
+        process_tracking, tmp_path) -> None:
+    import signal
+    log = tmp_path / "log"
+    target = subprocess.Popen([sys.executable, str(WRITER), str(log), "64", "1", "0", "0"])
+    try:
+        for _ in range(200):
+            if log.exists():
+                break
+            time.sleep(0.02)
+        out = tmp_path / "s.json"
+        mon = subprocess.Popen([sys.executable, "-c", _MAIN, "attach", str(target.pid),
+                                "--interval", "0.1", "--no-live", "--json", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        mon.send_signal(signal.SIGINT)
+        stdout, stderr = mon.communicate(timeout=60)
+        assert mon.returncode == 0, stderr
+        assert "ended: interrupted" in stdout
+        doc = json.loads(out.read_text())
+        assert doc["ended"] == "interrupted" and len(doc["intervals"]) >= 3
+        assert target.poll() is None
+        status = Path(f"/proc/{target.pid}/status").read_text()
+        assert "TracerPid:\t0" in status  # not left traced
+        assert "State:\tT" not in status  # nor stopped
+    finally:
+        target.kill()
+        target.wait()
