@@ -212,10 +212,9 @@ def test_untrackable_mapping_placed_over_a_span_is_reported_at_every_collect(
     backend.add(Span(r.addr, r.addr + r.length))
     f = tmp_path / "data"
     f.write_bytes(b"\1" * 2 * PAGE)
-    fd = os.open(f, os.O_RDWR)
+    fd = os.open(f, os.O_RDONLY)  # a shared mapping without VM_MAYWRITE: EPERM to register
     try:
-        _sys.mmap(r.page(2), 2 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
-                  mmap.MAP_SHARED | U.MAP_FIXED, fd)
+        _sys.mmap(r.page(2), 2 * PAGE, mmap.PROT_READ, mmap.MAP_SHARED | U.MAP_FIXED, fd)
     finally:
         os.close(fd)
     for _ in range(2):

@@ -336,8 +336,8 @@ class Handler:
         escaped = np.setdiff1d(np.concatenate([np.empty(0, np.uint64), *escaped_parts]), log)
         if len(escaped):
             reasons.append(f"{len(escaped)} page(s) lost write-protection without a fault "
-                           "(zapped by MADV_DONTNEED or similar, then touched): reported as "
-                           "written")
+                           "(discarded by MADV_DONTNEED, or a new mapping placed there): reported "
+                           "as written")
         parts = [_pages(max(a, s), min(b, e), ps) for a, b in self.removed for s, e in spans
                  if max(a, s) < min(b, e)]
         new_removed = np.unique(np.concatenate([np.empty(0, np.uint64), *parts]))

@@ -77,8 +77,6 @@ class HandlerDied(errors.KernelError):
     """The handler process of a uffd-wp-sync tracker or live snapshot exited. The kernel
     dropped the write protection when its userfaultfd closed: writes since are not tracked."""
 
-    __module__ = "writewatch"
-
 
 def _offered(kernel: KernelCalls = LINUX) -> U.UffdFeature:
     from .uffd_async import supported_features
