@@ -195,11 +195,11 @@ def heatmap(series: Series, path: str, *, title: str | None = None, max_bands: i
             if y0:
                 ax.axhline(y0, color="0.6", lw=0.6)
             ticks.append(y0 + b.height / 2)
+            sep = "\n" if b.height >= 1 / 16 else " "  # thin bands: one line
             if b.gathered:
-                labels.append(f"{b.label[:30]}\n{_mib(int(b.capacity.sum()))} written, "
-                              "gaps removed")
+                labels.append(f"{b.label[:30]}{sep}{_mib(int(b.capacity.sum()))} written")
             else:
-                labels.append(f"{b.label[:30]}\n{b.start:#x} +{_mib(b.end - b.start)}")
+                labels.append(f"{b.label[:30]}{sep}{b.start:#x} +{_mib(b.end - b.start)}")
         ax.set_yticks(ticks, labels, fontsize=7)
         ax.set_ylim(0, 1)
     s = series.summary()
