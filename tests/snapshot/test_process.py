@@ -100,6 +100,14 @@ def test_target_resumes_when_the_save_fails(tmp_path, loaded):
             s.save()
         assert all(st not in "Tt" for st in _thread_states(loaded.pid))
         assert s.list() == ()
+        src.on_pause = None
+        assert s.save().kind == "full"
+        src.on_pause = boom
+        with pytest.raises(RuntimeError):
+            s.save()  # its collect re-armed pages: the next save may not be a delta
+        src.on_pause = None
+        again = s.save()
+        assert again.kind == "full" and again.parent is None
 
 
 def test_snapshot_by_pid(tmp_path, loaded):

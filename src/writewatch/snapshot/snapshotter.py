@@ -722,64 +722,74 @@ class Snapshotter:
         with self._lock:
             self._check_open()
             src = self.source
-            ps = src.page_size
             parent = self._last
             t0 = time.perf_counter()
-            stream = isinstance(src, BufferSource)
-            bufs: list[tuple[np.ndarray, np.ndarray]] = []
-            with src.paused():
-                maps = src.maps()
-                regions = src.regions(maps)
-                written = src.collect()
-                every = _region_pages(regions, ps)
-                if parent is None:
-                    want = every
-                else:
-                    before = set(parent.regions)
-                    same = _region_pages([r for r in regions if r in before], ps)
-                    want = (written & every) | (every - same)
-                untracked = every - src.tracked()
-                if untracked:
-                    want = want | self._changed_by_content(untracked)
-                plans = self._plan(want)
-                if not stream:
-                    for runs in plans:
-                        into = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
-                        src.read(runs, into)
-                        bufs.append((runs, into))
-            pause = time.perf_counter() - t0 if not stream else None
-            name = self._next_name()
-            chunks: list[bytes] = []
-            index: dict[bytes, int] = {}
-            extents: list[np.ndarray] = []
-            stored = 0
-            with _progress(f"save {name}", want.nbytes, self.progress) as advance:
-                items = bufs if not stream else ((r, None) for r in plans)
-                for runs, got in items:
-                    buf: np.ndarray | None = got
-                    if buf is None:
-                        buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
-                        src.read(runs, buf)
-                    ext, nbytes = self._pack(runs, buf, chunks, index)
-                    extents.append(ext)
-                    stored += nbytes
-                    advance(buf.nbytes)
-            ext_all = np.concatenate(extents) if extents else np.empty(0, EXTENT)
-            stats: dict[str, Any] = {
-                "written_reported": len(written), "pages": len(want),
-                "stored_bytes": stored, "chunks": len(chunks),
-                "seconds": round(time.perf_counter() - t0, 6),
-            }
-            if pause is not None:
-                stats["pause"] = round(getattr(src, "last_pause", pause), 6)
-                stats["stopped_by"] = getattr(src, "stopped_by", "")
-            m = Manifest(name, parent.name if parent else None, time.time(), ps, regions,
-                         tuple(chunks), ext_all, src.describe(), maps, stats)
-            self.store.commit(f"snapshots/{name}",
-                              encode_manifest(m, self.snapshots.digest))
-            self.snapshots._cache[name] = m
+            try:
+                m = self._save(src, parent, t0)
+            except BaseException:
+                # the collect re-armed the pages it reported: a save that does not complete
+                # must not leave the next one a delta that lacks them
+                self._last = None
+                raise
+            self.snapshots._cache[m.name] = m
             self._last = m
-            return self.snapshots.info(name)
+            return self.snapshots.info(m.name)
+
+    def _save(self, src: Source, parent: Manifest | None, t0: float) -> Manifest:
+        ps = src.page_size
+        stream = isinstance(src, BufferSource)
+        bufs: list[tuple[np.ndarray, np.ndarray]] = []
+        with src.paused():
+            maps = src.maps()
+            regions = src.regions(maps)
+            written = src.collect()
+            every = _region_pages(regions, ps)
+            if parent is None:
+                want = every
+            else:
+                before = set(parent.regions)
+                same = _region_pages([r for r in regions if r in before], ps)
+                want = (written & every) | (every - same)
+            untracked = every - src.tracked()
+            if untracked:
+                want = want | self._changed_by_content(untracked)
+            plans = self._plan(want)
+            if not stream:
+                for runs in plans:
+                    into = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
+                    src.read(runs, into)
+                    bufs.append((runs, into))
+        pause = time.perf_counter() - t0 if not stream else None
+        name = self._next_name()
+        chunks: list[bytes] = []
+        index: dict[bytes, int] = {}
+        extents: list[np.ndarray] = []
+        stored = 0
+        with _progress(f"save {name}", want.nbytes, self.progress) as advance:
+            items = bufs if not stream else ((r, None) for r in plans)
+            for runs, got in items:
+                buf: np.ndarray | None = got
+                if buf is None:
+                    buf = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
+                    src.read(runs, buf)
+                ext, nbytes = self._pack(runs, buf, chunks, index)
+                extents.append(ext)
+                stored += nbytes
+                advance(buf.nbytes)
+        ext_all = np.concatenate(extents) if extents else np.empty(0, EXTENT)
+        stats: dict[str, Any] = {
+            "written_reported": len(written), "pages": len(want),
+            "stored_bytes": stored, "chunks": len(chunks),
+            "seconds": round(time.perf_counter() - t0, 6),
+        }
+        if pause is not None:
+            stats["pause"] = round(getattr(src, "last_pause", pause), 6)
+            stats["stopped_by"] = getattr(src, "stopped_by", "")
+        m = Manifest(name, parent.name if parent else None, time.time(), ps, regions,
+                     tuple(chunks), ext_all, src.describe(), maps, stats)
+        self.store.commit(f"snapshots/{name}",
+                          encode_manifest(m, self.snapshots.digest))
+        return m
 
     def _pack(self, runs: np.ndarray, buf: np.ndarray | None, chunks: list[bytes],
               index: dict[bytes, int]) -> tuple[np.ndarray, int]:
