@@ -742,7 +742,9 @@ class Snapshotter:
         with src.paused():
             maps = src.maps()
             regions = src.regions(maps)
+            tc = time.perf_counter()
             written = src.collect()
+            t_collect = time.perf_counter() - tc
             every = _region_pages(regions, ps)
             if parent is None:
                 want = every
@@ -754,11 +756,13 @@ class Snapshotter:
             if untracked:
                 want = want | self._changed_by_content(untracked)
             plans = self._plan(want)
+            tr = time.perf_counter()
             if not stream:
                 for runs in plans:
                     into = self._buffer(int((runs[:, 1] - runs[:, 0]).sum()))
                     src.read(runs, into)
                     bufs.append((runs, into))
+            t_read = time.perf_counter() - tr
         pause = time.perf_counter() - t0 if not stream else None
         name = self._next_name()
         chunks: list[bytes] = []
@@ -785,6 +789,8 @@ class Snapshotter:
         if pause is not None:
             stats["pause"] = round(getattr(src, "last_pause", pause), 6)
             stats["stopped_by"] = getattr(src, "stopped_by", "")
+            stats["pause_collect"] = round(t_collect, 6)
+            stats["pause_read"] = round(t_read, 6)
         m = Manifest(name, parent.name if parent else None, time.time(), ps, regions,
                      tuple(chunks), ext_all, src.describe(), maps, stats)
         self.store.commit(f"snapshots/{name}",
