@@ -7,5 +7,7 @@ A module whose name has an underscore is the command with a dash (``foo_bar`` ->
 
 COMMANDS: tuple[str, ...] = (
     "features",
+    "run",
+    "attach",
     "model",
 )
