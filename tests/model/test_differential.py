@@ -49,6 +49,10 @@ def _need_kernel() -> None:
           suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(F.KINDS), thp=st.booleans(), seq=ops)
 def test_model_matches_kernel(kind: str, thp: bool, seq: list[tuple]) -> None:
+    if kind == "file" and thp:
+        # page-cache folio sizes of a regular file are not modelled exactly (docs/model.md,
+        # "Deliberate simplifications"): no faults in the moved, unregistered VMA
+        seq = [o for o in seq if not o[0].endswith("_moved")]
     bad = F.run(kind, thp, seq)
     assert not bad, f"{kind} thp={thp}: {bad[0]}"
 
@@ -75,7 +79,12 @@ def test_debate_points(kind: str, thp: bool) -> None:
          ("read", 513, 1), ("write", 514, 1)],
         [("write", 0, 1024), ("collect",), ("mprotect", 100, 10, "r"), ("dontneed", 0, 1024),
          ("read", 0, 1024), ("write", 0, 1024)],
+        # read-around and fault-around in a moved (unregistered) file mapping
+        [("read_moved", 227, 32), ("mremap", 674, 57), ("fork",), ("mprotect", 0, 512, "r"),
+         ("fork",), ("read_moved", 701, 8)],
     ]
     for s in seqs:
+        if kind == "file" and thp:
+            s = [o for o in s if not o[0].endswith("_moved")]
         bad = F.run(kind, thp, s)
         assert not bad, f"{kind} thp={thp}: {bad[0]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
 
 from .. import errors
@@ -47,6 +48,9 @@ class Profile:
     #: do_huge_zero_wp_pmd (6.14?): a write fault on the huge zero page allocates a THP
     #: (observed on 6.18 by the differential test); before, the PMD was split
     huge_zero_wp_thp: bool = True
+    #: the block device's read_ahead_kb / page size: a page-cache miss on a regular file
+    #: reads this many pages around it (mm/filemap.c do_sync_mmap_readahead); 128 KiB default
+    readahead_pages: int = 32
     #: /sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise" or "never"
     thp: str = "madvise"
     #: /sys/kernel/mm/transparent_hugepage/use_zero_page: read faults map the huge zero page
@@ -114,4 +118,19 @@ def running() -> Profile:
     text = _read(cfg)
     sd = ("CONFIG_MEM_SOFT_DIRTY=y" in text) if text else False
     return PROFILES["6.18"].replace(name="running", release=os.uname().release, thp=mode,
-                                    thp_zero_page=zero, soft_dirty=sd)
+                                    thp_zero_page=zero, soft_dirty=sd,
+                                    readahead_pages=_readahead_pages(tempfile.gettempdir()))
+
+
+def _readahead_pages(path: str) -> int:
+    """read_ahead_kb of the block device holding ``path``, in pages (32 if unknown)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return 32
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for q in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
+        text = _read(q).strip()
+        if text.isdigit():
+            return max(1, int(text) * 1024 // os.sysconf("SC_PAGE_SIZE"))
+    return 32

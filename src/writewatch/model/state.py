@@ -46,6 +46,7 @@ PAGE = 1 << PAGE_SHIFT
 PTRS = 512  # PTRS_PER_PTE on x86-64 with 4 KiB pages
 PMD_SHIFT = 21
 PMD = 1 << PMD_SHIFT
+FAULT_AROUND = 16  # fault_around_bytes (64 KiB) / PAGE_SIZE, mm/memory.c
 
 # entry states
 NONE, PRESENT, SWAP, MARKER = 0, 1, 2, 3
@@ -92,15 +93,36 @@ class File:
         self.kind = kind
         self.ver = np.zeros(npages, np.int64)
         self.resident = np.zeros(npages, bool)
+        #: per PMD-sized block of the file: cached as one large folio
+        self.pmd_folio = np.zeros(-(-npages // PTRS), bool)
         if kind == "file":  # a regular file has content of its own
             self.ver[:] = world.new_versions(npages)
             self.resident[:] = False
+
+    def fault_in(self, idx: int, ra_pages: int, huge: bool = False) -> None:
+        """filemap_fault on a page-cache miss of a regular file: the mmap read-around reads
+        ``ra_pages`` pages centred on it (do_sync_mmap_readahead: start = index -
+        ra_pages / 2), clipped to the file; in a VM_HUGEPAGE mapping it reads the aligned
+        PMD-sized block as one large folio (start = ALIGN_DOWN(index, HPAGE_PMD_NR))."""
+        if self.kind == "file" and idx < len(self.resident) and not self.resident[idx]:
+            if huge:
+                lo = idx & ~(PTRS - 1)
+                self.resident[lo:lo + PTRS] = True
+                self.pmd_folio[lo // PTRS] = True
+            else:
+                lo = max(0, idx - ra_pages // 2)
+                self.resident[lo:lo + max(ra_pages, 1)] = True
+        elif idx < len(self.resident):
+            self.resident[idx] = True
 
     def ensure(self, npages: int) -> None:
         if npages > len(self.ver):
             extra = npages - len(self.ver)
             self.ver = np.concatenate([self.ver, np.zeros(extra, np.int64)])
             self.resident = np.concatenate([self.resident, np.zeros(extra, bool)])
+            nb = -(-npages // PTRS)
+            self.pmd_folio = np.concatenate([self.pmd_folio,
+                                             np.zeros(nb - len(self.pmd_folio), bool)])
 
 
 class World:
@@ -785,11 +807,14 @@ class Mm:
         if v.shared and v.file is not None:
             t.fl[n] = keep_wp | W | D | SD
             a = v.page_index(addr)
-            v.file.resident[a] = True
+            v.file.fault_in(a, self.profile.readahead_pages, self._huge_file(v))
             v.file.ver[a] = self.world.new_version()
         else:
             if not v.anon_vma:
                 v.anon_vma = self.world.new_anon_vma()
+            if v.file is not None:  # do_cow_fault reads the file page through the cache
+                v.file.fault_in(v.page_index(addr), self.profile.readahead_pages,
+                                self._huge_file(v))
             t.fl[n] = keep_wp | W | D | SD | ANON
             t.ver[n] = self.world.new_version()
         self._after_none_write(v, addr, tids, hook, before)
@@ -859,9 +884,42 @@ class Mm:
         else:
             a = v.page_index(addr)
             if v.file is not None:
-                v.file.resident[a] = True
+                v.file.fault_in(a, self.profile.readahead_pages, self._huge_file(v))
             t.fl[n] = WP if wp else 0
             t.ver[n] = 0
+            if v.uffd is None and v.file is not None:
+                self._fault_around(v, addr, t, n)
+
+    def _huge_file(self, v: Vma) -> bool:
+        return v.kind == "file" and v.hugepage > 0 and self.profile.thp != "never"
+
+    def _fault_around(self, v: Vma, addr: int, t: Table, n: int) -> None:
+        """do_fault_around(): a read fault on a file or shmem mapping also maps the cached
+        pages of the 16-page window around it (fault_around_bytes 64 KiB), clipped to the VMA
+        and the page table; never in a uffd-wp VMA (uffd_disable_fault_around), and never over
+        a non-none entry (filemap_map_pages)."""
+        assert v.file is not None
+        vma_off = (addr - v.start) >> PAGE_SHIFT
+        frm = max(n & ~(FAULT_AROUND - 1), n - min(n, vma_off))
+        vma_pages = (v.end - v.start) >> PAGE_SHIFT
+        to = min(frm + FAULT_AROUND, PTRS, n + vma_pages - vma_off)
+        base = addr - (n << PAGE_SHIFT)
+        f = v.file
+        blk = v.page_index(addr) // PTRS
+        first = addr - ((v.page_index(addr) - blk * PTRS) << PAGE_SHIFT)
+        if blk < len(f.pmd_folio) and f.pmd_folio[blk] and first == base and \
+                v.start <= first and first + PMD <= v.end:
+            # filemap_map_pages maps the entire large folio when it fits the VMA and the
+            # page table ("mm/filemap: map entire large folio faultaround", 6.18)
+            frm, to = 0, PTRS
+        a0 = v.page_index(base + (frm << PAGE_SHIFT))
+        cached = v.file.resident[a0:a0 + to - frm]
+        if len(cached) < to - frm:
+            cached = np.concatenate([cached, np.zeros(to - frm - len(cached), bool)])
+        sel = (t.st[frm:to] == NONE) & cached
+        t.st[frm:to][sel] = PRESENT
+        t.fl[frm:to][sel] = 0
+        t.ver[frm:to][sel] = 0
 
     # ----------------------------------------------------------------- soft-dirty, fork
     def clear_refs_soft_dirty(self) -> None:
