@@ -45,7 +45,7 @@ def _need_kernel() -> None:
     require_uffd_async()
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(F.KINDS), thp=st.booleans(), seq=ops)
 def test_model_matches_kernel(kind: str, thp: bool, seq: list[tuple]) -> None:
