@@ -99,3 +99,15 @@ def test_restore_help_mentions_criu():
     p = argparse.ArgumentParser()
     restore.add_arguments(p)
     assert "CRIU" in p.format_help() and "CRIU" in restore.HELP
+
+
+def test_subcommands_plug_into_the_dispatcher(monkeypatch, capsys):
+    from writewatch.cli import __main__ as entry
+    monkeypatch.setattr(entry, "COMMANDS", ("snapshot", "restore", "diff", "snapshots"))
+    parser = entry.build_parser()
+    for name in ("snapshot", "restore", "diff", "snapshots"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([name, "--help"])
+        assert "usage" in capsys.readouterr().out
+    assert entry.main(["snapshots", "/nonexistent/store"]) == 1
+    assert "not a snapshot store" in capsys.readouterr().err
