@@ -23,7 +23,7 @@ addresses and lengths are integers, or strings "0x..."; ``tid`` defaults to 0)::
     {"op": "mremap", "addr": A, "len": L, "new_len": N, "new_addr": B}   # new_addr: move
     {"op": "mprotect", "addr": A, "len": L, "prot": "r"|"rw"|"none"}
     {"op": "madvise", "addr": A, "len": L, "advice": "DONTNEED"|"FREE"|"REMOVE"|"PAGEOUT"
-                                                     |"HUGEPAGE"|"NOHUGEPAGE"|"COLLAPSE"}
+                                                     |"HUGEPAGE"|"NOHUGEPAGE"}
     {"op": "write", "addr": A, "len": L, "tid": 0}        # every page of [A, A+L) written
     {"op": "write", "addr": A, "len": L, "tids": [0, 1]}  # the same pages by several threads
     {"op": "read", "addr": A, "len": L}
@@ -78,7 +78,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "written": ("ranges",),
 }
 KINDS = ("anon", "shmem", "memfd", "file")
-ADVICE = ("DONTNEED", "FREE", "REMOVE", "PAGEOUT", "HUGEPAGE", "NOHUGEPAGE", "COLLAPSE")
+ADVICE = ("DONTNEED", "FREE", "REMOVE", "PAGEOUT", "HUGEPAGE", "NOHUGEPAGE")
 PROTS = ("none", "r", "rw")
 _INT_KEYS = ("addr", "len", "new_len", "new_addr", "offset", "tid")
 
