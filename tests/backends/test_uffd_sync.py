@@ -300,6 +300,24 @@ def test_close_unprotects_reaps_the_helper_and_leaks_no_descriptor(region) -> No
     r.write(3)  # unprotected: must not block
 
 
+def test_forked_child_closing_its_copy_leaves_the_parent_tracked(region, backend) -> None:
+    r = region(8)
+    backend.add(Span(r.addr, r.addr + r.length))
+    pid = os.fork()
+    if pid == 0:  # the child's close (atexit, garbage collection) must not disarm the parent
+        code = 0
+        try:
+            backend.close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _uffd_wp_bits(r.addr, 8).all()
+    r.write(4)
+    assert _pages(backend.collect(), r.addr) == {4}
+
+
 def _run_child(code: str, timeout: float = TIMEOUT) -> str:
     """Run ``code`` in a new interpreter; a hang (deadlock) fails instead of blocking."""
     try:

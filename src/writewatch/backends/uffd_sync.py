@@ -198,6 +198,9 @@ class _Helper:
         self.sock = parent
         self.lock = threading.Lock()
         self.dead = False
+        #: the process this helper serves; a fork()ed child inherits this object and the
+        #: socket, and must neither ask the helper anything nor tell it to close
+        self.owner = os.getpid()
         try:
             self.pid = int(self._receive(START_TIMEOUT))
         except BaseException:
@@ -239,6 +242,10 @@ class _Helper:
         return value
 
     def request(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+        if os.getpid() != self.owner:
+            raise errors.InvalidTarget(
+                "this tracker belongs to the parent process (inherited through fork)",
+                hint="track again in the child: its memory is a copy, not tracked")
         with self.lock:
             if self.dead:
                 raise errors.TrackerClosed("the uffd-wp-sync handler process is gone",
@@ -253,6 +260,10 @@ class _Helper:
 
     def close(self) -> None:
         """Ask the helper to unprotect everything and exit; reap it (kill after a timeout)."""
+        if os.getpid() != self.owner:  # a fork()ed child: drop its copy of the socket only
+            self.dead = True
+            self.sock.close()
+            return
         try:
             if not self.dead and self.proc.poll() is None:
                 self.request("close", timeout=EXIT_TIMEOUT)
