@@ -20,6 +20,9 @@ from writewatch.snapshot import (
 )
 from writewatch.snapshot.format import CODEC_ZSTD, decode_chunk, encode_chunk, hasher
 
+# bytearrays are not page aligned: tracking their covering pages is what these tests want
+pytestmark = pytest.mark.filterwarnings("ignore::writewatch.PartialPageWarning")
+
 
 def test_modes_are_private(tmp_path, tracking):
     os.umask(0o022)
