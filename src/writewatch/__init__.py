@@ -27,6 +27,7 @@ from .process import (
     attach,
     launch,
 )
+from .snapshot import Snapshotter
 from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track
 
 __version__ = "0.1.0"
@@ -44,6 +45,7 @@ __all__ = [
     "Pages",
     "PartialPageWarning",
     "PermissionDenied",
+    "Snapshotter",
     "ProcessCollectInfo",
     "ProcessTracker",
     "Target",

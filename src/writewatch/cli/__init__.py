@@ -9,5 +9,9 @@ COMMANDS: tuple[str, ...] = (
     "features",
     "run",
     "attach",
+    "snapshot",
+    "snapshots",
+    "restore",
+    "diff",
     "model",
 )

@@ -69,10 +69,17 @@ class LinuxKernel:
     close = staticmethod(_sys.close)
 
     def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
-        scanner = getattr(self._local, "scanner", None)
+        return self._scanner()(fd, start, end, **kw)
+
+    def pagemap_scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+        """:func:`pagemap.scan_all` into one growing per-thread buffer."""
+        return self._scanner().scan_all(fd, start, end, **kw)
+
+    def _scanner(self) -> pagemap.Scanner:
+        scanner: pagemap.Scanner | None = getattr(self._local, "scanner", None)
         if scanner is None:
             scanner = self._local.scanner = pagemap.Scanner()
-        return scanner(fd, start, end, **kw)
+        return scanner
 
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
         return pagemap.read_entries(fd, start, npages, self.page_size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import os
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -62,7 +63,7 @@ class ScanFn(Protocol):
 
 
 class Scanner:
-    """PAGEMAP_SCAN with a reusable result buffer: one ioctl per :meth:`__call__`.
+    """PAGEMAP_SCAN with a reusable result buffer.
 
     A result buffer is always passed: a ``vec_len=0`` write-protect call on a partially
     covered THP oopses kernels before 6.17 (Jakub Acs, "fs/proc/task_mmu: check p->vec_buf
@@ -72,22 +73,73 @@ class Scanner:
         self.vec = np.empty((max(batch, 1), 3), dtype=np.uint64)
         self._arg = ctypes.create_string_buffer(U.PM_SCAN_ARG_SIZE)
 
-    def __call__(self, fd: int, start: int, end: int, *, flags: int = 0,
-                 category_mask: int = 0, category_inverted: int = 0,
-                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
-                 vec_len: int | None = None) -> ScanResult:
-        n = len(self.vec) if vec_len is None else vec_len
-        if n > len(self.vec):
-            self.vec = np.empty((n, 3), dtype=np.uint64)
+    def _ioctl(self, fd: int, start: int, end: int, at: int, n: int, flags: int,
+               category_mask: int, category_inverted: int, category_anyof_mask: int,
+               return_mask: int, max_pages: int) -> tuple[int, int]:
+        """One ioctl writing up to ``n`` regions at ``self.vec[at:]``: (count, walk_end)."""
+        if at + n > len(self.vec):
+            grown = np.empty((max(at + n, 2 * len(self.vec)), 3), dtype=np.uint64)
+            grown[:at] = self.vec[:at]
+            self.vec = grown
         U.PM_SCAN_ARG_STRUCT.pack_into(
             self._arg, 0, U.PM_SCAN_ARG_SIZE, flags, start, end, 0,
-            self.vec.ctypes.data if n else 0, n, max_pages,
+            self.vec.ctypes.data + at * U.PAGE_REGION_SIZE if n else 0, n, max_pages,
             category_inverted, category_mask, category_anyof_mask, return_mask)
         count = _sys.ioctl("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._arg, start=start,
                            end=end, errmap=_SCAN_ERRORS)
         off = U.PM_SCAN_ARG_WALK_END_OFFSET
-        walk_end = int.from_bytes(self._arg.raw[off:off + 8], "little")
+        return count, int.from_bytes(self._arg.raw[off:off + 8], "little")
+
+    def __call__(self, fd: int, start: int, end: int, *, flags: int = 0,
+                 category_mask: int = 0, category_inverted: int = 0,
+                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
+                 vec_len: int | None = None) -> ScanResult:
+        """One PAGEMAP_SCAN ioctl."""
+        n = len(self.vec) if vec_len is None else vec_len
+        count, walk_end = self._ioctl(fd, start, end, 0, n, flags, category_mask,
+                                      category_inverted, category_anyof_mask, return_mask,
+                                      max_pages)
         return ScanResult(self.vec[:count].copy(), walk_end)
+
+    def scan_all(self, fd: int, start: int, end: int, *, batch: int = 4096, flags: int = 0,
+                 category_mask: int = 0, category_inverted: int = 0,
+                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
+                 page_size: int = PAGE_SIZE) -> ScanResult:
+        """:func:`scan_all` with each ioctl writing straight after the previous one's
+        regions in one growing buffer (no per-batch copies)."""
+        filled = 0
+
+        def step(pos: int, limit: int) -> tuple[np.ndarray, int]:
+            nonlocal filled
+            count, walk_end = self._ioctl(fd, pos, end, filled, batch, flags, category_mask,
+                                          category_inverted, category_anyof_mask,
+                                          return_mask, limit)
+            filled += count
+            return self.vec[filled - count:filled], walk_end
+
+        walk_end = _walk(step, start, end, batch, max_pages, page_size)
+        return ScanResult(self.vec[:filled].copy(), walk_end)
+
+
+def _walk(step: Callable[[int, int], tuple[np.ndarray, int]], start: int, end: int,
+          batch: int, max_pages: int, page_size: int) -> int:
+    """The ``walk_end`` continuation loop: call ``step(pos, max_pages_left)`` until the range
+    is done, the buffer stopped filling, or ``max_pages`` pages were found. Returns the final
+    ``walk_end``."""
+    found = 0
+    pos = start
+    while True:
+        regions, walk_end = step(pos, max_pages - found if max_pages else 0)
+        if max_pages and len(regions):
+            found += int((regions[:, 1] - regions[:, 0]).sum()) // page_size
+        if walk_end >= end or (max_pages and found >= max_pages):
+            return walk_end
+        if len(regions) < batch:
+            return walk_end  # stopped without filling the buffer: the rest has no match
+        if walk_end <= pos:
+            raise errors.KernelError("PAGEMAP_SCAN made no progress", op="PAGEMAP_SCAN",
+                                     start=pos, end=end)
+        pos = walk_end
 
 
 def scan_all(scan: ScanFn, fd: int, start: int, end: int, *, batch: int = 4096,
@@ -97,29 +149,29 @@ def scan_all(scan: ScanFn, fd: int, start: int, end: int, *, batch: int = 4096,
     """PAGEMAP_SCAN over the whole range, resuming from ``walk_end`` each time ``batch``
     regions filled the buffer (fs/proc/task_mmu.c stops with ENOSPC and sets ``walk_end`` to
     the first matching page it could not report). With ``max_pages`` the walk stops once
-    that many pages were found; ``walk_end`` then says where to resume."""
-    chunks = []
-    found = 0
-    pos = start
-    while True:
-        limit = max_pages - found if max_pages else 0
+    that many pages were found; ``walk_end`` then says where to resume.
+
+    ``scan`` is one PAGEMAP_SCAN call of any :class:`~writewatch.kernel.KernelCalls`; a
+    :class:`Scanner` (or a kernel offering ``pagemap_scan_all``) is used directly."""
+    kw = {"batch": batch, "flags": flags, "category_mask": category_mask,
+          "category_inverted": category_inverted, "category_anyof_mask": category_anyof_mask,
+          "return_mask": return_mask, "max_pages": max_pages, "page_size": page_size}
+    fast = getattr(scan, "scan_all", None) or getattr(
+        getattr(scan, "__self__", None), "pagemap_scan_all", None)
+    if fast is not None:
+        return fast(fd, start, end, **kw)  # type: ignore[no-any-return]
+    chunks: list[np.ndarray] = []
+
+    def step(pos: int, limit: int) -> tuple[np.ndarray, int]:
         res = scan(fd, pos, end, flags=flags, category_mask=category_mask,
                    category_inverted=category_inverted, category_anyof_mask=category_anyof_mask,
                    return_mask=return_mask, max_pages=limit, vec_len=batch)
-        if len(res.regions):
-            chunks.append(res.regions)
-            if max_pages:
-                found += int((res.regions[:, 1] - res.regions[:, 0]).sum()) // page_size
-        if res.walk_end >= end or (max_pages and found >= max_pages):
-            break
-        if len(res.regions) < batch:
-            break  # stopped without filling the buffer: the rest of the range has no match
-        if res.walk_end <= pos:
-            raise errors.KernelError("PAGEMAP_SCAN made no progress", op="PAGEMAP_SCAN",
-                                     start=pos, end=end)
-        pos = res.walk_end
-    regions = np.concatenate(chunks) if chunks else np.empty((0, 3), np.uint64)
-    return ScanResult(regions, res.walk_end)
+        chunks.append(res.regions)
+        return res.regions, res.walk_end
+
+    walk_end = _walk(step, start, end, batch, max_pages, page_size)
+    regions = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return ScanResult(regions, walk_end)
 
 
 # ---------------------------------------------------------------------------------------------

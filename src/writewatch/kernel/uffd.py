@@ -93,10 +93,7 @@ def api(fd: int, features: int) -> ApiResult:
         _sys.ioctl("UFFDIO_API", fd, U.UFFDIO_API, buf)
     except errors.WriteWatchError as exc:
         if exc.errno == E.EINVAL:
-            raise errors.Unsupported(
-                f"this kernel does not support userfaultfd features "
-                f"{U.UffdFeature(features)!r}", feature=str(U.UffdFeature(features).name),
-                op="UFFDIO_API", errno=E.EINVAL) from None
+            raise _api_einval(features) from None
         if exc.errno == E.EPERM:
             raise errors.PermissionDenied(
                 "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE", op="UFFDIO_API",
@@ -104,6 +101,30 @@ def api(fd: int, features: int) -> ApiResult:
         raise
     _, feats, ioctls = U.UFFDIO_API_STRUCT.unpack(buf.raw)
     return ApiResult(U.UffdFeature(feats), ioctls)
+
+
+def _api_einval(features: int) -> errors.WriteWatchError:
+    """Why UFFDIO_API said EINVAL: features this kernel lacks (asked on a throwaway
+    descriptor), or a descriptor already initialised by an earlier UFFDIO_API."""
+    fd = userfaultfd()
+    try:
+        have = int(api(fd, 0).features)
+    finally:
+        _sys.close(fd)
+    missing = features & ~have
+    if not missing:
+        return errors.KernelError(
+            "UFFDIO_API was already called on this descriptor", op="UFFDIO_API", errno=E.EINVAL,
+            hint="negotiate features once per userfaultfd (fs/userfaultfd.c sets them once)")
+    known = [f for f in U.UffdFeature if f & missing]
+    names = [f"UFFD_FEATURE_{f.name}" for f in known]
+    unknown = missing & ~sum(int(f) for f in U.UffdFeature)
+    if unknown:
+        names.append(f"unknown feature bits {unknown:#x}")
+    since = max((U.UFFD_FEATURE_SINCE[f] for f in known),
+                key=lambda v: tuple(int(x) for x in v.split(".")), default=None)
+    return errors.Unsupported(f"this kernel lacks {', '.join(names)}", feature=names[0],
+                              since=since, op="UFFDIO_API", errno=E.EINVAL)
 
 
 def register(fd: int, start: int, length: int, mode: int) -> int:
@@ -170,11 +191,14 @@ class UffdMsg(NamedTuple):
 def parse_msgs(data: bytes) -> tuple[UffdMsg, ...]:
     """Decode a buffer of ``uffd_msg`` records (pure)."""
     out = []
+    known = {int(e) for e in U.UffdEvent}
     for off in range(0, len(data) - len(data) % U.UFFD_MSG_SIZE, U.UFFD_MSG_SIZE):
         event = U.UFFD_MSG_HEAD.unpack_from(data, off)[0]
+        if event not in known:
+            continue  # an event of a newer kernel: nothing here asked for it
         a, b, c = U.UFFD_MSG_ARG.unpack_from(data, off + 8)
-        if event in (U.UffdEvent.PAGEFAULT,):
-            c &= 0xFFFFFFFF
+        if event == U.UffdEvent.PAGEFAULT:
+            c &= 0xFFFFFFFF  # feat.ptid is a u32
         out.append(UffdMsg(U.UffdEvent(event), a, b, c))
     return tuple(out)
 
