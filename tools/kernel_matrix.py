@@ -350,24 +350,28 @@ class GuestResult:
 
 
 def parse_console(console: str, nonce: str) -> tuple[int | None, str, str]:
-    """(exit status, command output, guest release) from the console text (pure)."""
+    """(exit status, command output, guest release) from the console text (pure).
+
+    The exit marker may follow output that did not end with a newline (a command killed
+    mid-line) on the same console line."""
     lines = console.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     begin = next((i for i, ln in enumerate(lines)
                   if ln.startswith(f"{MARK_BEGIN} {nonce}")), None)
-    end = next((i for i, ln in enumerate(lines)
-                if ln.startswith(f"{MARK_EXIT} {nonce} ")), None)
+    exit_mark = f"{MARK_EXIT} {nonce} "
+    end = next((i for i, ln in enumerate(lines) if exit_mark in ln), None)
     release = lines[begin].split()[2] if begin is not None and len(lines[begin].split()) > 2 \
         else ""
+    first = begin + 1 if begin is not None else 0
     if end is None:
-        out = lines[begin + 1:] if begin is not None else []
-        return None, "\n".join(out), release
+        return None, "\n".join(lines[first:] if begin is not None else []), release
+    head, _, tail = lines[end].partition(exit_mark)
     try:
-        status: int | None = int(lines[end].split()[2])
+        status: int | None = int(tail.split()[0])
     except (IndexError, ValueError):
         status = None
     if status == NO_RESULT and begin is None:
         status = None  # init gave up before running the command
-    out = lines[begin + 1:end] if begin is not None else lines[:end]
+    out = lines[first:end] + ([head] if head else [])
     return status, "\n".join(out), release
 
 
@@ -432,7 +436,10 @@ def boot(spec: KernelSpec, argv: Sequence[str], *, cwd: str | None = None,
                 *done, partial = (partial + text).split("\n")
                 for line in done:
                     console.append(line)
-                    if line.startswith(f"{MARK_EXIT} {nonce}"):
+                    if f"{MARK_EXIT} {nonce} " in line:
+                        head = line.partition(f"{MARK_EXIT} {nonce} ")[0]
+                        if running and echo and len(head) > shown:
+                            sys.stdout.write(head[shown:] + "\n")
                         running = False
                     elif line.startswith(f"{MARK_BEGIN} {nonce}"):
                         running = True

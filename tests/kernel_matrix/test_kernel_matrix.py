@@ -105,6 +105,9 @@ def test_parse_console() -> None:
     assert (status, release) == (3, "6.1.0-56-amd64")
     assert out == f"line one\n{km.MARK_EXIT} other 0\nline two"
     assert km.parse_console("Kernel panic - not syncing\n", nonce)[0] is None
+    # output without a final newline (a command killed mid-line) runs into the marker
+    cut = f"{km.MARK_BEGIN} {nonce} 6.1\n...{km.MARK_EXIT} {nonce} 124\n"
+    assert km.parse_console(cut, nonce) == (124, "...", "6.1")
     # init gave up before running the command
     assert km.parse_console(f"x\n{km.MARK_EXIT} {nonce} {km.NO_RESULT}\n", nonce)[0] is None
 
@@ -130,8 +133,8 @@ def test_boot_returns_the_guest_exit_status() -> None:
     if not (km.CACHE / "debian-6.1" / "kernel.json").exists():
         pytest.skip("debian-6.1 kernel not cached (python tools/kernel_matrix.py fetch)")
     res = km.boot(km.KERNELS["debian-6.1"],
-                  ["sh", "-c", "uname -r; echo $TMPDIR; touch /tmp/x; exit 7"],
+                  ["sh", "-c", "uname -r; echo $TMPDIR; touch /tmp/x; printf cut; exit 7"],
                   timeout=180, echo=False)
     assert res.status == 7, res.console[-3000:]
     assert res.release.startswith("6.1.")
-    assert res.output.splitlines()[-2:] == [res.release, "/tmp"]
+    assert res.output.splitlines()[-3:] == [res.release, "/tmp", "cut"]
