@@ -49,9 +49,10 @@ reset would be lost (the reset clears their bit). So:
 * In this process the reads (``pread`` of pagemap, or the ``PAGEMAP_SCAN`` ioctl) and the
   ``clear_refs`` write are made by one C-level iteration, ``list(map(partial.__call__,
   calls))``, over libc functions loaded with :class:`ctypes.PyDLL`, which does not release
-  the GIL around the call. No bytecode runs between the calls, so the interpreter never
-  checks for a GIL drop request there: **no other Python thread runs from the first read to
-  the reset**, so no write made by Python code can fall between them. Not covered: a native
+  the GIL around the call. No bytecode runs between the calls (the cyclic garbage collector,
+  whose finalizers are bytecode, is paused), so the interpreter never checks for a GIL drop
+  request there: **no other Python thread runs from the first read to the reset**, so no
+  write made by Python code can fall between them. Not covered: a native
   thread (C, Rust, numpy kernels, I/O into a buffer by ``readinto``, a ``ctypes.CDLL`` call)
   that released the GIL, and other threads or processes sharing the memory (``MAP_SHARED``
   with another process, a thread created by native code). A write such a thread makes to a
@@ -72,6 +73,7 @@ import ctypes
 import ctypes.util
 import errno as E
 import functools
+import gc
 import mmap
 import os
 import re
@@ -126,8 +128,16 @@ def _run_holding_gil(calls: Sequence[functools.partial[int]]) -> list[int]:
     """Call each ``partial`` of a PyDLL function in order, the GIL held from first to last.
 
     ``list`` drives ``map`` in C and ``partial.__call__`` calls the foreign function in C: no
-    bytecode runs between the calls, so no eval-breaker check can hand the GIL over."""
-    return list(map(_CALL, calls))
+    bytecode runs between the calls, so no eval-breaker check can hand the GIL over. The
+    cyclic garbage collector is paused meanwhile: a collection triggered by an allocation would
+    run finalizers, which are bytecode."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return list(map(_CALL, calls))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------------
