@@ -238,7 +238,9 @@ class Tracker:
             got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
             ps = self.page_size
             pages = Pages.from_kernel(got.written, ps)
-            self._last = CollectInfo(Pages.from_kernel(got.conservative, ps), got.reasons)
+            if len(got.conservative) or got.reasons or self._last.conservative \
+                    or self._last.reasons:
+                self._last = CollectInfo(Pages.from_kernel(got.conservative, ps), got.reasons)
             return pages
 
     def close(self) -> None:

@@ -88,6 +88,10 @@ def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None) -> int:
     return fd
 
 
+def _npages(ranges: np.ndarray, page_size: int) -> int:
+    return int((ranges[:, 1] - ranges[:, 0]).sum()) // page_size
+
+
 def _page_mask(regions: np.ndarray, span: Span, page_size: int) -> np.ndarray:
     """One bool per page of ``span``: inside one of the disjoint ``regions``."""
     delta = np.zeros(span.length // page_size + 1, np.int32)
@@ -341,11 +345,16 @@ class UffdAsyncBackend(Backend):
                         for lo, hi in holes.tolist():
                             self.kernel.uffdio_writeprotect(self.uffd, lo, hi - lo,
                                                             U.UffdWriteprotectMode.WP)
-        cons = np.concatenate(conservative) if conservative else _EMPTY
-        written = np.concatenate([*found, cons]) if found or conservative else _EMPTY
         self.stats.collects += 1
-        self.stats.pages_reported += int((written[:, 1] - written[:, 0]).sum()) // self.page_size
-        self.stats.pages_conservative += int((cons[:, 1] - cons[:, 0]).sum()) // self.page_size
+        if not conservative:  # the common case: no copy
+            written = found[0] if len(found) == 1 else \
+                np.concatenate(found) if found else _EMPTY
+            self.stats.pages_reported += _npages(written, self.page_size)
+            return Collected(written, _EMPTY, ())
+        cons = np.concatenate(conservative)
+        written = np.concatenate([*found, cons])
+        self.stats.pages_reported += _npages(written, self.page_size)
+        self.stats.pages_conservative += _npages(cons, self.page_size)
         return Collected(written, cons, tuple(reasons))
 
     def _release(self) -> None:
