@@ -28,6 +28,7 @@ def test_mypy_strict_on_the_public_api() -> None:
 
 
 def test_readme_python_examples_run() -> None:
+    """Every ```python block of the README runs (```py blocks are sketches needing a PID)."""
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
     assert blocks

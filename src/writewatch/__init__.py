@@ -28,7 +28,7 @@ from .process import (
     launch,
 )
 from .snapshot import Snapshotter
-from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track
+from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track, zeros
 
 __version__ = "0.1.0"
 
@@ -58,4 +58,5 @@ __all__ = [
     "features",
     "launch",
     "track",
+    "zeros",
 ]

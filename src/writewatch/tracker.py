@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import mmap
 import threading
 import warnings
 import weakref
@@ -17,7 +18,7 @@ from .backends.base import REGISTRY, Backend, Collected, Span
 from .kernel import LINUX, KernelCalls
 from .pages import Pages
 
-__all__ = ["CollectInfo", "PartialPageWarning", "Target", "Tracker", "track"]
+__all__ = ["CollectInfo", "PartialPageWarning", "Target", "Tracker", "track", "zeros"]
 
 
 class PartialPageWarning(UserWarning):
@@ -264,6 +265,15 @@ class Tracker:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._backend.spans)} span(s)"
         return f"<Tracker {self.backend} {state}>"
+
+
+def zeros(shape: int | tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+    """A zero-filled numpy array on pages of its own (an anonymous ``mmap``): page aligned, so
+    tracking it reports its pages only. Its pages are not populated until touched."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    mem = mmap.mmap(-1, max(n, 1))
+    return np.frombuffer(mem, dt, count=int(np.prod(shape))).reshape(shape)
 
 
 def _pick_backend(name: str) -> str:

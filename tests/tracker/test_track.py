@@ -282,3 +282,15 @@ def test_random_writes_against_ground_truth(region) -> None:
             for i in pages:
                 r.write(i, rng.randrange(256))
             assert written(t) == r.pages(pages)
+
+
+def test_zeros_is_page_aligned_and_tracks_exactly() -> None:
+    import warnings
+    a = writewatch.zeros((256, 1024), np.float32)
+    assert a.shape == (256, 1024) and a.dtype == np.float32 and not a.any()
+    assert a.ctypes.data % PAGE == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with writewatch.track(a) as t:
+            a[10, 0] = 1.0  # byte offset 40960: page 10
+            assert {int(x) - a.ctypes.data for x in t.collect().addresses()} == {10 * PAGE}

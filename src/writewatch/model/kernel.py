@@ -664,7 +664,7 @@ class _Output:
                     return done
                 self.regions.append([a, a + (take << PAGE_SHIFT), key])
             self.left -= take
-            done += take
+            done += int(take)
             if take < npg or self.left == 0:
                 self.stopped, self.walk_end = True, a + (take << PAGE_SHIFT)
                 return done
