@@ -25,3 +25,33 @@ def region() -> Iterator[type[Region]]:
 @pytest.fixture
 def uffd_async() -> None:
     require_uffd_async()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_children(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves a child process of the test runner behind."""
+    import os
+    import time
+
+    def children() -> set[int]:
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as f:
+                return {int(p) for p in f.read().split()}
+        except OSError:
+            return set()
+
+    before = children()
+    yield
+    for _ in range(50):  # a helper may need a moment to be reaped
+        left = children() - before
+        if not left:
+            return
+        time.sleep(0.1)
+    names = {}
+    for pid in left:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                names[pid] = f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+        except OSError:
+            names[pid] = "?"
+    pytest.fail(f"{request.node.nodeid} left child processes behind: {names}")

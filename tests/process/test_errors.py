@@ -62,11 +62,12 @@ def test_launch_bad_command(argv: list[str]) -> None:
 @pytest.mark.usefixtures("uffd_async")
 def test_no_descriptor_or_child_leak(c_target) -> None:  # type: ignore[no-untyped-def]
     before = open_fds()
+    children = _children()  # other tests' processes may still be exiting
     for _ in range(3):
         with attach(c_target.proc.pid) as t:
             t.collect()
     assert open_fds() == before
-    assert _children() == {c_target.proc.pid}  # every helper was reaped
+    assert _children() <= children  # every helper was reaped
 
 
 def _children() -> set[int]:
