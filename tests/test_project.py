@@ -54,3 +54,12 @@ def test_features_report_is_consistent() -> None:
     if not f.mechanisms["PAGEMAP_SCAN"].usable:
         pytest.skip("PAGEMAP_SCAN absent: " + f.mechanisms["PAGEMAP_SCAN"].detail)
     assert f.mechanisms["PAGE_IS_WRITTEN"].usable
+
+
+def test_core_import_is_light() -> None:
+    code = ("import sys, writewatch, writewatch.process, writewatch.snapshot, "
+            "writewatch.monitor; print(sorted({m.split('.')[0] for m in sys.modules}))")
+    res = run(sys.executable, "-c", code)
+    assert res.returncode == 0, res.stderr
+    for heavy in ("rich", "matplotlib", "xxhash", "zstandard", "hypothesis"):
+        assert f"'{heavy}'" not in res.stdout, f"import writewatch loads {heavy}"

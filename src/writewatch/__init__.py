@@ -7,8 +7,10 @@ PAGEMAP_SCAN ioctl on Linux 6.7+; synchronous uffd-wp and soft-dirty on older ke
 
 from __future__ import annotations
 
+from .backends.uffd_sync import LiveSnapshot, live_snapshot
 from .errors import (
     AlreadyTracked,
+    HandlerDied,
     InvalidTarget,
     KernelError,
     NoSuchProcess,
@@ -37,9 +39,11 @@ __all__ = [
     "CollectInfo",
     "Feature",
     "Features",
+    "HandlerDied",
     "InvalidTarget",
     "KernelError",
     "LaunchedProcess",
+    "LiveSnapshot",
     "MappingInfo",
     "NoSuchProcess",
     "Pages",
@@ -57,6 +61,7 @@ __all__ = [
     "attach",
     "features",
     "launch",
+    "live_snapshot",
     "track",
     "zeros",
 ]

@@ -74,6 +74,13 @@ class KernelError(WriteWatchError, OSError):
         return WriteWatchError.__str__(self)
 
 
+class HandlerDied(KernelError):
+    """The handler process of a uffd-wp-sync tracker or live snapshot exited. The kernel
+    dropped the write protection when its userfaultfd closed: writes since are not tracked."""
+
+    __module__ = "writewatch"
+
+
 class Unsupported(WriteWatchError):
     """This kernel (or architecture) lacks a mechanism; ``feature`` and ``since`` name it."""
 

@@ -73,10 +73,7 @@ START_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
 
 
-class HandlerDied(errors.KernelError):
-    """The handler process of a uffd-wp-sync tracker or live snapshot exited. The kernel
-    dropped the write protection when its userfaultfd closed: writes since are not tracked."""
-
+HandlerDied = errors.HandlerDied
 
 def _offered(kernel: KernelCalls = LINUX) -> U.UffdFeature:
     from .uffd_async import supported_features
