@@ -55,3 +55,18 @@ def _no_leaked_children(request: pytest.FixtureRequest) -> Iterator[None]:
         except OSError:
             names[pid] = "?"
     pytest.fail(f"{request.node.nodeid} left child processes behind: {names}")
+
+
+@pytest.fixture(params=["uffd-async", "uffd-wp-sync", "soft-dirty"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tracker suite once per backend this kernel can run; ``backend="auto"`` (the
+    default of every ``track()`` call in the test) means this one."""
+    import writewatch
+    from writewatch import tracker
+
+    name: str = request.param
+    feature = writewatch.features().backends[name]
+    if not feature.usable:
+        pytest.skip(f"{name} backend unusable here: {feature.detail}")
+    monkeypatch.setattr(tracker, "_pick_backend", lambda b: name if b == "auto" else b)
+    return name

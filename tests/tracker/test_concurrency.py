@@ -13,14 +13,17 @@ from memutil import PAGE
 
 import writewatch
 
-pytestmark = pytest.mark.usefixtures("uffd_async")
+pytestmark = pytest.mark.usefixtures("backend")
 
 WRITERS = 4
 WRITES_PER_THREAD = 75_000  # 300,000 writes in all
 NPAGES = 1024
 
 
-def test_no_write_lost_while_collecting_concurrently(region) -> None:
+def test_no_write_lost_while_collecting_concurrently(region, backend: str) -> None:
+    if backend == "soft-dirty":
+        pytest.skip("soft-dirty's pagemap read + clear_refs is not atomic against threads "
+                    "writing without the GIL, as these do (documented in the backend)")
     r = region(NPAGES)
     memset = ctypes.memset  # a foreign call: the GIL is released during the store
     collects: list[set[int]] = []

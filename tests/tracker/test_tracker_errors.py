@@ -14,7 +14,7 @@ from memutil import PAGE, Region, open_fds
 import writewatch
 from writewatch.kernel.pagemap import decode_entries, open_pagemap, read_entries
 
-pytestmark = pytest.mark.usefixtures("uffd_async")
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def uffd_wp_bits(addr: int, npages: int) -> np.ndarray:
