@@ -67,6 +67,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     name: str = request.param
     feature = writewatch.features().backends[name]
     if not feature.usable:
-        pytest.skip(f"{name} backend unusable here: {feature.detail}")
+        pytest.skip(f"{name} backend unusable here: {feature.detail}"
+                    + (f" ({feature.fix})" if feature.fix else ""))
     monkeypatch.setattr(tracker, "_pick_backend", lambda b: name if b == "auto" else b)
     return name

@@ -58,17 +58,35 @@ def categories(kernel: KernelCalls, pm: int, start: int, length: int) -> np.ndar
     return out
 
 
+#: classic pagemap bits compared in "pagemap" mode (kernels without PAGEMAP_SCAN)
+PAGEMAP_BITS = (U.PagemapBit.PRESENT | U.PagemapBit.SWAPPED | U.PagemapBit.FILE_SHARED |
+                U.PagemapBit.SOFT_DIRTY | U.PagemapBit.UFFD_WP)
+
+
+def pagemap_bits(kernel: KernelCalls, pm: int, start: int, length: int) -> np.ndarray:
+    """Per page: the flag bits (55-63) of its 64-bit pagemap entry that both sides can know,
+    moved to bits 16-24 (clear of the PAGE_IS_* values, and positive)."""
+    raw = kernel.pagemap_read(pm, start, length // PAGE)
+    out: np.ndarray = ((raw & np.uint64(int(PAGEMAP_BITS))) >> np.uint64(39)).astype(np.int64)
+    return out
+
+
 class _Side:
     """One side (real or model) of the differential run."""
 
-    def __init__(self, kernel: KernelCalls, mm: Mm | None) -> None:
+    def __init__(self, kernel: KernelCalls, mm: Mm | None, mode: str = "scan") -> None:
         self.k = kernel
         self.mm = mm
+        self.mode = mode
         self.uffd = -1
         self.pm = -1
 
     def arm(self, w: int) -> None:
         k = self.k
+        if self.mode == "pagemap":  # soft-dirty: clear_refs 4 is the arm and the collect
+            self.pm = k.open_pagemap("self")
+            self.collect(w)
+            return
         self.uffd = k.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
         k.uffdio_api(self.uffd, int(U.UffdFeature.WP_ASYNC | U.UffdFeature.WP_UNPOPULATED))
         k.uffdio_register(self.uffd, w, W_LEN, U.UffdRegisterMode.WP)
@@ -76,6 +94,9 @@ class _Side:
         self.collect(w)
 
     def collect(self, w: int) -> None:
+        if self.mode == "pagemap":
+            self.k.clear_refs("self", U.CLEAR_REFS_SOFT_DIRTY)
+            return
         scan_all(self.k.pagemap_scan, self.pm, w, w + W_LEN, batch=4096,
                  flags=int(U.PmScanFlag.WP_MATCHING), category_mask=WRITTEN,
                  return_mask=WRITTEN, page_size=PAGE)
@@ -97,15 +118,24 @@ class Mismatch:
 
     def __str__(self) -> str:
         def name(c: int) -> str:
-            return "unmapped" if c < 0 else (str(U.PageCategory(c)) if c else "0")
+            if c < 0:
+                return "unmapped"
+            if c >= 1 << 16:  # "pagemap" mode: entry bits 55-63, moved down by 39
+                return str(U.PagemapBit(c << 39))
+            return str(U.PageCategory(c)) if c else "0"
         rel = self.page - W_OFF // PAGE
         return (f"after step {self.step} {self.op}: page {self.page} (W+{rel})"
                 f" real={name(self.real)} model={name(self.model)}")
 
 
 def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
-        stop_at_first: bool = True) -> list[Mismatch]:
-    """Run ``ops`` on real memory and on the model; the mismatches found (empty: identical)."""
+        stop_at_first: bool = True, mode: str = "scan") -> list[Mismatch]:
+    """Run ``ops`` on real memory and on the model; the mismatches found (empty: identical).
+
+    ``mode`` "scan": arm with async uffd-wp, compare PAGEMAP_SCAN categories (6.7+);
+    "pagemap": soft-dirty (``clear_refs`` 4 as arm and collect), compare the classic pagemap
+    bits present, swapped, file/shared, soft-dirty and uffd-wp (kernels without
+    PAGEMAP_SCAN, e.g. 6.1)."""
     profile = profile or running()
     raw = _sys.mmap(0, RES + PMD, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS |
                     MAP_NORESERVE)
@@ -113,9 +143,10 @@ def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
     w = r + W_OFF
     fd = -1
     tmp = None
-    real = _Side(LINUX, None)
+    real = _Side(LINUX, None, mode)
     mm = Mm(profile, pid=os.getpid())
-    model = _Side(ModelKernel(mm), mm)
+    model = _Side(ModelKernel(mm), mm, mode)
+    compare = categories if mode == "scan" else pagemap_bits
     try:
         mm.mmap(r, RES, "anon", prot="none")
         rw = mmap.PROT_READ | mmap.PROT_WRITE
@@ -150,8 +181,8 @@ def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
         for step, op in enumerate([None, *ops]):
             if op is not None:
                 _apply(op, r, w, mm, real, model, prots, moved)
-            a = categories(real.k, real.pm, r, RES)
-            b = categories(model.k, model.pm, r, RES)
+            a = compare(real.k, real.pm, r, RES)
+            b = compare(model.k, model.pm, r, RES)
             bad = np.flatnonzero(a != b)
             for p in bad.tolist():
                 out.append(Mismatch(step, op, p, int(a[p]), int(b[p])))

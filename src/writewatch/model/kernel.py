@@ -418,6 +418,10 @@ class ModelKernel:
                 seg[pres] |= np.uint64(B.PRESENT)
                 seg[swp] |= np.uint64(B.SWAPPED)
                 seg[pres & ((fl & (ANON | ZERO)) == 0)] |= np.uint64(B.FILE_SHARED)
+                if t.huge:
+                    # pagemap_pmd_range: the huge zero folio is not PageAnon, so PM_FILE
+                    # (a small zero page has no struct page there: vm_normal_page is NULL)
+                    seg[pres & ((fl & ZERO) != 0)] |= np.uint64(B.FILE_SHARED)
                 seg[pres & ((fl & ANON) != 0)] |= np.uint64(B.MMAP_EXCLUSIVE)
                 seg[(st != NONE) & ((fl & WP) != 0)] |= np.uint64(B.UFFD_WP)
                 if sdon:

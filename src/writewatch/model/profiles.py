@@ -109,15 +109,17 @@ def _read(path: str) -> str:
 
 
 def running() -> Profile:
-    """The profile of the running kernel: 6.18 with this machine's THP settings and
-    soft-dirty configuration (pagemap bit 55 needs CONFIG_MEM_SOFT_DIRTY)."""
+    """The profile of the running kernel: "6.18" where async uffd-wp exists, "6.1" where it
+    does not, with this machine's THP settings and soft-dirty as probed (pagemap bit 55 needs
+    CONFIG_MEM_SOFT_DIRTY)."""
+    from ..features import features
+    f = features()
     thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = thp.split("[")[1].split("]")[0] if "[" in thp else "never"
     zero = _read("/sys/kernel/mm/transparent_hugepage/use_zero_page").strip() != "0"
-    cfg = f"/boot/config-{os.uname().release}"
-    text = _read(cfg)
-    sd = ("CONFIG_MEM_SOFT_DIRTY=y" in text) if text else False
-    return PROFILES["6.18"].replace(name="running", release=os.uname().release, thp=mode,
+    sd = f.backends["soft-dirty"].usable
+    base = "6.18" if f.mechanisms["WP_ASYNC"].usable else "6.1"
+    return PROFILES[base].replace(name="running", release=os.uname().release, thp=mode,
                                     thp_zero_page=zero, soft_dirty=sd,
                                     readahead_pages=_readahead_pages(tempfile.gettempdir()))
 
