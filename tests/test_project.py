@@ -45,8 +45,16 @@ def test_console_script_and_module_agree() -> None:
 
 def test_features_report_is_consistent() -> None:
     import writewatch
+    from writewatch.features import PREFERENCE
     f = writewatch.features()
     assert f.kernel
+    # auto is the first usable of uffd-async, uffd-wp-sync, soft-dirty
+    assert f.auto == next((b for b in PREFERENCE if f.backends[b].usable), None)
+    if not f.mechanisms["WP_ASYNC"].usable:  # e.g. Linux 6.1 in the kernel matrix
+        assert not f.backends["uffd-async"].usable
+        assert "6.7" in (f.backends["uffd-async"].fix or "")
+        if f.mechanisms["uffd-wp"].usable:
+            assert f.auto == "uffd-wp-sync"
     if f.auto is not None:
         assert f.backends[f.auto].usable
     for b in f.backends.values():
