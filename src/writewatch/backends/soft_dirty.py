@@ -658,13 +658,4 @@ class SoftDirtyBackend(Backend):
 
 
 def _mapped_parts(maps: Sequence[procfs.Mapping], span: Span) -> list[tuple[int, int]]:
-    """What of ``span`` is mapped, adjacent mappings coalesced (pure)."""
-    out: list[tuple[int, int]] = []
-    for m in maps:
-        lo, hi = max(m.start, span.start), min(m.end, span.end)
-        if lo < hi:
-            if out and out[-1][1] == lo:
-                out[-1] = (out[-1][0], hi)
-            else:
-                out.append((lo, hi))
-    return out
+    return procfs.coverage(maps, span.start, span.end)

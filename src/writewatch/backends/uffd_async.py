@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, Mapping
+from ..kernel import LINUX, KernelCalls, Mapping, procfs
 from ..kernel.pagemap import scan_all
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
@@ -240,28 +240,18 @@ class UffdAsyncBackend(Backend):
         return Pages.from_mask((before[0] & ~present) | (before[1] & ~private), span.start, ps)
 
     def _mapped_parts(self, span: Span) -> list[tuple[int, int]]:
-        """What of the span is mapped now, adjacent mappings coalesced (a registration may
-        merge or split VMAs without changing what is mapped)."""
-        out: list[tuple[int, int]] = []
-        file_backed = False
+        """What of the span is mapped now (maps read at most once per collect); notes
+        whether any of it is file or shared memory."""
         if self._maps is None:
             self._maps = self.kernel.read_maps(self.pid)
             self._map_ends = [m.end for m in self._maps]
+        file_backed = False
         for m in self._maps[bisect.bisect_right(self._map_ends, span.start):]:
             if m.start >= span.end:
                 break
-            lo, hi = max(m.start, span.start), min(m.end, span.end)
-            if lo < hi:
-                file_backed |= m.inode != 0 or m.shared
-                if out and out[-1][1] == lo:
-                    out[-1] = (out[-1][0], hi)
-                else:
-                    out.append((lo, hi))
-        if file_backed:
-            self._file_backed.add(span)
-        else:
-            self._file_backed.discard(span)
-        return out
+            file_backed |= m.inode != 0 or m.shared
+        (self._file_backed.add if file_backed else self._file_backed.discard)(span)
+        return procfs.coverage(self._maps, span.start, span.end, self._map_ends)
 
     def _recover(self, span: Span, why: str) -> str:
         """The span's mappings changed: register and arm what is mapped there now. A part that

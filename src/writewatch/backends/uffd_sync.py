@@ -52,7 +52,8 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, Mapping, _sys
+from ..kernel import LINUX, KernelCalls, Mapping, _sys, procfs
+from ..kernel import uffd as _uffd
 from .base import Backend, Collected, Span, register
 
 __all__ = ["HandlerDied", "LiveSnapshot", "UffdSyncBackend", "live_snapshot", "open_uffd",
@@ -123,31 +124,10 @@ def open_uffd(kernel: KernelCalls = LINUX, unpopulated: bool | None = None
     if unpopulated is False:
         want &= ~F.WP_UNPOPULATED
     flags = U.O_CLOEXEC | U.O_NONBLOCK
-    user_mode_only = False
-    fd = -1
-    nr = U.NR.get("userfaultfd")
-    if nr is not None and kernel is LINUX:
-        try:
-            fd = _sys.syscall("userfaultfd", nr, flags)
-        except errors.WriteWatchError as exc:
-            if exc.errno not in (E.EPERM, E.ENOSYS):
-                raise
-    if fd < 0 and kernel is LINUX:
-        try:
-            dev = _sys.os_call("open /dev/userfaultfd", os.open, "/dev/userfaultfd",
-                               os.O_RDWR | os.O_CLOEXEC)
-        except errors.WriteWatchError:
-            dev = -1
-        if dev >= 0:
-            try:
-                fd = _sys.ioctl("USERFAULTFD_IOC_NEW", dev, U.USERFAULTFD_IOC_NEW, flags)
-            except errors.WriteWatchError:
-                fd = -1
-            finally:
-                _sys.close(dev)
-    if fd < 0:
-        fd = kernel.userfaultfd(flags)  # falls back to UFFD_USER_MODE_ONLY
-        user_mode_only = kernel is LINUX
+    if kernel is LINUX:
+        fd, user_mode_only = _uffd.open_userfaultfd(flags)
+    else:
+        fd, user_mode_only = kernel.userfaultfd(flags), False
     try:
         kernel.uffdio_api(fd, int(want))
     except BaseException:
@@ -316,15 +296,9 @@ class UffdSyncBackend(Backend):
     def _mapped_parts(self, span: Span, maps: tuple[Mapping, ...] | None = None
                       ) -> tuple[tuple[int, int], ...]:
         """What of the span is mapped now, adjacent mappings coalesced."""
-        out: list[tuple[int, int]] = []
-        for m in maps if maps is not None else self.kernel.read_maps("self"):
-            lo, hi = max(m.start, span.start), min(m.end, span.end)
-            if lo < hi:
-                if out and out[-1][1] == lo:
-                    out[-1] = (out[-1][0], hi)
-                else:
-                    out.append((lo, hi))
-        return tuple(out)
+        if maps is None:
+            maps = self.kernel.read_maps("self")
+        return tuple(procfs.coverage(maps, span.start, span.end))
 
     def _check_kind(self, span: Span, maps: tuple[Mapping, ...]) -> None:
         """Synchronous uffd-wp registers anonymous, shmem and hugetlb VMAs only

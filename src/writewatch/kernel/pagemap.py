@@ -15,17 +15,7 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from . import _sys
-
-_OPEN_ERRORS: _sys.ErrMap = {
-    E.ENOENT: (errors.NoSuchProcess, None),
-    E.EACCES: (errors.PermissionDenied,
-               "reading another process's pagemap needs PTRACE_MODE_READ: the same uid (and "
-               "yama ptrace_scope 0) or CAP_SYS_PTRACE"),
-    E.EPERM: (errors.PermissionDenied,
-              "reading another process's pagemap needs PTRACE_MODE_READ: the same uid (and "
-              "yama ptrace_scope 0) or CAP_SYS_PTRACE"),
-}
+from . import _sys, procfs
 
 _SCAN_ERRORS: _sys.ErrMap = {
     E.ENOTTY: (errors.Unsupported, "PAGEMAP_SCAN needs Linux 6.7 or newer"),
@@ -44,7 +34,7 @@ PAGE_REGION_DTYPE = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "
 def open_pagemap(pid: int | str = "self") -> int:
     """Open ``/proc/PID/pagemap`` read-only (enough for PAGEMAP_SCAN, write-protect included)."""
     return int(_sys.os_call(f"open /proc/{pid}/pagemap", os.open, f"/proc/{pid}/pagemap",
-                            os.O_RDONLY | os.O_CLOEXEC, errmap=_OPEN_ERRORS,
+                            os.O_RDONLY | os.O_CLOEXEC, errmap=procfs.PROC_ERRORS,
                             pid=pid if isinstance(pid, int) else os.getpid()))
 
 

@@ -5,15 +5,18 @@ Parsers are pure (bytes in, immutable values out); readers do the I/O through th
 
 from __future__ import annotations
 
+import bisect
 import errno as E
 import os
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from .. import errors
 from . import _sys
 
-_PROC_ERRORS: _sys.ErrMap = {
+#: errno of /proc/PID/* opens and reads -> error, with what fixes a refusal
+PROC_ERRORS: _sys.ErrMap = {
     E.ENOENT: (errors.NoSuchProcess, None),
     E.ESRCH: (errors.NoSuchProcess, None),
     E.EACCES: (errors.PermissionDenied,
@@ -74,13 +77,31 @@ def parse_maps(data: bytes) -> tuple[Mapping, ...]:
         for m in _MAPS_RE.finditer(data))
 
 
+def coverage(maps: Sequence[Mapping], start: int, end: int,
+             ends: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """What of ``[start, end)`` the sorted ``maps`` cover, adjacent mappings coalesced (pure):
+    registering or splitting VMAs changes the lines of maps, not what is mapped. ``ends``:
+    the maps' end addresses, to start with a binary search when called for many ranges."""
+    out: list[tuple[int, int]] = []
+    for m in maps[bisect.bisect_right(ends, start) if ends is not None else 0:]:
+        if m.start >= end:
+            break
+        lo, hi = max(m.start, start), min(m.end, end)
+        if lo < hi:
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+    return out
+
+
 def read_bytes(path: str, pid: int | None = None) -> bytes:
     fd = _sys.os_call(f"open {path}", os.open, path, os.O_RDONLY | os.O_CLOEXEC,
-                      errmap=_PROC_ERRORS, pid=pid)
+                      errmap=PROC_ERRORS, pid=pid)
     try:
         chunks: list[bytes] = []
         while True:
-            chunk = _sys.os_call(f"read {path}", os.read, fd, 1 << 16, errmap=_PROC_ERRORS,
+            chunk = _sys.os_call(f"read {path}", os.read, fd, 1 << 16, errmap=PROC_ERRORS,
                                  pid=pid)
             if not chunk:
                 return b"".join(chunks)
@@ -113,9 +134,9 @@ def clear_refs(pid: int | str, value: int) -> None:
     """Write ``value`` to /proc/PID/clear_refs (4 clears soft-dirty for the whole mm)."""
     path = f"/proc/{pid}/clear_refs"
     fd = _sys.os_call(f"open {path}", os.open, path, os.O_WRONLY | os.O_CLOEXEC,
-                      errmap=_PROC_ERRORS, pid=pid if isinstance(pid, int) else None)
+                      errmap=PROC_ERRORS, pid=pid if isinstance(pid, int) else None)
     try:
-        _sys.os_call(f"write {path}", os.write, fd, f"{value}\n".encode(), errmap=_PROC_ERRORS)
+        _sys.os_call(f"write {path}", os.write, fd, f"{value}\n".encode(), errmap=PROC_ERRORS)
     finally:
         _sys.close(fd)
 

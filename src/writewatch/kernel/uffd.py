@@ -36,27 +36,29 @@ _WP_ERRORS: _sys.ErrMap = {
 
 
 def userfaultfd(flags: int = U.O_CLOEXEC | U.O_NONBLOCK) -> int:
-    """Create a userfaultfd, trying in turn what the kernel may allow.
+    """Create a userfaultfd (see :func:`open_userfaultfd` for the order tried)."""
+    return open_userfaultfd(flags)[0]
 
-    1. ``userfaultfd(2)`` with ``flags``;
-    2. on EPERM (``vm.unprivileged_userfaultfd=0`` without CAP_SYS_PTRACE), the same with
-       ``UFFD_USER_MODE_ONLY``, which is always allowed (Documentation/admin-guide/mm/
-       userfaultfd.rst) but turns kernel-mode faults on sync-WP memory into EFAULT;
-    3. on ENOSYS (seccomp or no syscall number), ``/dev/userfaultfd`` + USERFAULTFD_IOC_NEW
-       (6.1+), gated by the device's file permissions.
+
+def open_userfaultfd(flags: int = U.O_CLOEXEC | U.O_NONBLOCK) -> tuple[int, bool]:
+    """Create a userfaultfd, full privilege first: ``(fd, user_mode_only)``.
+
+    1. ``userfaultfd(2)`` with ``flags`` (needs CAP_SYS_PTRACE when
+       ``vm.unprivileged_userfaultfd=0``);
+    2. ``/dev/userfaultfd`` + USERFAULTFD_IOC_NEW (6.1+), gated by the device's permissions;
+    3. ``userfaultfd(2)`` with ``UFFD_USER_MODE_ONLY``, always allowed
+       (Documentation/admin-guide/mm/userfaultfd.rst), but kernel-mode faults on sync-WP
+       memory then fail with EFAULT (async WP resolves them in do_wp_page).
     O_CLOEXEC is always added.
     """
     flags |= U.O_CLOEXEC
     nr = U.NR.get("userfaultfd")
     first_errno = E.ENOSYS
     if nr is not None:
-        for f in (flags, flags | U.UFFD_USER_MODE_ONLY):
-            try:
-                return _sys.syscall("userfaultfd", nr, f)
-            except errors.WriteWatchError as exc:
-                first_errno = exc.errno or first_errno
-                if exc.errno != E.EPERM:
-                    break
+        try:
+            return _sys.syscall("userfaultfd", nr, flags), False
+        except errors.WriteWatchError as exc:
+            first_errno = exc.errno or first_errno
     try:
         dev = _sys.os_call("open /dev/userfaultfd", os.open, "/dev/userfaultfd",
                            os.O_RDWR | os.O_CLOEXEC)
@@ -64,11 +66,13 @@ def userfaultfd(flags: int = U.O_CLOEXEC | U.O_NONBLOCK) -> int:
         dev = -1
     if dev >= 0:
         try:
-            return _sys.ioctl("USERFAULTFD_IOC_NEW", dev, U.USERFAULTFD_IOC_NEW, flags)
+            return _sys.ioctl("USERFAULTFD_IOC_NEW", dev, U.USERFAULTFD_IOC_NEW, flags), False
         except errors.WriteWatchError:
             pass
         finally:
             _sys.close(dev)
+    if nr is not None and first_errno == E.EPERM:
+        return _sys.syscall("userfaultfd", nr, flags | U.UFFD_USER_MODE_ONLY), True
     if first_errno in (E.EPERM, E.EACCES):
         raise errors.PermissionDenied(
             "cannot create a userfaultfd", op="userfaultfd", errno=first_errno,
