@@ -308,6 +308,10 @@ def guest_env(cwd: str, extra: dict[str, str]) -> dict[str, str]:
         "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "WRITEWATCH_KERNEL_MATRIX": "1", "PWD": cwd,
+        # tools that keep caches in the (read-only) tree write them to the scratch instead
+        "XDG_CACHE_HOME": "/tmp/.cache", "RUFF_CACHE_DIR": "/tmp/.cache/ruff",
+        "MYPY_CACHE_DIR": "/tmp/.cache/mypy", "MPLCONFIGDIR": "/tmp/.cache/matplotlib",
+        "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/.cache/hypothesis",
     }
     env.update(extra)
     return env
