@@ -113,6 +113,11 @@ def test_parse_smaps_flags() -> None:
     assert got == ((0x7F0000000000, 0x7F0000002000, first),
                    (0x7F0000002000, 0x7F0000003000, frozenset({"rd", "mr", "mw", "me"})))
     assert sd.parse_smaps_flags(b"") == ()
+    assert sd.parse_smaps_softdirty(text) == ((0x7F0000000000, 0x7F0000002000),)
+    # an entry without VmFlags (kernels before 3.8) does not borrow the next entry's
+    old = b"7f0000000000-7f0000001000 rw-p 00000000 00:00 0\nSize: 4 kB\n" + text
+    assert sd.parse_smaps_softdirty(old) == ((0x7F0000000000, 0x7F0000002000),)
+    assert len(sd.parse_smaps_flags(old)) == 2
 
 
 def test_parse_stat_state() -> None:

@@ -95,7 +95,8 @@ from ..kernel.pagemap import scan_all
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
-__all__ = ["PageState", "SoftDirtyBackend", "parse_smaps_flags", "parse_stat_state", "probe"]
+__all__ = ["PageState", "SoftDirtyBackend", "parse_smaps_flags", "parse_smaps_softdirty",
+           "parse_stat_state", "probe"]
 
 _SD = np.uint64(U.PagemapBit.SOFT_DIRTY)
 _PRESENT = np.uint64(U.PagemapBit.PRESENT)
@@ -143,22 +144,24 @@ def _run_holding_gil(calls: Sequence[functools.partial[int]]) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Pure parsers
 
-_SMAPS_HEAD = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ", re.MULTILINE)
-_VMFLAGS = re.compile(rb"^VmFlags:(.*)$", re.MULTILINE)
+#: one VMA of /proc/PID/smaps: its range, then (lazily, within the entry) its VmFlags line
+_SMAPS_VMA = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) [^\n]*\n(?:(?![0-9a-f]+-)[^\n]*\n)*?"
+                        rb"VmFlags:([^\n]*)", re.MULTILINE)
 
 
 def parse_smaps_flags(data: bytes) -> tuple[tuple[int, int, frozenset[str]], ...]:
     """``(start, end, VmFlags)`` for each VMA of ``/proc/PID/smaps`` text (pure).
 
     ``sd`` in VmFlags is ``VM_SOFTDIRTY`` (fs/proc/task_mmu.c show_smap_vma_flags)."""
-    heads = list(_SMAPS_HEAD.finditer(data))
-    out = []
-    for i, h in enumerate(heads):
-        stop = heads[i + 1].start() if i + 1 < len(heads) else len(data)
-        m = _VMFLAGS.search(data, h.end(), stop)
-        flags = frozenset(m[1].decode().split()) if m else frozenset()
-        out.append((int(h[1], 16), int(h[2], 16), flags))
-    return tuple(out)
+    return tuple((int(m[1], 16), int(m[2], 16), frozenset(m[3].decode().split()))
+                 for m in _SMAPS_VMA.finditer(data))
+
+
+def parse_smaps_softdirty(data: bytes) -> tuple[tuple[int, int], ...]:
+    """The ranges of the VMAs flagged ``sd`` (VM_SOFTDIRTY) in smaps text (pure; the flag
+    test is a bytes search, so the many clean VMAs of a process cost little)."""
+    return tuple((int(m[1], 16), int(m[2], 16)) for m in _SMAPS_VMA.finditer(data)
+                 if b" sd" in m[3])
 
 
 def parse_stat_state(data: bytes) -> str:
@@ -516,7 +519,7 @@ class SoftDirtyBackend(Backend):
         """VMAs flagged ``sd`` (VM_SOFTDIRTY) in /proc/PID/smaps."""
         pid = self._target
         data = procfs.read_bytes(f"/proc/{pid}/smaps", pid if isinstance(pid, int) else None)
-        return tuple((lo, hi) for lo, hi, flags in parse_smaps_flags(data) if "sd" in flags)
+        return parse_smaps_softdirty(data)
 
     # -- evaluating --------------------------------------------------------------------------
     def _evaluate(self, span: Span, st: PageState, maps: Sequence[procfs.Mapping],
