@@ -35,11 +35,14 @@ def test_map_fixed_over_a_span_reports_it_whole_then_tracks_again(region, backen
             assert got == r.pages(range(16))
             assert len(t.last.conservative) == 16 and t.last.reasons
             assert t.stats.rearms == 1
-        else:
-            # the replaced pages lost their protection (uffd-wp-sync: pagemap bit 57) or are
-            # a new VMA (soft-dirty: VM_SOFTDIRTY): those pages, not the span
+        elif backend == "uffd-wp-sync":
+            # the replaced pages lost their protection (pagemap bit 57): those pages only
             assert r.pages(range(4, 8)) <= got
             assert not got & r.pages([0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15])
+        else:
+            # soft-dirty: the new VMA is VM_SOFTDIRTY; where it merges with its neighbours
+            # the merged VMA reads dirty as a whole (false positives of the mechanism)
+            assert r.pages(range(4, 8)) <= got
         r.write(6)
         r.write(12)
         got = written(t)
@@ -162,7 +165,7 @@ def test_memory_types(kind: str, backend: str) -> None:
             os.close(fd)
 
 
-def test_hugetlb() -> None:
+def test_hugetlb(backend: str) -> None:
     path = "/proc/sys/vm/nr_hugepages"
     try:
         with open(path) as f:
@@ -183,6 +186,11 @@ def test_hugetlb() -> None:
             pytest.skip(f"MAP_HUGETLB failed: {exc}")
         try:
             ctypes.memset(r.addr, 1, 2 * hp)
+            if backend == "soft-dirty":
+                # clear_refs does not write-protect hugetlb PTEs: writes would go unseen
+                with pytest.raises(writewatch.InvalidTarget, match="hugetlb"):
+                    writewatch.track(r.span)
+                return
             with writewatch.track(r.span) as t:
                 assert written(t) == set()
                 r.write(10)  # one byte in the first huge page: all of it reads written

@@ -198,8 +198,14 @@ def test_thp_split_and_zap_stay_exact(region, hole_scan: bool, backend: str) -> 
     with writewatch.track(r.span, **options) as t:
         for i in (1, 300, 700):
             r.write(i, 2)
-        assert written(t) == r.pages([1, 300, 700])  # 4 KiB exact after the split
-        # a whole-PMD zap of the second huge page reads written (kernel fix or hole scan)
+        got = written(t)
+        if backend == "soft-dirty":
+            # one soft-dirty bit per PMD-mapped THP: all 512 pages of a written one
+            assert r.pages([1, 300, 700]) <= got
+        else:
+            assert got == r.pages([1, 300, 700])  # 4 KiB exact after the split
+        # a whole-PMD zap of the second huge page reads written (kernel fix or hole scan;
+        # soft-dirty: resident at the last reset and gone now)
         _sys.madvise(r.addr + pmd, pmd, U.MADV_DONTNEED)
         assert written(t) == r.pages(range(512, 1024))
         assert written(t) == set()
