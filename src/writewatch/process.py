@@ -233,10 +233,18 @@ class ProcessTracker(Tracker):
     def _start(self, launch_go: int | None = None) -> Backend:
         """Make a backend for the target and arm every writable mapping."""
         name = self._backend_name
-        if name == "auto":
-            from .tracker import _pick_backend
-            name = _pick_backend("auto")
         from .features import features
+        if name == "auto":
+            # uffd-wp-sync tracks its own process only: another one takes uffd-async, then
+            # soft-dirty (which needs no descriptor inside the target)
+            f = features()
+            name = next((b for b in ("uffd-async", "soft-dirty") if f.backends[b].usable), "")
+            if not name:
+                raise errors.Unsupported(
+                    "no mechanism here can track another process",
+                    feature="UFFD_FEATURE_WP_ASYNC", since="6.7",
+                    hint=f"uffd-async: {f.backends['uffd-async'].detail}; soft-dirty: "
+                         f"{f.backends['soft-dirty'].detail}")
         feat = features().backends.get(name)
         if feat is not None and not feat.usable:
             raise errors.Unsupported(f"the {name} backend is not usable here: {feat.detail}",
@@ -681,6 +689,10 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
                                      launch_go=go_w, reattach_on_exec=reattach_on_exec,
                                      **options)
         except errors.WriteWatchError:
+            # the child may still wait for the go-ahead, holding err_w: end it first (an
+            # exec error it reported is already in the pipe)
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
             data = os.read(err_r, 64)
             if data:
                 err = int(data)

@@ -110,7 +110,7 @@ def test_wp_unpopulated(mem) -> None:
 
 
 def test_register_errors_are_typed(ufd: int, mem) -> None:
-    uffd.api(ufd, int(F.WP_ASYNC | F.WP_UNPOPULATED))
+    uffd.api(ufd, int(F.PAGEFAULT_FLAG_WP))  # sync WP: on every kernel with uffd-wp (5.7+)
     m: Mem = mem(4 * PAGE)
     with pytest.raises(errors.InvalidTarget):
         uffd.register(ufd, m.addr + 1, PAGE, U.UffdRegisterMode.WP)  # unaligned
@@ -120,7 +120,7 @@ def test_register_errors_are_typed(ufd: int, mem) -> None:
     assert info.value.errno == errno.ENOENT
     other = uffd.userfaultfd()
     try:
-        uffd.api(other, int(F.WP_ASYNC | F.WP_UNPOPULATED))
+        uffd.api(other, int(F.PAGEFAULT_FLAG_WP))
         with pytest.raises(errors.AlreadyTracked):  # another uffd owns the range
             uffd.register(other, m.addr, PAGE, U.UffdRegisterMode.WP)
     finally:

@@ -433,12 +433,26 @@ class SoftDirtyBackend(Backend):
             raise errors.InvalidTarget(
                 f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
                 start=span.start, end=span.end, hint="track mapped memory")
+        if self._real and self._hugetlb(span):
+            # clear_refs_pte_range() leaves hugetlb entries alone (no write-protect, no
+            # clear): a write to them would never be seen (observed on Debian's 6.1)
+            raise errors.InvalidTarget(
+                f"{span.start:#x}-{span.end:#x} is hugetlb memory, which soft-dirty does not "
+                "track", op="track", start=span.start, end=span.end,
+                hint="use the uffd-async (6.7+) or uffd-wp-sync backend")
         self._reset_group(extra=span, maps=maps)
         self.spans.append(span)
 
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
         self._state.pop(span, None)
+
+    def _hugetlb(self, span: Span) -> bool:
+        """Whether a VMA of the span is hugetlb (``ht`` in smaps VmFlags)."""
+        pid = self._target
+        data = procfs.read_bytes(f"/proc/{pid}/smaps", pid if isinstance(pid, int) else None)
+        return any("ht" in flags for lo, hi, flags in parse_smaps_flags(data)
+                   if lo < span.end and span.start < hi)
 
     @property
     def _target(self) -> int | str:
