@@ -4,10 +4,10 @@
 The guest kernel is a distribution kernel package (Debian bookworm's Linux 6.1 for now). It
 boots with a tiny busybox initramfs that loads the virtio and 9p modules, mounts the host's
 root filesystem read-only over 9p (``-virtfs ... readonly=on,multidevs=remap``), mounts
-proc, sys, devtmpfs and a tmpfs scratch on /tmp, chroots into the host root and runs the
-command there with the host's own Python. The command's exit status comes back on the
-serial console (qemu itself exits 0 whatever the guest does), between markers carrying a
-per-run nonce; a missing marker or a timeout is a failure.
+proc, sys, devtmpfs and a tmpfs scratch on /tmp (on /mnt when the tree is under /tmp), chroots
+into the host root and runs the command there with the host's own Python. The command's exit
+status comes back on the serial console (qemu itself exits 0 whatever the guest does), between
+markers carrying a per-run nonce; a missing marker or a timeout is a failure.
 
     python tools/kernel_matrix.py fetch                    # download + cache the kernel
     python tools/kernel_matrix.py run -- uname -r          # any command, exit status kept
@@ -287,7 +287,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 R=/mnt/root
 mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && mount -t devtmpfs devtmpfs $R/dev \
     || fail "mounting proc/sys/dev in the host root failed"
-mount -t tmpfs -o mode=1777,size={scratch} scratch $R/tmp || fail "mounting the /tmp scratch failed"
+mount -t tmpfs -o mode=1777,size={scratch} scratch $R{scratch_dir} \
+    || fail "mounting the {scratch_dir} scratch failed"
 mkdir -p $R/dev/shm $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mount -t devpts devpts $R/dev/pts
@@ -301,17 +302,28 @@ poweroff -f
 """
 
 
+def scratch_dir(cwd: str) -> str:
+    """Where the guest's writable tmpfs goes: /tmp, unless the tree or the interpreter lives
+    under /tmp on the host (a clone in /tmp): a tmpfs there would hide them. Then /mnt, an
+    empty directory of the Debian root, is used."""
+    paths = (os.path.realpath(cwd), os.path.realpath(sys.executable), sys.executable)
+    if any(p == "/tmp" or p.startswith("/tmp/") for p in paths):
+        return "/mnt"
+    return "/tmp"
+
+
 def guest_env(cwd: str, extra: dict[str, str]) -> dict[str, str]:
     bindir = os.path.dirname(sys.executable)
+    tmp = scratch_dir(cwd)
     env = {
         "PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb",
+        "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "TERM": "dumb",
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "WRITEWATCH_KERNEL_MATRIX": "1", "PWD": cwd,
         # tools that keep caches in the (read-only) tree write them to the scratch instead
-        "XDG_CACHE_HOME": "/tmp/.cache", "RUFF_CACHE_DIR": "/tmp/.cache/ruff",
-        "MYPY_CACHE_DIR": "/tmp/.cache/mypy", "MPLCONFIGDIR": "/tmp/.cache/matplotlib",
-        "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/.cache/hypothesis",
+        "XDG_CACHE_HOME": f"{tmp}/.cache", "RUFF_CACHE_DIR": f"{tmp}/.cache/ruff",
+        "MYPY_CACHE_DIR": f"{tmp}/.cache/mypy", "MPLCONFIGDIR": f"{tmp}/.cache/matplotlib",
+        "HYPOTHESIS_STORAGE_DIRECTORY": f"{tmp}/.cache/hypothesis",
     }
     env.update(extra)
     return env
@@ -327,6 +339,7 @@ def build_initramfs(kernel_dir: Path, argv: Sequence[str], cwd: str, env: dict[s
     init = INIT.format(
         modules=" ".join(meta["modules"]), nonce=nonce, no_result=NO_RESULT,
         begin_mark=MARK_BEGIN, exit_mark=MARK_EXIT, scratch=scratch, hostname="wwguest",
+        scratch_dir=scratch_dir(cwd),
         env=" ".join(shlex.quote(f"{k}={v}") for k, v in env.items()),
         command=shlex.quote(command))
     entries = [CpioEntry(d, 0o40755) for d in ("bin", "dev", "proc", "sys", "mnt", "lib",
