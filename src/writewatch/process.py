@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -223,6 +224,9 @@ class ProcessTracker(Tracker):
         self._gone = False
         self._exited_reported = False
         self.exec_count = 0
+        #: set when writes may have happened before arming: the next collect reports every
+        #: writable mapping whole, with this reason
+        self._whole_once: str | None = None
         #: whether arming finished while the target was stopped (False: it resumed first)
         self.armed_stopped = True
         self._backend: Backend = self._start(launch_go)
@@ -232,19 +236,8 @@ class ProcessTracker(Tracker):
     # -- starting ---------------------------------------------------------------------------
     def _start(self, launch_go: int | None = None) -> Backend:
         """Make a backend for the target and arm every writable mapping."""
-        name = self._backend_name
+        name = _process_backend(self._backend_name)
         from .features import features
-        if name == "auto":
-            # uffd-wp-sync tracks its own process only: another one takes uffd-async, then
-            # soft-dirty (which needs no descriptor inside the target)
-            f = features()
-            name = next((b for b in ("uffd-async", "soft-dirty") if f.backends[b].usable), "")
-            if not name:
-                raise errors.Unsupported(
-                    "no mechanism here can track another process",
-                    feature="UFFD_FEATURE_WP_ASYNC", since="6.7",
-                    hint=f"uffd-async: {f.backends['uffd-async'].detail}; soft-dirty: "
-                         f"{f.backends['soft-dirty'].detail}")
         feat = features().backends.get(name)
         if feat is not None and not feat.usable:
             raise errors.Unsupported(f"the {name} backend is not usable here: {feat.detail}",
@@ -355,11 +348,23 @@ class ProcessTracker(Tracker):
                                                hint="attach again, or keep reattach_on_exec")
                 return self._reattach()
             try:
-                return self._collect(reset, max_pages)
+                got = self._collect(reset, max_pages)
+                if self._whole_once and reset:
+                    got = self._add_whole(got, self._whole_once)
+                    self._whole_once = None
+                return got
             except (errors.NoSuchProcess, errors.KernelError, errors.InvalidTarget):
                 if self._mm_state() == "exited":
                     return self._exited()
                 raise
+
+    def _add_whole(self, got: Pages, why: str) -> Pages:
+        """Report every writable mapping whole, as conservative, on top of ``got``."""
+        last = self.last
+        whole = Pages([(m.start, m.end) for m in last.mappings if trackable(m)], self.page_size)
+        self._last = dataclasses.replace(last, conservative=last.conservative | whole,
+                                         reasons=(*last.reasons, why), written=got | whole)
+        return got | whole
 
     def _exited(self) -> Pages:
         ps = self.page_size
@@ -504,6 +509,23 @@ def _check_target(pid: int) -> None:
             "it", feature="syscall injection under seccomp",
             hint="track it with a backend that needs no injection (soft-dirty), or start it "
                  "with writewatch.launch()")
+
+
+def _process_backend(name: str) -> str:
+    """The backend "auto" means for another process: uffd-wp-sync tracks its own process
+    only, so uffd-async, then soft-dirty (which needs no descriptor inside the target)."""
+    if name != "auto":
+        return name
+    from .features import features
+    f = features()
+    name = next((b for b in ("uffd-async", "soft-dirty") if f.backends[b].usable), "")
+    if not name:
+        raise errors.Unsupported(
+            "no mechanism here can track another process",
+            feature="UFFD_FEATURE_WP_ASYNC", since="6.7",
+            hint=f"uffd-async: {f.backends['uffd-async'].detail}; soft-dirty: "
+                 f"{f.backends['soft-dirty'].detail}")
+    return name
 
 
 def attach(pid: int, backend: str = "auto", *, kernel: KernelCalls = LINUX,
@@ -685,6 +707,21 @@ def launch(argv: Sequence[str], backend: str = "auto", *, env: dict[str, str] | 
         setattr(proc, ("stdin", "stdout", "stderr")[i], f)
     try:
         try:
+            if _process_backend(backend) != "uffd-async":
+                # soft-dirty cannot be armed before the first instruction without stopping
+                # the child at exec; let it exec, arm, and report everything once instead
+                os.write(go_w, b"g")
+                data = os.read(err_r, 64)  # EOF: exec succeeded (err_w is close-on-exec)
+                if data:
+                    raise errors.InvalidTarget(
+                        f"cannot execute {exe}: {os.strerror(int(data))}", op="exec",
+                        errno=int(data), hint="check the command and its path")
+                tracker = ProcessTracker(child, backend, kernel=kernel, process=proc,
+                                         reattach_on_exec=reattach_on_exec, **options)
+                tracker._whole_once = (
+                    f"{tracker.backend} was armed after {exe} started: every writable mapping "
+                    "is reported whole once (written before it could be armed)")
+                return tracker
             tracker = ProcessTracker(child, backend, kernel=kernel, process=proc,
                                      launch_go=go_w, reattach_on_exec=reattach_on_exec,
                                      **options)

@@ -540,7 +540,12 @@ class Mm:
             td.st[a:b] = ts.st[i:j]
             fl = ts.fl[i:j].copy()
             mask = (ts.st[i:j] == PRESENT) | (ts.st[i:j] == SWAP)
-            if self.profile.soft_dirty:
+            # mm/mremap.c move_page_tables: a whole PMD-aligned PTE table moves as one
+            # (move_normal_pmd, HAVE_MOVE_PMD on x86-64) and keeps its PTEs as they are; only
+            # PTEs moved one by one (move_ptes -> move_soft_dirty_pte) and huge PMDs
+            # (move_soft_dirty_pmd) are marked soft-dirty (observed on Debian's 6.1)
+            whole_table = i == 0 and j == 512 and a == 0 and b == 512 and not ts.huge
+            if self.profile.soft_dirty and not whole_table:
                 fl[mask] |= SD
             td.ver[a:b] = ts.ver[i:j]
             if self.profile.mremap_clears_uffd_wp:
