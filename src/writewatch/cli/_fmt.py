@@ -26,8 +26,11 @@ def _default(o: Any) -> Any:
     return str(o)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a table with rich when it is installed, as aligned plain text otherwise."""
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+          left: Sequence[str] | None = None, wrap: Sequence[str] = ()) -> None:
+    """Print a table with rich when it is installed, as aligned plain text otherwise.
+    ``left``: the columns justified left (default: all); ``wrap``: the columns that may wrap
+    (when ``left`` is given; otherwise all may)."""
     try:
         from rich.console import Console
         from rich.table import Table
@@ -41,10 +44,13 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         return
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(str(c))
+        if left is None:
+            t.add_column(str(c))
+        else:
+            t.add_column(str(c), justify="left" if c in left else "right", no_wrap=c not in wrap)
     for r in rows:
         t.add_row(*(str(v) for v in r))
-    Console(soft_wrap=True).print(t)
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
 
 
 def human_bytes(n: float) -> str:

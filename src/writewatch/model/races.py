@@ -850,25 +850,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max([len(str(c))] + [len(str(r[i])) for r in rows])
-                  for i, c in enumerate(columns)]
-        print(title)
-        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
-        for r in rows:
-            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
-        return
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(str(c), justify="left" if c in ("design", "scenario", "lost",
-                                                      "losing in") else "right",
-                     no_wrap=c != "losing in")
-    for r in rows:
-        t.add_row(*(str(v) for v in r))
-    Console(width=None if sys.stdout.isatty() else 160).print(t)
+    from ..cli._fmt import table  # the subcommand's output; not imported with the model
+    table(title, columns, rows, left=("design", "scenario", "lost", "losing in"),
+          wrap=("losing in",))
 
 
 def run(args: argparse.Namespace) -> int:

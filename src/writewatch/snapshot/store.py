@@ -224,27 +224,10 @@ class DirStore(Store):
             raise first
 
     def get(self, name: str) -> bytearray:
-        fut = self._pending.get(name)
-        if fut is not None:
-            fut.result()
-        path = self._file(name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(f"{self.path}: no blob {name}") from None
-        try:
-            size = os.fstat(fd).st_size
-            buf = bytearray(size)
-            mv = memoryview(buf)
-            got = 0
-            while got < size:
-                n = _sys.os_call(f"read {path}", os.readv, fd, [mv[got:]])
-                if n == 0:
-                    break
-                got += n
-            return buf if got == size else buf[:got]
-        finally:
-            _sys.close(fd)
+        mv = self.get_into(name, bytearray())  # reads into a new buffer of the blob's size
+        data = mv.obj
+        assert isinstance(data, bytearray)
+        return data if len(mv) == len(data) else data[:len(mv)]
 
     def get_into(self, name: str, buf: bytearray) -> memoryview:
         fut = self._pending.get(name)
