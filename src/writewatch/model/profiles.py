@@ -125,11 +125,15 @@ def running() -> Profile:
 
 
 def _readahead_pages(path: str) -> int:
-    """read_ahead_kb of the block device holding ``path``, in pages (32 if unknown)."""
+    """read_ahead_kb of the block device holding ``path``, in pages (32 if unknown; 1 on a
+    filesystem with no block device, such as tmpfs: a shmem fault brings in its own page only,
+    observed with Debian's 6.1 in the kernel matrix, whose TMPDIR is a tmpfs)."""
     try:
         dev = os.stat(path).st_dev
     except OSError:
         return 32
+    if os.major(dev) == 0:
+        return 1
     base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
     for q in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
         text = _read(q).strip()
