@@ -22,15 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..monitor.app import _check_outputs
     _check_outputs(args)
-    attach = getattr(writewatch, "attach", None)
-    if attach is None:
-        try:
-            from ..process import attach
-        except ImportError:
-            pass
-    if attach is None:
-        raise errors.Unsupported("this build has no writewatch.attach()",
-                                 hint="install a writewatch with process tracking")
+    attach = writewatch.attach
     if args.pid <= 0:
         raise errors.InvalidTarget(f"{args.pid} is not a process id", hint="give a PID > 0")
     name = process_name(args.pid)

@@ -74,15 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InvalidTarget("no command given",
                                    hint="usage: writewatch run [options] -- CMD [ARG...]")
     _check_outputs(args)
-    launch = getattr(writewatch, "launch", None)
-    if launch is None:
-        try:
-            from ..process import launch
-        except ImportError:
-            pass
-    if launch is None:
-        raise errors.Unsupported("this build has no writewatch.launch()",
-                                 hint="install a writewatch with process tracking")
+    launch = writewatch.launch
     kw = {} if args.backend == "auto" else {"backend": args.backend}
     tracker = launch(cmd, **kw)
     proc = getattr(tracker, "process", None)
