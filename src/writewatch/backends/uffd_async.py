@@ -20,6 +20,11 @@ What the kernel alone could miss, and what this backend does about it:
   fix, each collect also looks for pages that are neither present nor swapped (armed pages are
   one or the other: a PTE with the uffd-wp bit or a uffd-wp marker) and reports them as
   written (their content became zero), then arms them again.
+  Arming differs there too: before the fix ``pagemap_scan_pte_hole`` returns early for a hole
+  that does not match the category mask, so a WRITTEN-masked ``WP_MATCHING`` scan leaves
+  never-touched PMD ranges (no page table yet) unarmed (seen on Debian's 6.12.95). Those
+  kernels are armed with ``UFFDIO_WRITEPROTECT`` instead, which under WP_UNPOPULATED allocates
+  the page tables and installs markers (change_pmd_prepare / change_pte_range).
 * ``pte_none`` after a zap reads written on the WRITTEN fast path (the path this backend uses:
   ``category_mask == return_mask == WRITTEN``) on every kernel since 6.7.
 """
@@ -162,7 +167,7 @@ class UffdAsyncBackend(Backend):
             self._layout[span] = parts
         self._register(span.start, span.end)
         try:
-            self._scan(span.start, span.end, reset=True)  # arm; what it reports predates us
+            self._arm(span.start, span.end)
             if span in self._file_backed:
                 self._resident_changes(span, update=True)
         except BaseException:
@@ -171,6 +176,15 @@ class UffdAsyncBackend(Backend):
             self._file_backed.discard(span)
             raise
         self.spans.append(span)
+
+    def _arm(self, start: int, end: int) -> None:
+        """Write-protect every page of a registered range, unpopulated ones included (what
+        the scan reports predates tracking)."""
+        if self.hole_scan:
+            self.kernel.uffdio_writeprotect(self.uffd, start, end - start,
+                                            U.UffdWriteprotectMode.WP)
+        else:
+            self._scan(start, end, reset=True)
 
     def _register(self, start: int, end: int) -> None:
         self.kernel.uffdio_register(self.uffd, start, end - start, U.UffdRegisterMode.WP)
@@ -263,7 +277,7 @@ class UffdAsyncBackend(Backend):
         for lo, hi in parts:
             try:
                 self._register(lo, hi)
-                self._scan(lo, hi, reset=True)
+                self._arm(lo, hi)
             except errors.WriteWatchError as exc:
                 untracked.append((lo, hi, str(exc)))
         if parts == ((span.start, span.end),):
