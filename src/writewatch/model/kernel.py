@@ -506,17 +506,19 @@ class ModelKernel:
                     sel = np.zeros(j - i, bool)
                     idx = np.flatnonzero(m)[:n]
                     sel[idx] = True
-                    sel &= (cats & _WRITTEN) != 0
                     if t is None:
-                        if sel.any():  # pagemap_scan_pte_hole: uffd_wp_range on the hole
-                            a = int(idx[0])
-                            b = int(idx[-1]) + 1
-                            wp_range(mm, v, base + (a << PAGE_SHIFT), base + (b << PAGE_SHIFT),
-                                     True)
+                        # pagemap_scan_pte_hole: uffd_wp_range on the reported hole, written
+                        # or not (entries and THPs are armed only when WRITTEN)
+                        a = int(idx[0])
+                        b = int(idx[-1]) + 1
+                        wp_range(mm, v, base + (a << PAGE_SHIFT), base + (b << PAGE_SHIFT),
+                                 True)
+                    elif not (sel & ((cats & _WRITTEN) != 0)).any():
+                        pass
                     elif t.huge:
                         t.fl[:] = (t.fl & _NOT_W) | WP
                     else:
-                        self._wp_entries(mm, v, t, i, j, sel)
+                        self._wp_entries(mm, v, t, i, j, sel & ((cats & _WRITTEN) != 0))
                 if out.stopped:
                     return ScanResult(out.result(), out.walk_end)
         return ScanResult(out.result(), end)
@@ -547,17 +549,19 @@ class ModelKernel:
         if wp_match and got:
             sel = np.zeros(n, bool)
             sel[np.flatnonzero(m)[:got]] = True
-            sel &= (cats & np.uint16(_WRITTEN)) != 0
+            written = (cats & np.uint16(_WRITTEN)) != 0
             pos = 0
             for (k, i, j), t in zip(chunks, tabs, strict=True):
                 seg = sel[pos:pos + j - i]
-                if seg.any():
-                    if t is None:  # pagemap_scan_pte_hole: uffd_wp_range on the hole
+                if t is None:
+                    if seg.any():  # pagemap_scan_pte_hole: the reported hole, written or not
                         idx = np.flatnonzero(seg)
                         base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
                         wp_range(mm, v, base + (int(idx[0]) << PAGE_SHIFT),
                                  base + ((int(idx[-1]) + 1) << PAGE_SHIFT), True)
-                    else:
+                else:
+                    seg = seg & written[pos:pos + j - i]
+                    if seg.any():
                         self._wp_entries(mm, v, t, i, j, seg)
                 pos += j - i
         return out.stopped

@@ -108,20 +108,51 @@ def _read(path: str) -> str:
         return ""
 
 
+def _version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as ``6.12.95+deb12-amd64`` (pure)."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
+#: profile fields no cheap probe shows, by the mainline release that brought the change
+#: (a distribution's stable backports may differ: the differential test would show it)
+SINCE: dict[str, tuple[int, int]] = {
+    "mremap_clears_uffd_wp": (6, 13),
+    "pt_reclaim": (6, 14),
+    "huge_zero_wp_thp": (6, 14),
+    "huge_zero_pfnzero": (6, 16),
+}
+
+
 def running() -> Profile:
     """The profile of the running kernel: "6.18" where async uffd-wp exists, "6.1" where it
-    does not, with this machine's THP settings and soft-dirty as probed (pagemap bit 55 needs
-    CONFIG_MEM_SOFT_DIRTY)."""
-    from ..features import features
+    does not, adjusted by what :func:`writewatch.features` probed (the 2026 PAGEMAP_SCAN fixes,
+    the soft-dirty and guard categories, soft-dirty itself), by the release for the changes in
+    :data:`SINCE`, and with this machine's THP settings."""
+    from ..features import features, pmd_holes_reported
     f = features()
     thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
     mode = thp.split("[")[1].split("]")[0] if "[" in thp else "never"
     zero = _read("/sys/kernel/mm/transparent_hugepage/use_zero_page").strip() != "0"
-    sd = f.backends["soft-dirty"].usable
-    base = "6.18" if f.mechanisms["WP_ASYNC"].usable else "6.1"
-    return PROFILES[base].replace(name="running", release=os.uname().release, thp=mode,
-                                    thp_zero_page=zero, soft_dirty=sd,
-                                    readahead_pages=_readahead_pages(tempfile.gettempdir()))
+    release = os.uname().release
+    changes: dict[str, object] = {
+        "name": "running", "release": release, "thp": mode, "thp_zero_page": zero,
+        "soft_dirty": f.backends["soft-dirty"].usable,
+        "wp_unpopulated": f.mechanisms["WP_UNPOPULATED"].usable,
+        "readahead_pages": _readahead_pages(tempfile.gettempdir())}
+    async_ = f.mechanisms["WP_ASYNC"].usable
+    if async_:
+        # the PMD-hole fix builds on the pte_none one (its patch names it a prerequisite)
+        fixed = pmd_holes_reported()
+        changes.update(
+            scan_pte_none_written=fixed, scan_pmd_hole_written=fixed,
+            category_soft_dirty=f.mechanisms["PAGE_IS_SOFT_DIRTY"].usable,
+            category_guard=f.mechanisms["PAGE_IS_GUARD"].usable,
+            **{field: _version(release) >= since for field, since in SINCE.items()})
+    return PROFILES["6.18" if async_ else "6.1"].replace(**changes)
 
 
 def _readahead_pages(path: str) -> int:
