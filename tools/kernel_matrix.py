@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import gzip
 import io
 import json
+import lzma
 import os
 import queue
 import secrets
@@ -55,18 +57,31 @@ class KernelSpec:
     """A kernel to boot: a distribution package resolved through a meta package."""
 
     name: str
+    suite: str  #: the Debian suite the meta package comes from
     meta_package: str  #: resolved to the real image package through its Depends
     description: str
-    #: modules the initramfs loads (their dependencies are resolved from the .ko files)
+    #: modules the initramfs loads (their dependencies are resolved from the .ko files;
+    #: those built into the kernel are skipped)
     modules: tuple[str, ...] = ("virtio_pci", "9pnet_virtio", "9p")
 
 
 KERNELS = {
     "debian-6.1": KernelSpec(
-        "debian-6.1", "linux-image-amd64",
+        "debian-6.1", "bookworm", "linux-image-amd64",
         "Debian bookworm's Linux 6.1: CONFIG_MEM_SOFT_DIRTY=y, uffd-wp (sync), no WP_ASYNC, "
         "no PAGEMAP_SCAN"),
+    "debian-6.12": KernelSpec(
+        "debian-6.12", "trixie", "linux-image-amd64",
+        "Debian trixie's Linux 6.12: CONFIG_MEM_SOFT_DIRTY=y next to WP_ASYNC and "
+        "PAGEMAP_SCAN (PAGE_IS_SOFT_DIRTY)"),
+    "debian-6.12-bpo": KernelSpec(
+        "debian-6.12-bpo", "bookworm-backports", "linux-image-amd64",
+        "Debian bookworm-backports' Linux 6.12"),
 }
+
+#: where kernel packages are fetched from, with a private apt state (the host's sources
+#: and lists are neither used nor changed)
+MIRROR = "http://deb.debian.org/debian"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,19 +134,46 @@ def parse_depends(text: str) -> list[str]:
     return []
 
 
-def resolve_image_package(meta: str) -> str:
+class Apt:
+    """apt-get / apt-cache on one Debian suite, with sources, lists and package cache kept
+    in ``.cache/kernels/apt/<suite>`` (the archive keys are the host's)."""
+
+    def __init__(self, suite: str) -> None:
+        self.suite = suite
+        self.root = CACHE / "apt" / suite
+        self.options = [
+            "-o", f"Dir::Etc::SourceList={self.root / 'sources.list'}",
+            "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={self.root / 'lists'}",
+            "-o", f"Dir::Cache={self.root / 'cache'}",
+        ]
+        if os.geteuid() == 0:  # apt drops privileges to _apt when it can
+            self.options += ["-o", "APT::Sandbox::User=root"]
+
+    def update(self) -> None:
+        for d in ("lists/partial", "cache/archives/partial"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        (self.root / "sources.list").write_text(f"deb {MIRROR} {self.suite} main\n")
+        subprocess.run(["apt-get", *self.options, "update", "-qq"], check=True)
+
+    def show(self, package: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["apt-cache", *self.options, "show", "--no-all-versions",
+                               package], capture_output=True, text=True)
+
+    def download(self, package: str, cwd: Path) -> None:
+        subprocess.run(["apt-get", *self.options, "download", "-q", package], cwd=cwd,
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def resolve_image_package(apt: Apt, meta: str) -> str:
     """The real ``linux-image-<abi>-amd64`` package the meta package depends on now (old ABI
     packages disappear from the mirror, so the name is never pinned)."""
-    def show() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["apt-cache", "show", "--no-all-versions", meta],
-                              capture_output=True, text=True)
-    got = show()
-    if got.returncode != 0 or "Depends:" not in got.stdout:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        got = show()
+    apt.update()
+    got = apt.show(meta)
     deps = [d for d in parse_depends(got.stdout) if d.startswith("linux-image-")]
     if not deps:
-        sys.exit(f"kernel_matrix: cannot resolve {meta} (apt-cache show: {got.stderr.strip()})")
+        sys.exit(f"kernel_matrix: cannot resolve {meta} in {apt.suite} "
+                 f"(apt-cache show: {got.stderr.strip()})")
     return deps[0]
 
 
@@ -181,12 +223,32 @@ def module_order(wanted: Iterable[str], deps: dict[str, list[str]]) -> list[str]
     return order
 
 
-def _mod_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".ko", ".ko.xz", ".ko.zst", ".ko.gz"):
-        if name.endswith(suffix):
-            name = name[:-len(suffix)]
-    return name.replace("-", "_")
+MODULE_SUFFIXES = {".ko": None, ".ko.xz": lzma.decompress, ".ko.gz": gzip.decompress}
+
+
+def _mod_name(path: Path) -> str | None:
+    """Module name of a module file (``-`` and ``_`` are the same to the kernel), or None
+    for a file that is not one (or is compressed in a way this tool cannot read)."""
+    for suffix in MODULE_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[:-len(suffix)].replace("-", "_")
+    return None
+
+
+def _read_module(path: Path) -> bytes:
+    """The ELF bytes of a module file (Debian compresses them with xz since 6.2)."""
+    for suffix, unpack in MODULE_SUFFIXES.items():
+        if path.name.endswith(suffix):
+            data = path.read_bytes()
+            return unpack(data) if unpack else data
+    raise ValueError(f"not a module file: {path}")
+
+
+def parse_builtin(text: str) -> set[str]:
+    """Module names of a ``modules.builtin`` file (paths such as
+    ``kernel/drivers/virtio/virtio_pci.ko``), pure."""
+    return {name for line in text.split()
+            if (name := _mod_name(Path(line))) is not None}
 
 
 def fetch_kernel(spec: KernelSpec, refresh: bool = False) -> Path:
@@ -198,40 +260,43 @@ def fetch_kernel(spec: KernelSpec, refresh: bool = False) -> Path:
     for tool in ("apt-get", "apt-cache", "dpkg-deb"):
         if shutil.which(tool) is None:
             sys.exit(f"kernel_matrix: {tool} is needed to fetch {spec.name} (a Debian host)")
-    package = resolve_image_package(spec.meta_package)
-    print(f"kernel_matrix: fetching {package}", file=sys.stderr)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    apt = Apt(spec.suite)
+    package = resolve_image_package(apt, spec.meta_package)
+    print(f"kernel_matrix: fetching {package} ({spec.suite})", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # apt-get download drops privileges to _apt when it can
-        sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
-        subprocess.run(["apt-get", "download", "-q", *sandbox, package], cwd=work, check=True,
-                       stdout=subprocess.DEVNULL)
+        apt.download(package, work)
         deb = next(work.glob("*.deb"))
         tree = work / "x"
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
         vmlinuz = next((tree / "boot").glob("vmlinuz-*"))
         release = vmlinuz.name[len("vmlinuz-"):]
-        kos = {_mod_name(p): p for p in (tree / "lib" / "modules").rglob("*.ko*")}
+        # /lib/modules up to bookworm, /usr/lib/modules in trixie (merged /usr)
+        moddir = next(d for d in (tree / "lib" / "modules" / release,
+                                  tree / "usr" / "lib" / "modules" / release) if d.is_dir())
+        kos = {name: p for p in moddir.rglob("*.ko*") if (name := _mod_name(p)) is not None}
+        builtin = parse_builtin((moddir / "modules.builtin").read_text()) \
+            if (moddir / "modules.builtin").exists() else set()
         deps: dict[str, list[str]] = {}
-        todo = list(spec.modules)
+        todo = [m for m in spec.modules if m not in builtin]
         while todo:
             m = todo.pop()
             if m in deps:
                 continue
             if m not in kos:
                 sys.exit(f"kernel_matrix: module {m} not in {package}")
-            info = modinfo(kos[m].read_bytes())
+            info = modinfo(_read_module(kos[m]))
             deps[m] = [d.replace("-", "_") for v in info.get("depends", []) for d in v.split(",")
-                       if d]
+                       if d and d.replace("-", "_") not in builtin]
             todo.extend(deps[m])
-        order = module_order(spec.modules, deps)
+        order = module_order([m for m in spec.modules if m not in builtin], deps)
         out = work / "out"
         (out / "modules").mkdir(parents=True)
         shutil.copy(vmlinuz, out / "vmlinuz")
         shutil.copy(next((tree / "boot").glob("config-*")), out / "config")
         for m in order:
-            shutil.copy(kos[m], out / "modules" / f"{m}.ko")
+            (out / "modules" / f"{m}.ko").write_bytes(_read_module(kos[m]))
         version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True,
                                  text=True, check=True).stdout.strip()
         meta = {"spec": spec.name, "package": package, "version": version, "release": release,
@@ -240,6 +305,7 @@ def fetch_kernel(spec: KernelSpec, refresh: bool = False) -> Path:
         if dest.exists():
             shutil.rmtree(dest)
         out.rename(dest)
+    shutil.rmtree(apt.root)  # the suite's package lists are only needed to resolve and fetch
     return dest
 
 

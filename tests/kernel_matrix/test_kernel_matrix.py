@@ -65,6 +65,35 @@ def test_modinfo_and_module_order() -> None:
         km.module_order(["a"], {"a": ["b"], "b": ["a"]})
 
 
+def test_module_files_compressed_and_builtin(tmp_path: Path) -> None:
+    import gzip
+    import lzma
+
+    ko = _elf_with_modinfo(b"depends=netfs\0name=9p\0")
+    for name, data in (("9p.ko", ko), ("9p.ko.xz", lzma.compress(ko)),
+                       ("9p.ko.gz", gzip.compress(ko))):
+        (tmp_path / name).write_bytes(data)
+        assert km._mod_name(tmp_path / name) == "9p"
+        assert km.modinfo(km._read_module(tmp_path / name))["depends"] == ["netfs"]
+    assert km._mod_name(Path("9pnet-virtio.ko.xz")) == "9pnet_virtio"
+    assert km._mod_name(Path("modules.builtin")) is None
+    with pytest.raises(ValueError):
+        km._read_module(tmp_path / "modules.order")
+    builtin = ("kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_pci.ko\n"
+               "kernel/fs/fat/vfat.ko\n")
+    assert km.parse_builtin(builtin) == {"virtio", "virtio_pci", "vfat"}
+
+
+def test_private_apt_state_per_suite() -> None:
+    apt = km.Apt("bookworm-backports")
+    assert apt.root == km.CACHE / "apt" / "bookworm-backports"
+    opts = dict(o.split("=", 1) for o in apt.options[1::2])
+    assert opts["Dir::Etc::SourceList"] == str(apt.root / "sources.list")
+    assert opts["Dir::Etc::SourceParts"] == "/dev/null"  # the host's sources are not used
+    assert opts["Dir::State::Lists"].startswith(str(apt.root))
+    assert {s.suite for s in km.KERNELS.values()} >= {"bookworm", "bookworm-backports"}
+
+
 def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
     out = {}
     pos = 0
