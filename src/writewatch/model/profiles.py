@@ -48,6 +48,10 @@ class Profile:
     #: do_huge_zero_wp_pmd (6.14?): a write fault on the huge zero page allocates a THP
     #: (observed on 6.18 by the differential test); before, the PMD was split
     huge_zero_wp_thp: bool = True
+    #: 96d82deb743a "mm/thp: re-apply mkdirty for small pages after split" (6.3): the PTEs of
+    #: a split dirty THP are pte_mkdirty'd, which sets soft-dirty on x86 (seen on 6.12.95,
+    #: not on 6.1, where 624a2c94f5b7 had reverted it)
+    thp_split_mkdirty: bool = True
     #: the block device's read_ahead_kb / page size: a page-cache miss on a regular file
     #: reads this many pages around it (mm/filemap.c do_sync_mmap_readahead); 128 KiB default
     readahead_pages: int = 32
@@ -86,7 +90,7 @@ PROFILES: dict[str, Profile] = {
         "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
         scan_pte_none_written=False, scan_pmd_hole_written=False, mremap_clears_uffd_wp=False,
         huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False,
-        pt_reclaim=False, huge_zero_wp_thp=False),
+        pt_reclaim=False, huge_zero_wp_thp=False, thp_split_mkdirty=False),
 }
 
 
@@ -117,14 +121,77 @@ def _version(release: str) -> tuple[int, int]:
         return 0, 0
 
 
-#: profile fields no cheap probe shows, by the mainline release that brought the change
-#: (a distribution's stable backports may differ: the differential test would show it)
+#: features (not fixes, so not backported to stable) by the mainline release that brought them
 SINCE: dict[str, tuple[int, int]] = {
-    "mremap_clears_uffd_wp": (6, 13),
+    "thp_split_mkdirty": (6, 3),
     "pt_reclaim": (6, 14),
     "huge_zero_wp_thp": (6, 14),
-    "huge_zero_pfnzero": (6, 16),
 }
+
+
+def _probe_mremap_clears_uffd_wp() -> bool:
+    """CVE-2025-21696 (6.13, in 6.12.y too: seen on Debian's 6.12.95): a page moved by mremap
+    out of a uffd-wp range loses the uffd-wp bit (pagemap bit 57 of the destination)."""
+    import mmap
+
+    from .. import _uapi as U
+    from ..backends.uffd_async import open_uffd
+    from ..kernel import LINUX, _sys
+    from ..kernel.pagemap import decode_entries, read_entries
+
+    ps = LINUX.page_size
+    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    src = _sys.mmap(0, ps, prot, flags)
+    dst = _sys.mmap(0, ps, 0, flags)  # a PROT_NONE placeholder to move onto
+    uffd = open_uffd()
+    try:
+        import ctypes
+        ctypes.memset(src, 1, ps)
+        LINUX.uffdio_register(uffd, src, ps, U.UffdRegisterMode.WP)
+        LINUX.uffdio_writeprotect(uffd, src, ps, U.UffdWriteprotectMode.WP)
+        _sys.mremap(src, ps, ps, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, dst)
+        src = -1
+        pm = LINUX.open_pagemap("self")
+        try:
+            entry = decode_entries(read_entries(pm, dst, 1, ps))
+        finally:
+            LINUX.close(pm)
+        return not bool(entry["uffd_wp"][0])
+    finally:
+        LINUX.close(uffd)
+        _sys.munmap(dst, ps)
+        if src >= 0:
+            _sys.munmap(src, ps)
+
+
+def _probe_huge_zero_pfnzero() -> bool | None:
+    """4a5e85f4eb8f (6.16, in 6.12.y too: seen on Debian's 6.12.95): PAGEMAP_SCAN reports
+    PAGE_IS_PFNZERO for the huge zero page. None when no huge zero page could be mapped."""
+    import ctypes
+    import mmap
+
+    from .. import _uapi as U
+    from ..kernel import LINUX, _sys
+    from ..kernel.pagemap import Scanner
+
+    pmd = 2 << 20
+    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    raw = _sys.mmap(0, 2 * pmd, prot, flags)
+    addr = -(-raw // pmd) * pmd
+    try:
+        _sys.madvise(addr, pmd, U.MADV_HUGEPAGE)
+        ctypes.c_char.from_address(addr).value  # noqa: B018 (a read fault)
+        pm = LINUX.open_pagemap("self")
+        try:
+            huge, zero = int(U.PageCategory.HUGE), int(U.PageCategory.PFNZERO)
+            got = Scanner(4)(pm, addr, addr + pmd, return_mask=huge | zero).regions
+        finally:
+            LINUX.close(pm)
+        if not len(got) or not int(got[0, 2]) & huge:
+            return None
+        return bool(int(got[0, 2]) & zero)
+    finally:
+        _sys.munmap(raw, 2 * pmd)
 
 
 def running() -> Profile:
@@ -142,7 +209,8 @@ def running() -> Profile:
         "name": "running", "release": release, "thp": mode, "thp_zero_page": zero,
         "soft_dirty": f.backends["soft-dirty"].usable,
         "wp_unpopulated": f.mechanisms["WP_UNPOPULATED"].usable,
-        "readahead_pages": _readahead_pages(tempfile.gettempdir())}
+        "readahead_pages": _readahead_pages(tempfile.gettempdir()),
+        **{field: _version(release) >= since for field, since in SINCE.items()}}
     async_ = f.mechanisms["WP_ASYNC"].usable
     if async_:
         # the PMD-hole fix builds on the pte_none one (its patch names it a prerequisite)
@@ -151,7 +219,10 @@ def running() -> Profile:
             scan_pte_none_written=fixed, scan_pmd_hole_written=fixed,
             category_soft_dirty=f.mechanisms["PAGE_IS_SOFT_DIRTY"].usable,
             category_guard=f.mechanisms["PAGE_IS_GUARD"].usable,
-            **{field: _version(release) >= since for field, since in SINCE.items()})
+            mremap_clears_uffd_wp=_probe_mremap_clears_uffd_wp())
+        pfnzero = _probe_huge_zero_pfnzero() if mode != "never" and zero else None
+        changes["huge_zero_pfnzero"] = _version(release) >= (6, 16) if pfnzero is None \
+            else pfnzero
     return PROFILES["6.18" if async_ else "6.1"].replace(**changes)
 
 

@@ -23,8 +23,8 @@ Kernel facts modelled here, with their source:
   entries lose the bit (dup_userfaultfd, copy_present_pte); anon PTEs of both become
   read-only (COW); shared mappings are not copied (lazy fault in the child);
 * mremap moves entries, sets soft-dirty on moved present/swap entries (move_soft_dirty_pte),
-  resets the uffd context of the moved VMA without EVENT_REMAP and, since 6.13, clears the
-  moved uffd-wp bits and markers (CVE-2025-21696);
+  resets the uffd context of the moved VMA without EVENT_REMAP and, since 6.13 (and 6.12.y),
+  clears the moved uffd-wp bits and markers (CVE-2025-21696);
 * shmem/file reclaim unmaps the PTE (a marker when it was uffd-wp); the page stays in the page
   cache (or shmem swap); PTE soft-dirty is lost (pagemap.rst).
 """
@@ -339,7 +339,11 @@ class Mm:
     def split_huge(self, k: int) -> None:
         t = self.pt.get(k)
         if t is not None and t.huge:
-            t.huge = False  # __split_huge_pmd_locked copies the PMD bits to all 512 PTEs
+            # __split_huge_pmd_locked copies the PMD bits to all 512 PTEs; since 6.3 a dirty
+            # PMD makes them pte_mkdirty, which sets _PAGE_SOFT_DIRTY too on x86
+            t.huge = False
+            if self.profile.thp_split_mkdirty:
+                t.fl[(t.fl & D) != 0] |= np.uint8(SD)
             self.c.thp_splits += 1
 
     def uses_markers(self, v: Vma) -> bool:
