@@ -215,6 +215,29 @@ def test_exactly_the_written_pages(region) -> None:
 
 
 @pytestmark_sd
+@pytest.mark.parametrize("method", ["scan", "pagemap"])
+def test_both_read_paths_report_the_written_pages(region, method: str) -> None:
+    """PAGE_IS_SOFT_DIRTY through PAGEMAP_SCAN (6.8+) and bit 55 of the pagemap file: the
+    same pages, present or not, and nothing else."""
+    if method == "scan" and not sd.scan_supported():
+        pytest.skip("PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY needs Linux 6.8")
+    r = region(64)
+    for i in range(0, 64, 2):
+        r.write(i)  # present, half of them
+    b = sd.SoftDirtyBackend(method=method)
+    try:
+        b.add(span(r))
+        assert written(b) == set()
+        for i in (1, 2, 30, 31, 63):  # never-touched and populated pages
+            r.write(i, 7)
+        got = b.collect()
+        assert pages_of(got) == r.pages([1, 2, 30, 31, 63]) and got.reasons == ()
+        assert written(b) == set()
+    finally:
+        b.close()
+
+
+@pytestmark_sd
 def test_never_touched_pages_are_reported_on_first_write(region) -> None:
     r = region(32)  # not populated: holes, clean after the reset of add()
     b = sd.SoftDirtyBackend()
