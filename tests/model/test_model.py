@@ -283,6 +283,20 @@ def test_cli_compare_table_and_list(capsys) -> None:
     assert "fault-time-sync" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("columns", [80, 200])
+def test_cli_compare_fits_the_terminal(capsys, monkeypatch, columns: int) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert _cli("compare", "-w", "sparse", "-d", "uffd-async", "-d", "uffd-sync-unpop",
+                "--examples", "0") == 0
+    out = capsys.readouterr().out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= columns
+    tables = out.count("kernel profile")
+    assert tables == (1 if columns == 200 else 3)
+    for header in ("written", "false −", "tracking", "replica", "snapshot"):
+        assert header in out  # every metric is shown, whatever the width
+    assert out.count("uffd-sync-unpop") == tables  # the design column in every table
+
+
 def test_cli_rejects_unknown_names() -> None:
     with pytest.raises(writewatch.WriteWatchError):
         _cli("compare", "-d", "nope")

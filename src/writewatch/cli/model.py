@@ -61,20 +61,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """Designs as rows: the design column never wraps or truncates (rich when installed)."""
+    """Designs as rows: the design column never wraps or truncates (rich when installed).
+    When the metric columns do not fit the terminal, they are split over several tables,
+    each with the design column."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         table(title, columns, rows)
         return
-    t = Table(title=title, title_justify="left")
-    for i, c in enumerate(columns):
-        t.add_column(c, no_wrap=i == 0, justify="left" if i == 0 else "right",
-                     overflow="fold")
-    for r in rows:
-        t.add_row(*r)
-    Console(soft_wrap=False).print(t)
+    console = Console(soft_wrap=False)
+
+    def width(i: int) -> int:  # cell text + padding + border; "n/a: why" cells may fold
+        cells = [r[i] for r in rows if not r[i].startswith("n/a")]
+        return max(*(len(x) for x in columns[i].split("\n")), *map(len, cells)) + 3
+
+    groups: list[list[int]] = [[]]
+    used = width(0) + 1
+    for i in range(1, len(columns)):
+        if groups[-1] and used + width(i) > console.width:
+            groups.append([])
+            used = width(0) + 1
+        groups[-1].append(i)
+        used += width(i)
+    for n, group in enumerate(groups, 1):
+        part = f" ({n}/{len(groups)})" if len(groups) > 1 else ""
+        t = Table(title=title + part, title_justify="left")
+        for i in (0, *group):
+            t.add_column(columns[i], no_wrap=i == 0, justify="left" if i == 0 else "right",
+                         overflow="fold")
+        for r in rows:
+            t.add_row(*(r[i] for i in (0, *group)))
+        console.print(t)
 
 
 def _cell(m: Any, col: Any) -> str:
