@@ -137,6 +137,13 @@ def test_attach_to_a_missing_process_is_a_clear_error(process_tracking) -> None:
     assert "999999999" in p.stderr and "Traceback" not in p.stderr
 
 
+def _intervals_printed(text: str) -> int:
+    """Complete interval lines after the --no-live header line ("t(s) pages ...")."""
+    rows = text.split("\n")[:-1]
+    head = next((i for i, r in enumerate(rows) if r.split()[:1] == ["t(s)"]), None)
+    return 0 if head is None else len(rows) - head - 1
+
+
 def test_ctrl_c_on_attach_prints_the_summary_and_leaves_the_target_running(
         process_tracking, tmp_path) -> None:
     import signal
@@ -148,12 +155,27 @@ def test_ctrl_c_on_attach_prints_the_summary_and_leaves_the_target_running(
                 break
             time.sleep(0.02)
         out = tmp_path / "s.json"
-        mon = subprocess.Popen([sys.executable, "-c", _MAIN, "attach", str(target.pid),
-                                "--interval", "0.1", "--no-live", "--json", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
-        mon.send_signal(signal.SIGINT)
-        stdout, stderr = mon.communicate(timeout=60)
+        lines, errs = tmp_path / "stdout", tmp_path / "stderr"
+        with lines.open("w") as o, errs.open("w") as e:
+            mon = subprocess.Popen([sys.executable, "-c", _MAIN, "attach", str(target.pid),
+                                    "--interval", "0.1", "--no-live", "--json", str(out)],
+                                   stdout=o, stderr=e)
+        try:
+            # ^C once the monitor samples (a header line, then one line per interval), not
+            # while it still starts up: interpreter and imports take seconds on a slow machine
+            deadline = time.monotonic() + 120
+            while _intervals_printed(lines.read_text()) < 3:
+                assert mon.poll() is None, errs.read_text()
+                assert time.monotonic() < deadline, "no 3 intervals in 120 s: " + \
+                    errs.read_text()
+                time.sleep(0.05)
+            mon.send_signal(signal.SIGINT)
+            mon.wait(timeout=60)
+        finally:
+            if mon.poll() is None:
+                mon.kill()
+                mon.wait()
+        stdout, stderr = lines.read_text(), errs.read_text()
         assert mon.returncode == 0, stderr
         assert "ended: interrupted" in stdout
         doc = json.loads(out.read_text())

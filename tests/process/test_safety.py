@@ -7,10 +7,12 @@ every system-call result for its whole run while trackers are started and killed
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,16 +21,101 @@ from writewatch.kernel import ptrace as P
 
 pytestmark = pytest.mark.usefixtures("uffd_async")
 
-TRACKER = """
-import sys, time
+# Imports once, then forks one tracker per "go PID" line: a fresh interpreter per kill would
+# spend its time importing (seconds on a slow machine) instead of attaching. A forked tracker
+# prints "attached PID SECONDS" once attach() returned, then collects until killed. The
+# server is a child subreaper: the ptrace helper of a killed tracker (which may not even have
+# seized the target yet) is reparented to it, and "reap PID" answers once the tracker and
+# every such helper have exited, so nothing can still trace the target afterwards.
+TRACKERS = """
+import ctypes, os, sys, time, traceback
 import writewatch.process as p
-pid = int(sys.argv[1])
-print("ready", flush=True)
-t = p.attach(pid)
-while True:
-    t.collect()
-    time.sleep(0.002)
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
+    raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+def say(*words):  # one write per line: the forked trackers share the pipe
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+say("ready")
+for line in sys.stdin:
+    word, arg = line.split()
+    if word == "go":
+        child = os.fork()
+        if child == 0:
+            try:
+                t0 = time.monotonic()
+                t = p.attach(int(arg))
+                say("attached", os.getpid(), time.monotonic() - t0)
+                while True:
+                    t.collect()
+                    time.sleep(0.002)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(1)
+        say("forked", child)
+    elif word == "reap":
+        status = os.waitpid(int(arg), 0)[1]
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+        say("reaped", arg, status)
 """
+
+
+class _Lines:
+    """The stdout lines of a child, read by a thread so that every wait has a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.other: list[str] = []  # lines skipped by expect()
+        self._q: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._q.put(line)
+        self._q.put("")
+
+    def expect(self, word: str, timeout: float = 120.0) -> list[str]:
+        """The next line starting with ``word``, split."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._q.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {word!r} line within {timeout:.0f} s; "
+                                     f"other output: {self.other}") from None
+            if not line:
+                raise AssertionError(f"ended (status {self.proc.wait()}) before a {word!r} "
+                                     f"line; other output: {self.other}")
+            parts = line.split()
+            if parts[:1] == [word]:
+                return parts
+            self.other.append(line)
+
+    def close(self) -> None:
+        """Kill and reap the child, close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        # a helper forked by the tracker holds the pipe until it has restored the target
+        self._thread.join(30)
+        if not self._thread.is_alive():
+            self.proc.stdout.close()
+
+
+def _end(target: subprocess.Popen[str] | None) -> None:
+    if target is not None and target.poll() is None:
+        target.kill()
+        target.wait()
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -48,7 +135,7 @@ def _uffds(pid: int) -> list[str]:
     return out
 
 
-def _released(pid: int, timeout: float = 5.0) -> bool:
+def _released(pid: int, timeout: float = 30.0) -> bool:
     """No tracer, no ptrace stop, no userfaultfd left in the target."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -72,34 +159,57 @@ def _status_of_thread(pid: int, tid: int) -> dict[str, str]:
 
 
 def test_tracker_sigkilled_at_random_points(writer_bin: str) -> None:
-    seconds = 10.0
-    target = subprocess.Popen([writer_bin, "selfcheck", "512", str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    server = _Lines(subprocess.Popen([sys.executable, "-c", TRACKERS], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=env))
+    target: subprocess.Popen[str] | None = None
     try:
+        server.expect("ready")  # imported before the target's clock starts
+        seconds = 10.0
+        started = time.monotonic()
+        target = subprocess.Popen([writer_bin, "selfcheck", "512", str(seconds)],
+                                  stdout=subprocess.PIPE, text=True)
         assert target.stdout.readline().startswith("ready")
         rng = random.Random(4)
-        kills = 0
-        deadline = time.monotonic() + seconds - 2.5
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        while time.monotonic() < deadline:
-            tr = subprocess.Popen([sys.executable, "-c", TRACKER, str(target.pid)],
-                                  stdout=subprocess.PIPE, text=True, env=env)
-            assert tr.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0, 0.06))  # attach takes ~20-40 ms: hits every phase
-            tr.send_signal(signal.SIGKILL)
-            tr.wait()
-            tr.stdout.close()
+        kills, longest, span = 0, 0.0, 0.0
+        out = None
+        # each iteration must be over (tracker killed, target checked) before the target's
+        # self-check ends by itself
+        while time.monotonic() + 2 * longest + 1.0 < started + seconds:
+            t0 = time.monotonic()
+            server.proc.stdin.write(f"go {target.pid}\n")
+            child = int(server.expect("forked")[1])
+            if not span:
+                # the first tracker is killed once attached, while collecting; its attach
+                # time sets the range of the later kill points, so that they cover every
+                # phase of attach at this machine's speed (~20-40 ms on a desktop)
+                span = max(0.06, 1.5 * float(server.expect("attached")[2]))
+                time.sleep(0.05)
+            else:
+                time.sleep(rng.uniform(0, span))
+            os.kill(child, signal.SIGKILL)
+            server.proc.stdin.write(f"reap {child}\n")
+            status = int(server.expect("reaped")[2])
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
+                f"the tracker failed before it was killed (target status {target.poll()}): " \
+                f"{server.other}"
             kills += 1
-            assert target.poll() is None, "the target died"
+            if target.poll() is not None:
+                out = target.communicate()[0]
+                # an exit is the self-check's own end only once its time is up, with PASS
+                assert time.monotonic() - started >= seconds, \
+                    f"the target died at kill {kills}: status {target.returncode}, {out!r}"
+                break
             assert _released(target.pid), "the target was left traced, stopped or with a uffd"
-        out = target.communicate(timeout=seconds + 10)[0]
+            longest = max(longest, time.monotonic() - t0)
+        if out is None:
+            out = target.communicate(timeout=seconds + 60)[0]
         assert target.returncode == 0, out
         assert out.startswith("PASS"), out
         assert kills >= 3
     finally:
-        if target.poll() is None:
-            target.kill()
-            target.wait()
+        server.close()
+        _end(target)
 
 
 STOPPED_THEN_KILLED = """
@@ -108,33 +218,41 @@ from writewatch.kernel import inject
 def hold(fd):
     print("stopped", flush=True)
     time.sleep(60)
-inject.steal_userfaultfd(int(sys.argv[1]), while_stopped=hold)
+print("ready", flush=True)
+inject.steal_userfaultfd(int(sys.stdin.readline()), while_stopped=hold)
 """
 
 
 def test_tracker_killed_while_target_stopped(writer_bin: str) -> None:
     """The widest window: every thread of the target stopped, one with injected registers
     history, the descriptor created; the caller dies. The helper resumes the target."""
-    target = subprocess.Popen([writer_bin, "selfcheck", "64", "1.5"],
-                              stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    started = time.monotonic()
+    tr = _Lines(subprocess.Popen([sys.executable, "-c", STOPPED_THEN_KILLED],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 bufsize=1, env=env))
+    target: subprocess.Popen[str] | None = None
     try:
+        tr.expect("ready")  # imported: it steals as soon as it reads the pid
+        # The target must still run at the release check, after the steal and the helper's
+        # restore (~0.1 s on a desktop, ~1 s in a TCG guest): they slow down with the
+        # machine, as the tracker's start-up did (~0.4 s and ~10 s).
+        seconds = 1.5 + (time.monotonic() - started)
+        target = subprocess.Popen([writer_bin, "selfcheck", "64", f"{seconds:.2f}"],
+                                  stdout=subprocess.PIPE, text=True)
         assert target.stdout.readline().startswith("ready")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        tr = subprocess.Popen([sys.executable, "-c", STOPPED_THEN_KILLED, str(target.pid)],
-                              stdout=subprocess.PIPE, text=True, env=env)
-        assert tr.stdout.readline().strip() == "stopped"
+        tr.proc.stdin.write(f"{target.pid}\n")
+        tr.expect("stopped")
         states = {P.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
         assert states == {"t"}, states  # really stopped, all threads
-        tr.kill()
-        tr.wait()
-        tr.stdout.close()
+        tr.proc.kill()
+        tr.proc.wait()
         assert _released(target.pid)
-        out = target.communicate(timeout=20)[0]
+        out = target.communicate(timeout=seconds + 60)[0]
         assert target.returncode == 0 and out.startswith("PASS"), out
     finally:
-        if target.poll() is None:
-            target.kill()
-            target.wait()
+        tr.close()
+        _end(target)
 
 
 def test_close_leaves_target_running_unprotected(writer_bin: str) -> None:
