@@ -359,6 +359,7 @@ mkdir -p $R/dev/shm $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 hostname {hostname}
+ip link set lo up || echo "kernel_matrix: no loopback interface"
 echo "{begin_mark} {nonce} $(uname -r)"
 chroot $R /usr/bin/env -i {env} /bin/sh -c {command} </dev/null
 rc=$?

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import Driver
+from procdriver import Driver
 
 import writewatch
 from writewatch.process import ProcessCollectInfo, ProcessTracker, attach, launch

@@ -4,7 +4,7 @@ its own userfaultfd."""
 from __future__ import annotations
 
 import pytest
-from conftest import Driver
+from procdriver import Driver
 
 import writewatch
 from writewatch.process import ProcessCollectInfo, attach

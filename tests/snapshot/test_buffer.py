@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from memutil import PAGE, RW, Region
 from snaphelp import rand_bytes, store
@@ -55,7 +55,10 @@ def apply(r: Region, kind: str, first: int, n: int, arg: int) -> None:
     elif kind == "dontneed":
         _sys.madvise(addr, length, MADV_DONTNEED)
     elif kind == "mremap":
-        # move the pages away and back: same bytes, new VMA
+        # move the pages away and back: same bytes, new VMA. mremap cannot span VMAs (EFAULT),
+        # and earlier ops may have split the region (madvise flags, a remap that cannot merge)
+        vma = next(m for m in procfs.read_maps() if m.start <= addr < m.end)
+        length = min(length, vma.end - addr)
         tmp = _sys.mmap(0, length, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         _sys.mremap(addr, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, tmp)
         _sys.mremap(tmp, length, length, MREMAP_MAYMOVE | MREMAP_FIXED, addr)
@@ -71,6 +74,10 @@ def apply(r: Region, kind: str, first: int, n: int, arg: int) -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# found by hypothesis: NOHUGEPAGE splits the VMA, the remapped page cannot merge back, so the
+# mremap of two pages would span two VMAs
+@example(ops=[("thp", (1, 1), 0), ("remap", (614, 1), 0), ("mremap", (614, 2), 0)],
+         zstd=False, chunk=PAGE)
 @given(ops=st.lists(op, min_size=1, max_size=8), zstd=st.booleans(),
        chunk=st.sampled_from([PAGE, 16 * PAGE, 1 << 20]))
 def test_random_workload_every_snapshot_restores(tmp_path_factory, ops, zstd, chunk):
