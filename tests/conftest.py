@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from memutil import Region, require_uffd_async
+
+# The same examples on every run, so that a CI result can be reproduced; search new ones with
+# `python -m pytest --hypothesis-profile explore` (and turn a failure into an @example).
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture
