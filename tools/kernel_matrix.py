@@ -473,7 +473,7 @@ def qemu_argv(kernel_dir: Path, initrd: Path, memory: str, smp: int, accel: str)
 
 
 def boot(spec: KernelSpec, argv: Sequence[str], *, cwd: str | None = None,
-         env: dict[str, str] | None = None, timeout: float = 2400, memory: str = "2G",
+         env: dict[str, str] | None = None, timeout: float = 2400, memory: str = "4G",
          smp: int = 2, accel: str = "tcg", echo: bool = True) -> GuestResult:
     """Boot ``spec`` and run ``argv`` in the host root inside it."""
     ensure_host_tools()
@@ -581,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--kernel", default="debian-6.1", help="kernel to boot (see `list`)")
         p.add_argument("--timeout", type=float, default=2400, help="seconds (default 2400)")
-        p.add_argument("--memory", default="2G", help="guest memory (default 2G)")
+        p.add_argument("--memory", default="4G", help="guest memory (default 4G)")
         p.add_argument("--smp", type=int, default=2, help="guest CPUs (default 2)")
         p.add_argument("--accel", default="tcg", choices=("tcg", "kvm"),
                        help="tcg (default, works everywhere) or kvm")
