@@ -6,7 +6,9 @@ sections 1.7-1.9, 2.5, 3 and 5.1).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass
@@ -132,8 +134,6 @@ SINCE: dict[str, tuple[int, int]] = {
 def _probe_mremap_clears_uffd_wp() -> bool:
     """CVE-2025-21696 (6.13, in 6.12.y too: seen on Debian's 6.12.95): a page moved by mremap
     out of a uffd-wp range loses the uffd-wp bit (pagemap bit 57 of the destination)."""
-    import mmap
-
     from .. import _uapi as U
     from ..backends.uffd_async import open_uffd
     from ..kernel import LINUX, _sys
@@ -145,7 +145,6 @@ def _probe_mremap_clears_uffd_wp() -> bool:
     dst = _sys.mmap(0, ps, 0, flags)  # a PROT_NONE placeholder to move onto
     uffd = open_uffd()
     try:
-        import ctypes
         ctypes.memset(src, 1, ps)
         LINUX.uffdio_register(uffd, src, ps, U.UffdRegisterMode.WP)
         LINUX.uffdio_writeprotect(uffd, src, ps, U.UffdWriteprotectMode.WP)
@@ -167,9 +166,6 @@ def _probe_mremap_clears_uffd_wp() -> bool:
 def _probe_huge_zero_pfnzero() -> bool | None:
     """4a5e85f4eb8f (6.16, in 6.12.y too: seen on Debian's 6.12.95): PAGEMAP_SCAN reports
     PAGE_IS_PFNZERO for the huge zero page. None when no huge zero page could be mapped."""
-    import ctypes
-    import mmap
-
     from .. import _uapi as U
     from ..kernel import LINUX, _sys
     from ..kernel.pagemap import Scanner
