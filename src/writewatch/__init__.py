@@ -16,6 +16,7 @@ from .errors import (
     NoSuchProcess,
     PermissionDenied,
     TrackerClosed,
+    TrackerForked,
     Unsupported,
     WriteWatchError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "Target",
     "Tracker",
     "TrackerClosed",
+    "TrackerForked",
     "Unsupported",
     "WriteWatchError",
     "__version__",

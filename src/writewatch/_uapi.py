@@ -41,8 +41,10 @@ def _IOWR(typ: int, nr: int, size: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Syscall numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h
 _SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"userfaultfd": 323, "pidfd_open": 434, "pidfd_getfd": 438, "process_madvise": 440},
-    "aarch64": {"userfaultfd": 282, "pidfd_open": 434, "pidfd_getfd": 438, "process_madvise": 440},
+    "x86_64": {"userfaultfd": 323, "kcmp": 312, "pidfd_open": 434, "pidfd_getfd": 438,
+               "process_madvise": 440},
+    "aarch64": {"userfaultfd": 282, "kcmp": 272, "pidfd_open": 434, "pidfd_getfd": 438,
+                "process_madvise": 440},
 }
 MACHINE = platform.machine()
 NR: dict[str, int] = _SYSCALLS.get(MACHINE, {})

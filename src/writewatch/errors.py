@@ -127,6 +127,13 @@ class TrackerClosed(WriteWatchError):
     __module__ = "writewatch"
 
 
+class TrackerForked(WriteWatchError):
+    """The tracker was inherited through ``fork()``: it acts on the parent's memory, so the
+    child may not use it. Create a new tracker in the child."""
+
+    __module__ = "writewatch"
+
+
 class NoSuchProcess(WriteWatchError, ProcessLookupError):
     """The target process does not exist (any more)."""
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
+import os
 import threading
 import warnings
 import weakref
@@ -15,7 +17,7 @@ import numpy as np
 
 from . import errors
 from .backends.base import REGISTRY, Backend, Collected, Span
-from .kernel import LINUX, KernelCalls
+from .kernel import LINUX, KernelCalls, forking
 from .pages import Pages
 
 __all__ = ["CollectInfo", "PartialPageWarning", "Target", "Tracker", "track", "zeros"]
@@ -115,6 +117,7 @@ def resolve_target(obj: Any, page_size: int) -> Target:
 
 
 def check_overlap(targets: list[Target]) -> None:
+    """Refuse overlapping targets (sorted once: O(n log n))."""
     order = sorted(targets, key=lambda t: t.start)
     for a, b in itertools.pairwise(order):
         if b.start < a.end:
@@ -147,6 +150,24 @@ def _warn_partial(targets: list[Target], page_size: int) -> None:
                 PartialPageWarning, stacklevel=3)
 
 
+# -- fork safety ------------------------------------------------------------------------------
+#: every tracker of this process, so that a fork()ed child can disown them (below)
+_live: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def _disown_all() -> None:
+    """In a fork()ed child: every tracker acts on the *parent's* memory. The child must
+    neither collect (it would re-arm the parent's pages: the parent would miss those writes)
+    nor unregister at exit: its trackers are disowned, their descriptors closed, and any use
+    raises :class:`writewatch.TrackerForked`."""
+    for t in list(_live):
+        with contextlib.suppress(Exception):
+            t._forget()
+
+
+forking.in_child(_disown_all)
+
+
 class Tracker:
     """Tracks writes to a set of targets. Create with :func:`track` (own memory),
     :func:`writewatch.attach` or :func:`writewatch.launch` (another process).
@@ -156,16 +177,30 @@ class Tracker:
     """
 
     def __init__(self, backend: Backend, targets: Iterable[Target] = ()) -> None:
+        self._setup(backend.page_size)
         self._backend = backend
-        self._lock = threading.RLock()
         self._targets: list[Target] = []
-        self._last = CollectInfo(Pages((), backend.page_size))
+        self._shared: _SharedSpans | None = None
         self._finalizer = weakref.finalize(self, backend.close)
         try:
             self._add(list(targets))
         except BaseException:
             self.close()
             raise
+
+    def _setup(self, page_size: int) -> None:
+        """State every tracker has: its lock, its owner process, its last result."""
+        self._lock = threading.RLock()
+        self._owner = os.getpid()
+        self._page_size = page_size
+        self._last = CollectInfo(Pages((), page_size))
+        _live.add(self)
+
+    def _forget(self) -> None:
+        """In a fork()ed child: close the descriptors, touch no memory (see
+        :func:`_after_fork_in_child`)."""
+        self._finalizer.detach()
+        self._backend.forget()
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -175,7 +210,7 @@ class Tracker:
 
     @property
     def page_size(self) -> int:
-        return self._backend.page_size
+        return self._page_size
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -214,15 +249,20 @@ class Tracker:
             ps = self.page_size
             check_overlap(self._targets + new)
             added: list[Span] = []
+            maps = self._backend.kernel.read_maps(self._backend.pid)
             try:
-                for s in new_spans(self._backend.spans, new, ps):
-                    self._backend.add(s)
-                    added.append(s)
+                with self._backend.layout(maps):
+                    for s in new_spans(self._backend.spans, new, ps):
+                        self._backend.add(s)
+                        added.append(s)
             except BaseException:
                 for s in added:
                     self._backend.remove(s)
                 raise
             self._targets.extend(new)
+            shared = _SharedSpans.of(added, maps, ps)
+            if shared is not None:
+                self._shared = shared if self._shared is None else self._shared.merge(shared)
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
         """Pages written since tracking started or since the last reset.
@@ -237,6 +277,8 @@ class Tracker:
         with self._lock:
             self._check_open()
             got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
+            if self._shared is not None:
+                got = self._shared.check(got, self._backend.spans, reset)
             ps = self.page_size
             pages = Pages.from_kernel(got.written, ps)
             if len(got.conservative) or got.reasons or self._last.conservative \
@@ -252,9 +294,13 @@ class Tracker:
             self._targets.clear()
 
     def _check_open(self) -> None:
-        if self._backend.closed:
+        if os.getpid() != self._owner:
+            raise errors.TrackerForked(
+                f"this tracker belongs to process {self._owner}: it was inherited through "
+                "fork and acts on that process's memory", hint="create a new tracker here")
+        if self.closed:
             raise errors.TrackerClosed("this tracker is closed",
-                                       hint="create a new one with writewatch.track()")
+                                       hint="create a new tracker")
 
     def __enter__(self) -> Tracker:
         return self
@@ -267,15 +313,91 @@ class Tracker:
         return f"<Tracker {self.backend} {state}>"
 
 
-def zeros(shape: int | tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+def zeros(shape: int | tuple[int, ...], dtype: Any = np.uint8, *,
+          shared: bool = False) -> np.ndarray:
     """A zero-filled numpy array on pages of its own (an anonymous ``mmap``): page aligned, so
-    tracking it reports its pages only. Its pages are not populated until touched."""
+    tracking it reports its pages only. Its pages are not populated until touched.
+
+    ``shared``: map it ``MAP_SHARED`` (children forked later then write the same memory).
+    Costlier to track: shared memory can change without a write through this process's page
+    tables (a child's writes, hole punching), so each collect also checks for that."""
     dt = np.dtype(dtype)
     n = int(np.prod(shape)) * dt.itemsize
-    mem = mmap.mmap(-1, max(n, 1))
+    flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+    mem = mmap.mmap(-1, max(n, 1), flags=flags)
     return np.frombuffer(mem, dt, count=int(np.prod(shape))).reshape(shape)
 
 
+class _SharedSpans:
+    """The tracked spans of this process that are MAP_SHARED memory, and what could write
+    them unseen: a child forked since the last collect (its page tables are its own; this
+    process's PTEs keep their uffd-wp bit), a child that exited meanwhile (its count of
+    faults joins ours when it is reaped: /proc/self/stat cminflt), or another process that
+    maps the object now. Any of these reports the affected spans whole."""
+
+    def __init__(self, spans: dict[Span, tuple[str, int]], path: dict[tuple[str, int], str],
+                 page_size: int) -> None:
+        self.spans = spans  # span -> object key (dev, inode)
+        self.paths = path
+        self.page_size = page_size
+        self.forks = forking.others()
+        self.cminflt = self._cminflt()
+        from .process.shared import SharerScan
+        self.scan = SharerScan()
+
+    @classmethod
+    def of(cls, spans: Iterable[Span], maps: Iterable[Any], page_size: int
+           ) -> _SharedSpans | None:
+        shared = [m for m in maps if m.shared and m.inode]
+        found: dict[Span, tuple[str, int]] = {}
+        paths: dict[tuple[str, int], str] = {}
+        for s in spans:
+            for m in shared:
+                if m.start < s.end and s.start < m.end:
+                    found[s] = (m.dev, m.inode)
+                    paths[(m.dev, m.inode)] = m.path
+        return cls(found, paths, page_size) if found else None
+
+    def merge(self, other: _SharedSpans) -> _SharedSpans:
+        self.spans.update(other.spans)
+        self.paths.update(other.paths)
+        return self
+
+    @staticmethod
+    def _cminflt() -> int:
+        from .kernel import procfs
+        st = procfs.read_stat(os.getpid())
+        return st.cminflt if st is not None else 0
+
+    def check(self, got: Collected, live: Iterable[Span], reset: bool) -> Collected:
+        from .process.shared import ObjectKey, kind
+        alive = set(live)
+        spans = {s: k for s, k in self.spans.items() if s in alive}
+        if not spans:
+            return got
+        why = []
+        forks, cminflt = forking.others(), self._cminflt()
+        children = forks != self.forks or cminflt != self.cminflt
+        if forks != self.forks:
+            why.append(f"{forks - self.forks} fork(s) of this process since the last collect")
+        if cminflt != self.cminflt:
+            why.append("a child of this process exited since the last collect")
+        if reset:
+            self.forks, self.cminflt = forks, cminflt
+        objects = {ObjectKey(*k): kind(self.paths[k]) for k in set(spans.values())}
+        sharers = self.scan.scan(objects, set())
+        hit = {(s.key.dev, s.key.inode) for s in sharers}
+        if sharers:
+            why.append("mapped writable by pid " +
+                       ", ".join(sorted({str(s.pid) for s in sharers})))
+        whole = [s for s, k in spans.items() if children or k in hit]
+        if not whole:
+            return got
+        arr = np.array([[s.start, s.end] for s in whole], np.uint64)
+        reason = (f"{len(whole)} MAP_SHARED span(s) may have been written by another process "
+                  f"({'; '.join(why)}): reported whole")
+        return Collected(np.concatenate([got.written, arr]),
+                         np.concatenate([got.conservative, arr]), (*got.reasons, reason))
 def _pick_backend(name: str) -> str:
     if name != "auto":
         return name

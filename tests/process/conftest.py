@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procdriver import Driver
+from procdriver import Driver, TreeDriver
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 
@@ -23,6 +23,28 @@ def writer_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run([cc, "-O1", "-Wall", "-pthread", "-o", str(out),
                     str(TARGETS / "writer.c")], check=True)
     return str(out)
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip(f"no C compiler (cc) to build tests/targets/{name}.c")
+    out = tmp_path_factory.mktemp("targets") / name
+    subprocess.run([cc, "-O1", "-Wall", "-pthread", "-o", str(out),
+                    str(TARGETS / f"{name}.c")], check=True)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tree_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _build(tmp_path_factory, "tree")
+
+
+@pytest.fixture
+def tree_target(tree_bin: str) -> Iterator[TreeDriver]:
+    d = TreeDriver.popen([tree_bin, "tree", "64"])
+    yield d
+    d.close()
 
 
 @pytest.fixture

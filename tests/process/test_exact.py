@@ -67,8 +67,9 @@ def test_launch_exact_from_the_first_instruction(writer_bin: str) -> None:
         assert isinstance(info, ProcessCollectInfo)
         stack = [m for m in info.mappings if m.label == "stack"]
         assert stack and len(first.clip(stack[0].start, stack[0].end)) > 0
-        # the buffer was mapped after exec: new, reported whole, flagged conservative
-        assert d.base in first and d.base in info.conservative
+        # the buffer was mapped after exec and never written: a new mapping is classified by
+        # what the arming scan saw in it, so it is not reported, and nothing is conservative
+        assert d.base not in first and len(info.conservative) == 0, info.reasons
         r = _intervals(t, d, 20, seed=3)
         assert r["extras_in_buffer"] == 0, r
         d.close()

@@ -8,12 +8,14 @@ buffers: :mod:`writewatch.tracker` turns targets into spans.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..kernel import LINUX, KernelCalls
+from ..kernel import LINUX, KernelCalls, Mapping
 
 
 class Span(NamedTuple):
@@ -64,6 +66,24 @@ class Backend(abc.ABC):
         self.spans: list[Span] = []
         self.stats = BackendStats()
         self.closed = False
+        #: /proc/PID/maps as the caller just read it (see :meth:`layout`)
+        self.given_maps: Sequence[Mapping] | None = None
+
+    @contextlib.contextmanager
+    def layout(self, maps: Sequence[Mapping]) -> Iterator[None]:
+        """Use ``maps`` (the target's /proc/PID/maps, just read) instead of reading it again
+        for every span added or collected meanwhile."""
+        self.given_maps = maps
+        try:
+            yield
+        finally:
+            self.given_maps = None
+
+    def read_maps(self) -> Sequence[Mapping]:
+        """The target's mappings: the ones given through :meth:`layout`, or read now."""
+        if self.given_maps is not None:
+            return self.given_maps
+        return self.kernel.read_maps(self.pid)
 
     @abc.abstractmethod
     def add(self, span: Span) -> None:
@@ -102,6 +122,16 @@ class Backend(abc.ABC):
 
     def _release(self) -> None:  # noqa: B027 (optional hook)
         """Release descriptors and helpers (after every span was removed)."""
+
+    def forget(self) -> None:
+        """In a fork()ed child: close this process's copies of the descriptors without
+        touching the memory they act on (the parent's) and without telling any helper."""
+        self.closed = True
+        self.spans.clear()
+        self._forget()
+
+    def _forget(self) -> None:  # noqa: B027 (optional hook)
+        """Close the descriptors only (see :meth:`forget`)."""
 
 
 #: name -> backend class, filled by the backend modules

@@ -428,7 +428,7 @@ class SoftDirtyBackend(Backend):
                 raise errors.InvalidTarget(
                     f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
                     f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
-        maps = self.kernel.read_maps(self._target)
+        maps = self.read_maps()
         if not _mapped_parts(maps, span):
             raise errors.InvalidTarget(
                 f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
@@ -590,7 +590,7 @@ class SoftDirtyBackend(Backend):
             if extra is not None:
                 pairs.append((self, extra))
             if maps is None:
-                maps = self.kernel.read_maps(self._target)
+                maps = self.read_maps()
             sd_vmas = self._vm_softdirty() if self.vmflags and pairs else None
             states = self._read([s for _, s in pairs], clear=True)
             mine: dict[Span, _Eval] = {}
@@ -620,7 +620,7 @@ class SoftDirtyBackend(Backend):
         if reset:
             evals = self._reset_group()
         else:
-            maps = self.kernel.read_maps(self._target)
+            maps = self.read_maps()
             states = self._read(self.spans, clear=False)
             sd_vmas = (self._vm_softdirty() if self.vmflags and any(s.dirty.any() for s in states)
                        else None)
@@ -664,6 +664,13 @@ class SoftDirtyBackend(Backend):
         self.stats.pages_reported += int((out[:, 1] - out[:, 0]).sum()) // ps
         self.stats.pages_conservative += int((cons_arr[:, 1] - cons_arr[:, 0]).sum()) // ps
         return Collected(out, cons_arr, tuple(reasons))
+
+    def _forget(self) -> None:
+        self._group.members.discard(self)
+        self.kernel.close(self.pagemap)
+        if self._clear_fd >= 0:
+            _sys.close(self._clear_fd)
+            self._clear_fd = -1
 
     def _release(self) -> None:
         self._group.members.discard(self)

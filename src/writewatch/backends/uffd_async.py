@@ -6,14 +6,21 @@ PAGEMAP_SCAN call with ``PM_SCAN_WP_MATCHING`` reports the written pages and wri
 them again under the page-table lock, so a write is either in this collect or the next one
 (selftest ``transact_test``: no lost updates, duplicates allowed).
 
+A collect makes one PAGEMAP_SCAN per *run*: a maximal range of tracked spans that touch each
+other. Every scan passes ``PM_SCAN_CHECK_WPASYNC``: a VMA inside the run that is not
+registered (it replaced tracked memory) fails the whole call with EPERM instead of being
+skipped silently (fs/proc/task_mmu.c pagemap_scan_test_walk), and the run is then collected
+span by span to find it. A run never reaches over memory between spans: another
+userfaultfd's async-WP VMAs there (the target's own, another tracker's) would be re-armed by
+our scan and lose their writes.
+
 What the kernel alone could miss, and what this backend does about it:
 
 * A span remapped while tracked (``mmap(MAP_FIXED)``, ``mremap``, ``munmap``): the new VMA is
-  not registered, and PAGEMAP_SCAN with WP_MATCHING silently skips unregistered VMAs. Every
-  scan passes ``PM_SCAN_CHECK_WPASYNC`` (EPERM on an unregistered VMA), and an
-  ``msync(MS_ASYNC)`` check (ENOMEM when part of the span is unmapped) catches unmaps. Either
-  way the whole span is reported written (conservatively) and what is mapped there now is
-  registered and armed again.
+  not registered, and PAGEMAP_SCAN with WP_MATCHING silently skips unregistered VMAs. The
+  CHECK_WPASYNC EPERM above, and a mapping check per run (``msync(MS_ASYNC)`` here, the
+  maps the caller read for another process), catch it. The whole span is reported written
+  (conservatively) and what is mapped there now is registered and armed again.
 * A PMD-sized hole left by ``MADV_DONTNEED`` of a whole THP (or by CONFIG_PT_RECLAIM freeing an
   emptied PTE table) read "not written" before Kiryl Shutsemau's 2026 fix "fs/proc/task_mmu:
   fix PAGEMAP_SCAN written state for PMD holes". On kernels where the probe does not show the
@@ -27,6 +34,10 @@ What the kernel alone could miss, and what this backend does about it:
   the page tables and installs markers (change_pmd_prepare / change_pte_range).
 * ``pte_none`` after a zap reads written on the WRITTEN fast path (the path this backend uses:
   ``category_mask == return_mask == WRITTEN``) on every kernel since 6.7.
+* Memory that existed before it was tracked (:meth:`UffdAsyncBackend.adopt`: a mapping that
+  appeared in another process after it was attached) is armed by one scan that also returns
+  each page's categories at the moment it was protected; what may hold content written
+  before is derived from them (see :func:`prior_content`).
 """
 
 from __future__ import annotations
@@ -35,7 +46,8 @@ import bisect
 import errno as E
 import os
 import threading
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -48,8 +60,10 @@ from .base import Backend, Collected, Span, register
 
 WRITTEN = int(U.PageCategory.WRITTEN)
 PRESENT = int(U.PageCategory.PRESENT)
+SWAPPED = int(U.PageCategory.SWAPPED)
 FILE = int(U.PageCategory.FILE)
-_PRESENT_OR_SWAPPED = int(U.PageCategory.PRESENT | U.PageCategory.SWAPPED)
+PFNZERO = int(U.PageCategory.PFNZERO)
+_PRESENT_OR_SWAPPED = PRESENT | SWAPPED
 _EMPTY = np.empty((0, 2), np.uint64)
 
 #: Features asked of UFFDIO_API (WP_ASYNC implies WP_UNPOPULATED: fs/userfaultfd.c).
@@ -73,19 +87,23 @@ def supported_features(kernel: KernelCalls = LINUX) -> U.UffdFeature:
         return _probed[id(kernel)]
 
 
-def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None) -> int:
-    """A userfaultfd negotiated for async write-protect (or ``fd``, negotiated now)."""
+def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None, events: int = 0) -> int:
+    """A userfaultfd negotiated for async write-protect (or ``fd``, negotiated now), with the
+    non-cooperative ``events`` (``UFFD_FEATURE_EVENT_*``) on top."""
     have = supported_features(kernel)
-    missing = WANTED & ~have
-    if missing:
+    missing = (WANTED | events) & ~have
+    if missing & WANTED:
         raise errors.Unsupported(
             "userfaultfd async write-protect is not available",
             feature="UFFD_FEATURE_WP_ASYNC", since="6.7", op="UFFDIO_API")
+    if missing:
+        names = ", ".join(f"UFFD_FEATURE_{f.name}" for f in U.UffdFeature if f & missing)
+        raise errors.Unsupported(f"this kernel lacks {names}", feature=names, op="UFFDIO_API")
     own = fd is None
     if fd is None:
         fd = kernel.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
     try:
-        kernel.uffdio_api(fd, int(WANTED | (OPTIONAL & have)))
+        kernel.uffdio_api(fd, int(WANTED | events | (OPTIONAL & have)))
     except BaseException:
         if own:
             kernel.close(fd)
@@ -107,6 +125,49 @@ def _page_mask(regions: np.ndarray, span: Span, page_size: int) -> np.ndarray:
     return mask
 
 
+def prior_content(regions: np.ndarray, shared: bool) -> np.ndarray:
+    """Of ``(k, 3)`` regions with their categories at the moment they were armed, the
+    ``(m, 2)`` ranges that may hold content written before (pure).
+
+    Private memory (anonymous, or a private file mapping): a page of its own that is not the
+    zero page, resident or swapped out — a page that reads as the file's page (FILE), the
+    zero page (PFNZERO) or nothing (a hole: zero-fill on first touch) holds nothing written
+    through this mapping. Shared memory: any page touched through the mapping (resident or
+    swapped), since a read fault maps the same page a write would."""
+    cats = regions[:, 2]
+    touched = (cats & np.uint64(_PRESENT_OR_SWAPPED)) != 0
+    if not shared:
+        touched &= (cats & np.uint64(FILE | PFNZERO)) == 0
+    return np.ascontiguousarray(regions[touched, :2])
+
+
+class Run(NamedTuple):
+    """Tracked spans that touch each other: one PAGEMAP_SCAN covers them."""
+
+    start: int
+    end: int
+    spans: tuple[Span, ...]
+
+
+def make_runs(spans: Sequence[Span]) -> tuple[Run, ...]:
+    """Group spans into runs of address-contiguous spans (pure)."""
+    out: list[Run] = []
+    for s in sorted(spans, key=lambda s: s.start):
+        if out and out[-1].end == s.start:
+            last = out[-1]
+            out[-1] = Run(last.start, s.end, (*last.spans, s))
+        else:
+            out.append(Run(s.start, s.end, (s,)))
+    return tuple(out)
+
+
+class Adopted(NamedTuple):
+    """What :meth:`UffdAsyncBackend.adopt` found in memory armed late."""
+
+    prior: np.ndarray  #: ``(k, 2)`` ranges that may hold content written before arming
+    conservative: np.ndarray  #: of those, ranges reported without any sign of content
+
+
 @register
 class UffdAsyncBackend(Backend):
     """Async uffd-wp + PAGEMAP_SCAN over the memory of ``pid`` (``"self"`` or a PID).
@@ -114,20 +175,21 @@ class UffdAsyncBackend(Backend):
     ``uffd``: a userfaultfd created in the target's address space (required for another
     process; see :mod:`writewatch.process`); ``uffd_negotiated``: whether UFFDIO_API was
     already done on it. ``hole_scan``: look for PMD holes at each collect (None: only when the
-    kernel lacks the 2026 fix, see :func:`writewatch.features`)."""
+    kernel lacks the 2026 fix, see :func:`writewatch.features`). ``events``: extra
+    ``UFFD_FEATURE_EVENT_*`` bits to negotiate (EVENT_FORK: :mod:`writewatch.process`)."""
 
     name: ClassVar[str] = "uffd-async"
 
     def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
                  uffd: int | None = None, uffd_negotiated: bool = False,
-                 hole_scan: bool | None = None, batch: int = 4096) -> None:
+                 hole_scan: bool | None = None, batch: int = 4096, events: int = 0) -> None:
         super().__init__(pid, kernel)
         if uffd is None and pid not in ("self", os.getpid()):
             raise errors.InvalidTarget(
                 "tracking another process needs a userfaultfd created inside it",
                 hint="use writewatch.attach(pid) or writewatch.launch(argv)")
         self.uffd: int = uffd if uffd is not None and uffd_negotiated else \
-            open_uffd(kernel, uffd)
+            open_uffd(kernel, uffd, events)
         try:
             self.pagemap = kernel.open_pagemap(pid)
         except BaseException:
@@ -145,13 +207,69 @@ class UffdAsyncBackend(Backend):
         #: spans with file or shared memory, and their resident pages at the last collect
         self._file_backed: set[Span] = set()
         self._resident: dict[Span, tuple[np.ndarray, np.ndarray]] = {}
-        #: /proc/PID/maps, read at most once per collect (or add)
-        self._maps: tuple[Mapping, ...] | None = None
+        #: /proc/PID/maps, read at most once per collect (or given through layout())
+        self._maps: Sequence[Mapping] | None = None
         self._map_ends: list[int] = []
+        self._runs: tuple[Run, ...] | None = None
         self.own = pid in ("self", os.getpid())
 
     # -- arming ------------------------------------------------------------------------------
     def add(self, span: Span) -> None:
+        self._register_span(span)
+        try:
+            self._arm(span.start, span.end)
+            if span in self._file_backed:
+                self._resident_changes(span, update=True)
+        except BaseException:
+            self._drop(span)
+            raise
+        self._adopted(span)
+
+    def adopt(self, span: Span, shared: bool = False) -> Adopted:
+        """Start tracking memory that may have been written before: register it, arm it, and
+        say which pages may hold content written until then.
+
+        One generic-path PAGEMAP_SCAN with no category filter arms every page (holes get
+        markers through ``pagemap_scan_pte_hole``, entries through ``make_uffd_wp_pte``) and
+        returns its categories as they were when it was protected, so a write racing with the
+        arming is either seen here or caught by the protection. Before the 2026 fix
+        "fs/proc/task_mmu: fix PAGEMAP_SCAN written state for unpopulated ptes" the generic
+        path reads a ``pte_none`` entry as not written and leaves it unarmed (its category
+        has no WRITTEN): a second, WRITTEN fast-path scan then arms those and reports them,
+        conservatively (nothing shows they hold anything)."""
+        self._register_span(span)
+        try:
+            flags = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
+            first = scan_all(self.kernel.pagemap_scan, self.pagemap, span.start, span.end,
+                             batch=self.batch, flags=flags,
+                             return_mask=WRITTEN | _PRESENT_OR_SWAPPED | FILE | PFNZERO,
+                             page_size=self.page_size).regions
+            self.stats.scan_calls += 1
+            prior = prior_content(first, shared)
+            unarmed = bool(((first[:, 2] & np.uint64(WRITTEN)) == 0).any())
+            second, _ = self._scan(span.start, span.end, reset=True)
+            if span in self._file_backed:
+                self._resident_changes(span, update=True)
+        except BaseException:
+            self._drop(span)
+            raise
+        self._adopted(span)
+        cons = second if unarmed else _EMPTY
+        return Adopted(np.concatenate([prior, second]) if len(second) else prior, cons)
+
+    def inherit(self, spans: Sequence[Span]) -> None:
+        """Take ``spans`` as tracked without registering or arming them: a forked child's
+        context holds the parent's registration and uffd-wp bits (EVENT_FORK). What of them
+        is not mapped as it was is found by the next collect."""
+        self._maps = None
+        for span in spans:
+            parts = tuple(self._mapped_parts(span))
+            if parts != ((span.start, span.end),):
+                self._layout[span] = parts
+            self.spans.append(span)
+        self._runs = None
+
+    def _register_span(self, span: Span) -> None:
         self._maps = None
         for s in self.spans:
             if span.start < s.end and s.start < span.end:
@@ -165,17 +283,22 @@ class UffdAsyncBackend(Backend):
                 start=span.start, end=span.end, hint="track mapped memory")
         if parts != ((span.start, span.end),):
             self._layout[span] = parts
-        self._register(span.start, span.end)
         try:
-            self._arm(span.start, span.end)
-            if span in self._file_backed:
-                self._resident_changes(span, update=True)
+            self._register(span.start, span.end)
         except BaseException:
-            self._unregister(span.start, span.end)
             self._layout.pop(span, None)
             self._file_backed.discard(span)
             raise
+
+    def _adopted(self, span: Span) -> None:
         self.spans.append(span)
+        self._runs = None
+
+    def _drop(self, span: Span) -> None:
+        self._unregister(span.start, span.end)
+        self._layout.pop(span, None)
+        self._file_backed.discard(span)
+        self._resident.pop(span, None)
 
     def _arm(self, start: int, end: int) -> None:
         """Write-protect every page of a registered range, unpopulated ones included (what
@@ -198,6 +321,7 @@ class UffdAsyncBackend(Backend):
 
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
+        self._runs = None
         self._maps = None
         self._layout.pop(span, None)
         self._untracked.pop(span, None)
@@ -253,19 +377,24 @@ class UffdAsyncBackend(Backend):
             return Pages((), ps)
         return Pages.from_mask((before[0] & ~present) | (before[1] & ~private), span.start, ps)
 
+    def _read_maps(self) -> Sequence[Mapping]:
+        if self._maps is None or (self.given_maps is not None and
+                                  self._maps is not self.given_maps):
+            self._maps = self.read_maps()
+            self._map_ends = [m.end for m in self._maps]
+        return self._maps
+
     def _mapped_parts(self, span: Span) -> list[tuple[int, int]]:
         """What of the span is mapped now (maps read at most once per collect); notes
         whether any of it is file or shared memory."""
-        if self._maps is None:
-            self._maps = self.kernel.read_maps(self.pid)
-            self._map_ends = [m.end for m in self._maps]
+        maps = self._read_maps()
         file_backed = False
-        for m in self._maps[bisect.bisect_right(self._map_ends, span.start):]:
+        for m in maps[bisect.bisect_right(self._map_ends, span.start):]:
             if m.start >= span.end:
                 break
             file_backed |= m.inode != 0 or m.shared
         (self._file_backed.add if file_backed else self._file_backed.discard)(span)
-        return procfs.coverage(self._maps, span.start, span.end, self._map_ends)
+        return procfs.coverage(maps, span.start, span.end, self._map_ends)
 
     def _recover(self, span: Span, why: str) -> str:
         """The span's mappings changed: register and arm what is mapped there now. A part that
@@ -288,6 +417,7 @@ class UffdAsyncBackend(Backend):
             self._untracked[span] = untracked
         else:
             self._untracked.pop(span, None)
+        self._runs = None
         self._resident.pop(span, None)
         if span in self._file_backed:
             self._resident_changes(span, update=True)
@@ -295,10 +425,24 @@ class UffdAsyncBackend(Backend):
 
     def _layout_changed(self, span: Span) -> bool:
         layout = self._layout.get(span)
-        if layout is None and self.own and self.kernel.is_mapped(self.pid, span.start,
-                                                                 span.length):
+        if layout is None and self.given_maps is None and self.own and \
+                self.kernel.is_mapped(self.pid, span.start, span.length):
             return False  # msync: no /proc read on the fast path
         return tuple(self._mapped_parts(span)) != (layout or ((span.start, span.end),))
+
+    def _plain(self, span: Span) -> bool:
+        """Nothing about the span needs more than the run's one scan."""
+        return span not in self._layout and span not in self._untracked and \
+            span not in self._file_backed
+
+    def _run_mapped(self, run: Run) -> bool:
+        """Whether the whole run is still mapped: msync here (one VMA walk), the maps the
+        caller gave (or one read of them) elsewhere."""
+        if self.given_maps is None and self.own:
+            return self.kernel.is_mapped(self.pid, run.start, run.end - run.start)
+        maps = self._read_maps()
+        return procfs.coverage(maps, run.start, run.end, self._map_ends) == \
+            [(run.start, run.end)]
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
         if self.closed:
@@ -308,47 +452,85 @@ class UffdAsyncBackend(Backend):
         reasons: list[str] = []
         budget = max_pages
         self._maps = None
-        for span in list(self.spans):
+        if self._runs is None:
+            self._runs = make_runs(self.spans)
+        for run in self._runs:
             if max_pages and budget <= 0:
                 break
-            why = "mappings replaced, moved or unmapped" if self._layout_changed(span) else None
-            if why is None:
+            regions = None
+            if all(self._plain(s) for s in run.spans) and self._run_mapped(run):
                 try:
-                    regions, _ = self._scan(span.start, span.end, reset, budget)
+                    regions, _ = self._scan(run.start, run.end, reset, budget)
                 except errors.InvalidTarget as exc:
                     if exc.errno != E.EPERM:
                         raise
-                    why = "remapped while tracked"
-            if why is not None:
-                # a peek reports the change and leaves it for the next reset to report again
-                conservative.append(np.array([[span.start, span.end]], np.uint64))
-                reasons.append(self._recover(span, why) if reset else
-                               f"{span.label or 'span'}: {why}; reported whole")
-                continue
-            found.append(regions)
-            if span in self._file_backed:
-                gone = self._resident_changes(span, update=reset)
-                if gone:
-                    gone = gone - Pages.from_kernel(regions, self.page_size)
-                if gone:
-                    conservative.append(gone.ranges)
-                    reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
-                                   "(zapped, reclaimed or hole-punched): content may differ")
-            if max_pages:
-                budget -= int((regions[:, 1] - regions[:, 0]).sum()) // self.page_size
-            for lo, hi, why in self._untracked.get(span, ()):
-                conservative.append(np.array([[lo, hi]], np.uint64))
-                reasons.append(f"{lo:#x}-{hi:#x} cannot be tracked ({why}); reported whole")
-            if self.hole_scan:
-                holes = self._holes(span.start, span.end)
-                if len(holes):
-                    conservative.append(holes)
-                    reasons.append(f"{len(holes)} zapped PMD range(s) in {span.label or 'span'}"
-                                   " (kernel without the 2026 PMD-hole fix)")
-                    if reset:
-                        for lo, hi in holes.tolist():
-                            self.kernel.uffdio_writeprotect(self.uffd, lo, hi - lo,
-                                                            U.UffdWriteprotectMode.WP)
+            if regions is None:  # something changed in the run: span by span
+                for span in run.spans:
+                    if max_pages and budget <= 0:
+                        break
+                    took = self._collect_span(span, reset, budget, found, conservative,
+                                              reasons)
+                    if max_pages:
+                        budget -= took
+            else:
+                found.append(regions)
+                if max_pages:
+                    budget -= _npages(regions, self.page_size)
+                if self.hole_scan:
+                    self._collect_holes(run.start, run.end, run.spans[0].label, reset,
+                                        conservative, reasons)
+        self._maps = None
+        return self._finish(found, conservative, reasons)
+
+    def _collect_span(self, span: Span, reset: bool, budget: int, found: list[np.ndarray],
+                      conservative: list[np.ndarray], reasons: list[str]) -> int:
+        """Collect one span the careful way (its layout checked, remaps recovered, file
+        residency compared); returns the pages it took from the budget."""
+        why = "mappings replaced, moved or unmapped" if self._layout_changed(span) else None
+        if why is None:
+            try:
+                regions, _ = self._scan(span.start, span.end, reset, budget)
+            except errors.InvalidTarget as exc:
+                if exc.errno != E.EPERM:
+                    raise
+                why = "remapped while tracked"
+        if why is not None:
+            # a peek reports the change and leaves it for the next reset to report again
+            conservative.append(np.array([[span.start, span.end]], np.uint64))
+            reasons.append(self._recover(span, why) if reset else
+                           f"{span.label or 'span'}: {why}; reported whole")
+            return 0
+        found.append(regions)
+        if span in self._file_backed:
+            gone = self._resident_changes(span, update=reset)
+            if gone:
+                gone = gone - Pages.from_kernel(regions, self.page_size)
+            if gone:
+                conservative.append(gone.ranges)
+                reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
+                               "(zapped, reclaimed or hole-punched): content may differ")
+        for lo, hi, why in self._untracked.get(span, ()):
+            conservative.append(np.array([[lo, hi]], np.uint64))
+            reasons.append(f"{lo:#x}-{hi:#x} cannot be tracked ({why}); reported whole")
+        if self.hole_scan:
+            self._collect_holes(span.start, span.end, span.label, reset, conservative, reasons)
+        return _npages(regions, self.page_size)
+
+    def _collect_holes(self, start: int, end: int, label: str, reset: bool,
+                       conservative: list[np.ndarray], reasons: list[str]) -> None:
+        holes = self._holes(start, end)
+        if not len(holes):
+            return
+        conservative.append(holes)
+        reasons.append(f"{len(holes)} zapped PMD range(s) in {label or 'span'}"
+                       " (kernel without the 2026 PMD-hole fix)")
+        if reset:
+            for lo, hi in holes.tolist():
+                self.kernel.uffdio_writeprotect(self.uffd, lo, hi - lo,
+                                                U.UffdWriteprotectMode.WP)
+
+    def _finish(self, found: list[np.ndarray], conservative: list[np.ndarray],
+                reasons: list[str]) -> Collected:
         self.stats.collects += 1
         if not conservative:  # the common case: no copy
             written = found[0] if len(found) == 1 else \
@@ -364,3 +546,5 @@ class UffdAsyncBackend(Backend):
     def _release(self) -> None:
         self.kernel.close(self.pagemap)
         self.kernel.close(self.uffd)
+
+    _forget = _release  # closing a copy of either descriptor changes nothing in the mm

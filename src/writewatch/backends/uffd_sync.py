@@ -406,6 +406,8 @@ class UffdSyncBackend(Backend):
     def _release(self) -> None:
         self._helper.close()
 
+    _forget = _release  # in a fork()ed child the helper only drops its copy of the socket
+
 
 class LiveSnapshot:
     """A copy of ``[address, address+length)`` as it was when the constructor returned, taken

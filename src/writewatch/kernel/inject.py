@@ -44,7 +44,7 @@ from typing import Any
 
 from .. import _uapi as U
 from .. import errors
-from . import _sys, procfs
+from . import _sys, forking, procfs
 from . import ptrace as P
 
 #: flags for the userfaultfd created in the target. UFFD_USER_MODE_ONLY (5.11) lets an
@@ -437,7 +437,8 @@ def steal_userfaultfd(pid: int, flags: int = UFFD_FLAGS, *,
     fd: int | None = None
     helper = -1
     try:
-        helper = os.fork()
+        with forking.internal():
+            helper = os.fork()
         if helper == 0:
             _run_helper(theirs, ours, pid, flags, launch_go)
         theirs.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import errno as E
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -26,6 +27,11 @@ PROC_ERRORS: _sys.ErrMap = {
               "needs PTRACE_MODE_READ on the process: same uid (yama ptrace_scope 0) or "
               "CAP_SYS_PTRACE"),
 }
+
+
+#: Kernel-provided mappings: never written by user code, never trackable (arch/x86/entry/vdso,
+#: kernel/events/uprobes.c; [vvar_vclock] since 6.18).
+SPECIAL = frozenset({"[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]", "[uprobes]"})
 
 
 class Mapping(NamedTuple):
@@ -58,23 +64,29 @@ class Mapping(NamedTuple):
     @property
     def special(self) -> bool:
         """[vsyscall], [vvar], [vdso]...: kernel-provided, never trackable."""
-        return self.path in ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]", "[uprobes]")
+        return self.path in SPECIAL
 
     @property
     def label(self) -> str:
         return self.path or "[anon]"
 
 
-_MAPS_RE = re.compile(
-    rb"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+) *(.*)$", re.MULTILINE)
+_MAPS_RE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+) *(.*)$")
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_line(line: bytes) -> Mapping | None:
+    m = _MAPS_RE.match(line)
+    if m is None:
+        return None
+    return Mapping(int(m[1], 16), int(m[2], 16), m[3].decode(), int(m[4], 16), m[5].decode(),
+                   int(m[6]), m[7].decode(errors="surrogateescape"))
 
 
 def parse_maps(data: bytes) -> tuple[Mapping, ...]:
-    """Parse the text of /proc/PID/maps (pure)."""
-    return tuple(
-        Mapping(int(m[1], 16), int(m[2], 16), m[3].decode(), int(m[4], 16), m[5].decode(),
-                int(m[6]), m[7].decode(errors="surrogateescape").rstrip("\n"))
-        for m in _MAPS_RE.finditer(data))
+    """Parse the text of /proc/PID/maps (pure). Lines seen before are not parsed again: a
+    process's maps change by a few lines between two reads."""
+    return tuple(m for m in map(_parse_line, data.split(b"\n")) if m is not None)
 
 
 def coverage(maps: Sequence[Mapping], start: int, end: int,
@@ -112,6 +124,54 @@ def read_bytes(path: str, pid: int | None = None) -> bytes:
 
 def read_maps(pid: int | str = "self") -> tuple[Mapping, ...]:
     return parse_maps(read_bytes(f"/proc/{pid}/maps", pid if isinstance(pid, int) else None))
+
+
+def pids() -> list[int]:
+    """Every process id in /proc (thread group leaders)."""
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def children(pid: int) -> set[int]:
+    """The children of every thread of ``pid`` (/proc/PID/task/TID/children, 3.5+ with
+    CONFIG_PROC_CHILDREN); empty when the process is gone."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.update(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+class Stat(NamedTuple):
+    """Fields of /proc/PID/stat (fs/proc/array.c do_task_stat; proc(5) numbers them)."""
+
+    state: str  #: (3) R, S, D, T, t, Z, X...
+    ppid: int  #: (4)
+    minflt: int  #: (10) minor faults
+    cminflt: int  #: (11) minor faults of waited-for children: grows when a child is reaped
+    starttime: int  #: (22) clock ticks after boot: with the pid, names a process uniquely
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse /proc/PID/stat (pure): the fields after the ")" closing comm, which may itself
+    hold spaces and parentheses."""
+    f = data[data.rindex(b")") + 2:].split()
+    return Stat(f[0].decode(), int(f[1]), int(f[7]), int(f[8]), int(f[19]))
+
+
+def read_stat(pid: int) -> Stat | None:
+    """/proc/PID/stat, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return parse_stat(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parse_status(data: bytes) -> dict[str, str]:

@@ -16,6 +16,7 @@ import os
 import platform
 from typing import NamedTuple
 
+from .. import _uapi as U
 from .. import errors
 from . import _sys
 
@@ -310,6 +311,23 @@ def pidfd_getfd(pidfd: int, targetfd: int, pid: int) -> int:
         E.ENOSYS: (errors.Unsupported, "pidfd_getfd needs Linux 5.6"),
         E.EPERM: (errors.PermissionDenied, permission_hint()),
         E.ESRCH: (errors.NoSuchProcess, None)})
+
+
+#: include/uapi/linux/kcmp.h
+KCMP_VM = 1
+
+
+def same_mm(pid1: int, pid2: int) -> bool | None:
+    """Whether two processes share one address space (kcmp KCMP_VM, Linux 3.5 with
+    CONFIG_KCMP: a vfork or ``clone(CLONE_VM)`` child does); None when it cannot be told (no
+    kcmp, a process gone, no permission)."""
+    nr = U.NR.get("kcmp")
+    if nr is None:
+        return None
+    try:
+        return _sys.syscall("kcmp", nr, pid1, pid2, KCMP_VM, 0, 0, pid=pid2) == 0
+    except errors.WriteWatchError:
+        return None
 
 
 def read_mem(pid: int, addr: int, length: int) -> bytes:

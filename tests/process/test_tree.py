@@ -1,0 +1,262 @@
+"""Process trees: forks followed or not, shared memory as one object, members that exit,
+processes outside the tracked set. The target (tests/targets/tree.c) has MAP_SHARED and
+private pages and forks children on command; every write it makes is logged, so a page it
+wrote and the collect did not report is a lost write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from procdriver import TreeDriver
+
+import writewatch
+from writewatch.process import attach
+
+pytestmark = pytest.mark.usefixtures("uffd_async")
+
+
+def _events() -> None:
+    """Fork events need CAP_SYS_PTRACE in the tracker (fs/userfaultfd.c userfaultfd_api)."""
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff"))
+    if not caps >> 19 & 1:
+        pytest.skip("UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE")
+
+
+def _shared(d: TreeDriver) -> writewatch.Pages:
+    return writewatch.Pages([(d.shared, d.shared + d.npages * d.ps)], d.ps)
+
+
+def test_followed_child_writes_shared_memory_reported_exactly(tree_target: TreeDriver) -> None:
+    _events()
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        assert t.fork_mode == "events"
+        t.collect()
+        child = d.fork()
+        logged = d.write([3, 7, 40], who=child)
+        got = t.collect()
+        info = t.last
+        assert child in info.forked and child in t.processes
+        assert logged <= {a for a in logged if a in got}, "lost the child's shared writes"
+        # exact: proven by the child's page tables, nothing reported without proof
+        assert got & _shared(d) == writewatch.Pages.from_addresses(logged, d.ps)
+        assert not (info.conservative & _shared(d)), info.reasons
+        per = info.by_process()
+        assert logged <= {a for a in logged if a in per[child]}
+        # the child's private writes are its own, not the parent's
+        mine = d.write([5], who=child, private=True)
+        got = t.collect()
+        assert not (mine & {a for a in mine if a in got})
+        assert mine <= {a for a in mine if a in t.last.by_process()[child]}
+
+
+def test_shared_page_counted_once_in_the_union(tree_target: TreeDriver) -> None:
+    _events()
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        child = d.fork()
+        t.collect()
+        d.write([1, 2])
+        d.write([2, 3], who=child)
+        t.collect()
+        info = t.last
+        shared = _shared(d)
+        assert len(info.by_process()[d.proc.pid] & shared) == 3
+        assert len(info.by_process()[child] & shared) == 3
+        per_sum = sum(len(p) for p in info.by_process().values())
+        assert info.union_pages < per_sum
+        assert info.union_pages >= 3
+
+
+def test_grandchild_followed(tree_target: TreeDriver) -> None:
+    _events()
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        child = d.fork()
+        t.collect()
+        grand = d.fork(who=child)
+        got_pid = grand
+        t.collect()
+        assert got_pid in t.processes
+        logged = d.write([9], who=[child, grand])
+        got = t.collect()
+        assert logged <= {a for a in logged if a in got}
+        assert not (t.last.conservative & _shared(d))
+
+
+def test_unfollowed_child_is_flagged_never_missed(tree_target: TreeDriver) -> None:
+    """follow_forks=False: the child runs untracked; its writes to the shared mapping cannot
+    be seen, so the mapping is reported whole, saying which process may have written it."""
+    d = tree_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        child = d.fork()
+        logged = d.write([4], who=child)
+        got = t.collect()
+        info = t.last
+        assert logged <= {a for a in logged if a in got}
+        assert _shared(d) <= info.conservative
+        assert any(str(child) in r for r in info.reasons), info.reasons
+        assert child not in t.processes
+        # still flagged while it lives (an untracked process maps the object writable)
+        logged = d.write([5], who=child)
+        got = t.collect()
+        assert logged <= {a for a in logged if a in got}
+        assert any(f"pid {child}" in r and "not tracked" in r for r in t.last.reasons)
+
+
+def test_child_forked_before_attach_is_a_sharer(tree_target: TreeDriver) -> None:
+    d = tree_target
+    child = d.fork()
+    with attach(d.proc.pid) as t:
+        t.collect()
+        logged = d.write([11], who=child)
+        got = t.collect()
+        assert logged <= {a for a in logged if a in got}
+        assert any(f"pid {child}" in r for r in t.last.reasons)
+
+
+def test_tree_attach_tracks_existing_descendants(tree_target: TreeDriver) -> None:
+    d = tree_target
+    child = d.fork()
+    grand = d.fork(who=child)
+    with attach(d.proc.pid, tree=True) as t:
+        assert set(t.processes) == {d.proc.pid, child, grand}
+        t.collect()
+        logged = d.write([6], who=[child, grand]) | d.write([8])
+        got = t.collect()
+        assert logged <= {a for a in logged if a in got}
+        assert got & _shared(d) == writewatch.Pages.from_addresses(logged, d.ps)
+        assert not (t.last.conservative & _shared(d)), t.last.reasons
+
+
+def test_short_child_that_exits_before_the_collect(tree_target: TreeDriver) -> None:
+    """A child that writes and exits between two collects: its page tables are gone before
+    anything can read them, so what it shares is reported whole (never silently missed)."""
+    for follow in (False, True):
+        if follow:
+            _events()
+        d = tree_target
+        with attach(d.proc.pid, follow_forks=follow) as t:
+            t.collect()
+            _, pid = d.cmd("s 20 21").split()
+            got = t.collect()
+            logged = d.pages(d.shared, [20, 21])
+            assert logged <= {a for a in logged if a in got}, (follow, t.last.reasons)
+            assert _shared(d) <= t.last.conservative
+            assert any(pid in r for r in t.last.reasons) or \
+                any("exited" in r for r in t.last.reasons), t.last.reasons
+
+
+def test_member_exit_is_reported(tree_target: TreeDriver) -> None:
+    _events()
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        child = d.fork()
+        t.collect()
+        assert child in t.processes
+        d.write([30], who=child)
+        assert d.cmd(f"k {child}") == "ok"
+        got = t.collect()
+        assert child in t.last.exited and child not in t.processes
+        assert d.shared + 30 * d.ps in got
+        assert _shared(d) <= t.last.conservative  # its last writes went with it
+
+
+def test_exec_in_the_tree_rearms(tree_target: TreeDriver) -> None:
+    _events()
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        child = d.fork()
+        t.collect()
+        assert d.cmd(f"c {child} x") == "ok"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+            time.sleep(0.02)
+        t.collect()
+        assert child in t.last.execd and child in t.processes
+        assert not (t.last.by_process()[child] & _shared(d))  # the new program shares nothing
+
+
+def test_external_process_mapping_a_shared_file_is_flagged(tree_bin: str, tmp_path) -> None:
+    """A process outside the tracked set maps the same /dev/shm file writable: its writes
+    change the root's memory and no page table of the tree shows them."""
+    path = f"/dev/shm/writewatch-test-{os.getpid()}"
+    d = TreeDriver.popen([tree_bin, "tree", "16", path])
+    other = subprocess.Popen([sys.executable, "-c", f"""
+import mmap, os, sys
+fd = os.open({path!r}, os.O_RDWR)
+m = mmap.mmap(fd, 16 * 4096)
+print("ready", flush=True)
+for line in sys.stdin:
+    m[int(line) * 4096] = 1
+    print("ok", flush=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        with attach(d.proc.pid) as t:
+            t.collect()
+            other.stdin.write("5\n")
+            other.stdin.flush()
+            assert other.stdout.readline().strip() == "ok"
+            got = t.collect()
+            assert d.shared + 5 * d.ps in got
+            assert _shared(d) <= t.last.conservative
+            assert any(f"pid {other.pid}" in r for r in t.last.reasons), t.last.reasons
+    finally:
+        other.kill()
+        other.wait()
+        for f in (other.stdin, other.stdout):
+            f.close()
+        d.close()
+        os.unlink(path)
+
+
+def test_in_process_fork_cannot_steal_the_parents_writes() -> None:
+    """A fork()ed child inherits the tracker's descriptors, which act on the parent's memory:
+    using it there raises TrackerForked, and the parent still gets its page."""
+    buf = writewatch.zeros(16 * 4096)
+    with writewatch.track(buf) as t:
+        buf[3 * 4096] = 1
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            code = 1
+            try:
+                t.collect()
+            except writewatch.TrackerForked:
+                code = 0
+            except BaseException:
+                code = 2
+            os._exit(code)
+        os.close(r)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert t.page_size * 3 + t.targets[0].start in t.collect()
+
+
+def test_in_process_child_writes_to_shared_memory_are_flagged() -> None:
+    buf = writewatch.zeros(16 * 4096, shared=True)
+    with writewatch.track(buf) as t:
+        t.collect()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            buf[7 * 4096] = 1
+            os._exit(0)
+        os.waitpid(pid, 0)
+        got = t.collect()
+        assert t.targets[0].start + 7 * 4096 in got
+        assert any("fork" in r for r in t.last.reasons), t.last.reasons
+        # nothing forked since, no one else maps it: exact again
+        buf[1] = 1
+        got = t.collect()
+        assert len(got) == 1 and not t.last.conservative
