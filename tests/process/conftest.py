@@ -40,9 +40,18 @@ def tree_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
     return _build(tmp_path_factory, "tree")
 
 
+@pytest.fixture(params=["c", "python"])
+def tree_argv(request: pytest.FixtureRequest, tree_bin: str) -> list[str]:
+    """How to start the tree target (tests/targets/tree.c, or its Python twin pytree.py);
+    append NPAGES [SHMPATH]."""
+    if request.param == "c":
+        return [tree_bin, "tree"]
+    return [sys.executable, str(TARGETS / "pytree.py")]
+
+
 @pytest.fixture
-def tree_target(tree_bin: str) -> Iterator[TreeDriver]:
-    d = TreeDriver.popen([tree_bin, "tree", "64"])
+def tree_target(tree_argv: list[str]) -> Iterator[TreeDriver]:
+    d = TreeDriver.popen([*tree_argv, "64"])
     yield d
     d.close()
 

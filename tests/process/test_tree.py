@@ -6,6 +6,8 @@ wrote and the collect did not report is a lost write."""
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -186,11 +188,11 @@ def test_exec_in_the_tree_rearms(tree_target: TreeDriver) -> None:
         assert not (t.last.by_process()[child] & _shared(d))  # the new program shares nothing
 
 
-def test_external_process_mapping_a_shared_file_is_flagged(tree_bin: str, tmp_path) -> None:
+def test_external_process_mapping_a_shared_file_is_flagged(tree_argv: list[str]) -> None:
     """A process outside the tracked set maps the same /dev/shm file writable: its writes
     change the root's memory and no page table of the tree shows them."""
     path = f"/dev/shm/writewatch-test-{os.getpid()}"
-    d = TreeDriver.popen([tree_bin, "tree", "16", path])
+    d = TreeDriver.popen([*tree_argv, "16", path])
     other = subprocess.Popen([sys.executable, "-c", f"""
 import mmap, os, sys
 fd = os.open({path!r}, os.O_RDWR)
@@ -260,3 +262,123 @@ def test_in_process_child_writes_to_shared_memory_are_flagged() -> None:
         buf[1] = 1
         got = t.collect()
         assert len(got) == 1 and not t.last.conservative
+
+
+TRACKER = """
+import sys, writewatch
+t = writewatch.attach(int(sys.argv[1]), follow_forks=True)
+print(t.fork_mode, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_tracker_killed_while_a_fork_waits_never_hangs_the_target(tree_target: TreeDriver
+                                                                   ) -> None:
+    """The forking thread waits in the kernel until the tracker reads the fork event. A
+    stopped tracker holds the fork up; a killed one releases it (its descriptors close, the
+    context is released and the fork completes, untracked)."""
+    _events()
+    d = tree_target
+    tr = subprocess.Popen([sys.executable, "-c", TRACKER, str(d.proc.pid)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert tr.stdout.readline().strip() == "events"
+        os.kill(tr.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every thread of it stopped
+            states = []
+            for tid in os.listdir(f"/proc/{tr.pid}/task"):
+                with open(f"/proc/{tr.pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            if all(st == "T" for st in states):
+                break
+            time.sleep(0.01)
+        d.proc.stdin.write("F\n")
+        d.proc.stdin.flush()
+        ready = select.select([d.proc.stdout], [], [], 1.0)[0]
+        assert not ready, "the fork completed although nobody read its event"
+        os.kill(tr.pid, signal.SIGKILL)
+        tr.wait(10)
+        ready = select.select([d.proc.stdout], [], [], 10.0)[0]
+        assert ready, "the target's fork still waits after the tracker died"
+        assert d.line().startswith("child ")
+        assert d.cmd("w 1") == "ok"
+    finally:
+        if tr.poll() is None:
+            tr.kill()
+            tr.wait()
+        tr.stdin.close()
+        tr.stdout.close()
+
+
+def test_launch_follows_forks_by_default(tree_argv: list[str]) -> None:
+    _events()
+    t = writewatch.launch([*tree_argv, "64"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True)
+    try:
+        d = TreeDriver(t.process)
+        t.collect()
+        child = d.fork()
+        logged = d.write([2, 12], who=child)
+        got = t.collect()
+        assert child in t.processes
+        assert got & _shared(d) == writewatch.Pages.from_addresses(logged, d.ps)
+        assert not (t.last.conservative & _shared(d)), t.last.reasons
+        d.close()
+        assert t.process.wait(5) == 0
+    finally:
+        t.close()
+        if t.process.poll() is None:
+            t.process.kill()
+            t.process.wait()
+
+
+def _cgroup2_root() -> str:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            if post.split(" ", 1)[0] == "cgroup2":
+                return pre.split()[4]
+    pytest.skip("no cgroup v2 mount")
+
+
+def test_cgroup_processes_now_and_later(tree_argv: list[str]) -> None:
+    root = _cgroup2_root()
+    path = os.path.join(root, f"writewatch-test-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        pytest.skip(f"cgroup v2 not writable here: {exc}")
+    first = TreeDriver.popen([*tree_argv, "16"])
+    later = None
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(first.proc.pid))
+        with attach(cgroup=path) as t:
+            assert t.processes == (first.proc.pid,)
+            t.collect()
+            later = TreeDriver.popen([*tree_argv, "16"])
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(later.proc.pid))
+            t.collect()
+            assert later.proc.pid in t.processes and later.proc.pid in t.last.forked
+            logged = later.write([3])
+            t.collect()
+            got = t.last.by_process()[later.proc.pid]
+            assert logged <= {a for a in logged if a in got}
+            first.close()  # the root exits: the cgroup's other process becomes the root
+            t.collect()
+            assert first.proc.pid in t.last.exited and t.pid == later.proc.pid
+            logged = later.write([4])
+            assert logged <= {a for a in logged if a in t.collect()}
+    finally:
+        first.close()
+        if later is not None:
+            later.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.05)

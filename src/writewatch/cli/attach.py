@@ -11,9 +11,18 @@ HELP = "monitor the dirty rate of a running process: live view, time series, hea
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pid", type=int, help="the process to monitor")
+    parser.add_argument("pid", type=int, nargs="*",
+                        help="the process(es) to monitor; the first is the root")
     parser.add_argument("--backend", default="auto",
                         help="tracking mechanism (default: the best this kernel offers)")
+    t = parser.add_argument_group("process trees")
+    t.add_argument("--tree", action="store_true",
+                   help="also track every current descendant of each PID")
+    t.add_argument("-f", "--follow-forks", action="store_true",
+                   help="track the children they fork from now on (as strace -f)")
+    t.add_argument("--cgroup", metavar="PATH",
+                   help="track every process of this cgroup v2 directory, and those that "
+                        "join it later (a container, a systemd unit)")
     add_monitor_arguments(parser)
 
 
@@ -23,13 +32,20 @@ def run(args: argparse.Namespace) -> int:
     from ..monitor.app import _check_outputs
     _check_outputs(args)
     attach = writewatch.attach
-    if args.pid <= 0:
-        raise errors.InvalidTarget(f"{args.pid} is not a process id", hint="give a PID > 0")
-    name = process_name(args.pid)
+    if not args.pid and not args.cgroup:
+        raise errors.InvalidTarget("no process given", hint="give a PID or --cgroup PATH")
+    for pid in args.pid:
+        if pid <= 0:
+            raise errors.InvalidTarget(f"{pid} is not a process id", hint="give a PID > 0")
     kw = {} if args.backend == "auto" else {"backend": args.backend}
-    tracker = attach(args.pid, **kw)
+    tracker = attach(args.pid or None, tree=args.tree, follow_forks=args.follow_forks,
+                     cgroup=args.cgroup, **kw)
+    root = tracker.pid
+    what = f"cgroup {args.cgroup}" if args.cgroup else f"pid {root} ({process_name(root)})"
+    if len(tracker.processes) > 1 and not args.cgroup:
+        what += f" and {len(tracker.processes) - 1} more"
     try:
-        series = monitor_tracker(tracker, args, f"pid {args.pid} ({name})", pid=args.pid)
+        series = monitor_tracker(tracker, args, what, pid=root)
     finally:
         tracker.close()
     finish(series, args)

@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-running", action="store_true",
                         help="at the end of --duration, leave the command running (untracked) "
                              "instead of ending it with SIGTERM")
+    f = parser.add_mutually_exclusive_group()
+    f.add_argument("-f", "--follow-forks", dest="follow_forks", action="store_true",
+                   default=True, help="track the processes it forks too (the default)")
+    f.add_argument("--no-follow-forks", dest="follow_forks", action="store_false",
+                   help="track the command's own process only")
     add_monitor_arguments(parser)
 
 
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     launch = writewatch.launch
     kw = {} if args.backend == "auto" else {"backend": args.backend}
-    tracker = launch(cmd, **kw)
+    tracker = launch(cmd, follow_forks=args.follow_forks, **kw)
     proc = getattr(tracker, "process", None)
     pid = int(getattr(proc, "pid", 0) or getattr(tracker, "pid", 0) or 0)
     target = f"pid {pid} ({os.path.basename(cmd[0])})"

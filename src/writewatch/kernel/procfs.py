@@ -148,6 +148,35 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def cgroup_dir(path: str) -> str:
+    """The directory of cgroup v2 ``path``: an existing directory holding ``cgroup.procs``,
+    or a path inside the cgroup2 mount ("/system.slice/x.service")."""
+    if os.path.isfile(os.path.join(path, "cgroup.procs")):
+        return os.path.abspath(path)
+    for line in read_bytes("/proc/self/mountinfo").decode(errors="replace").splitlines():
+        pre, _, post = line.partition(" - ")
+        if post.split(" ", 1)[0] == "cgroup2":
+            cand = os.path.join(pre.split()[4], path.lstrip("/"))
+            if os.path.isfile(os.path.join(cand, "cgroup.procs")):
+                return cand
+    raise errors.InvalidTarget(f"{path} is not a cgroup v2 directory",
+                               hint="give a directory with cgroup.procs, e.g. "
+                                    "/sys/fs/cgroup/system.slice/foo.service")
+
+
+def cgroup_pids(path: str) -> set[int]:
+    """Every process in cgroup directory ``path`` and the cgroups below it."""
+    out: set[int] = set()
+    for root, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(root, "cgroup.procs"), "rb") as f:
+                    out.update(int(p) for p in f.read().split())
+            except OSError:
+                pass  # removed meanwhile
+    return out
+
+
 class Stat(NamedTuple):
     """Fields of /proc/PID/stat (fs/proc/array.c do_task_stat; proc(5) numbers them)."""
 

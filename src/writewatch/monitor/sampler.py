@@ -74,6 +74,8 @@ class Sampler:
         self._ws = Pages((), ps)
         self._t0 = 0.0
         self._last_t = 0.0
+        self._late = 0  # ticks skipped before the next sample
+        self._delay = 0.0  # how long after its due time the next sample starts
 
     # -- control ----------------------------------------------------------------------------
     def _wait_until(self, seconds: float) -> bool:
@@ -170,7 +172,7 @@ class Sampler:
         pages = self.source.collect()
         t_end = t - self._t0
         last = getattr(self.source, "last", None)
-        if getattr(last, "exited", False):
+        if getattr(last, "gone", False):
             # the target's memory is gone: this collect measured nothing
             raise errors.NoSuchProcess(int(getattr(self.source, "pid", 0) or 0),
                                        "the target exited")
@@ -181,10 +183,19 @@ class Sampler:
                 self.series.notes.append(reason)
         new, gone, gone_idx = self._update_mappings(t_end)
         self._ws = self._ws | pages
+        per = getattr(last, "per_process", ()) or ()
+        multi = len(per) > 1 or bool(getattr(last, "forked", ()))
         iv = Interval(index=len(self.series.intervals), t_start=self._last_t - self._t0,
                       t_end=t_end, written=pages, working_set_pages=len(self._ws),
                       conservative=cons, by_region=self._attribute(pages, gone_idx),
-                      new_mappings=new, removed_mappings=gone)
+                      new_mappings=new, removed_mappings=gone,
+                      by_process=tuple((int(p), len(w)) for p, w in per) if multi else (),
+                      union_pages=int(getattr(last, "union_pages", 0) or 0) if multi else 0,
+                      forked=tuple(getattr(last, "forked", ()) or ()),
+                      exited=tuple(p for p in getattr(last, "exited", ()) or ()
+                                   if isinstance(p, int)),
+                      late=self._late, delay=self._delay)
+        self._late, self._delay = 0, 0.0
         self._last_t = t
         self.series.intervals.append(iv)
         self.series._ws = self._ws
@@ -214,8 +225,11 @@ class Sampler:
                     self._sample_or_end(on_interval)
                     break
                 now = self.clock() - self._t0
+                self._delay = max(0.0, now - due)
                 if now - due >= self.interval:  # late by a period or more: skip those ticks
-                    k = int(now / self.interval)
+                    skipped = int(now / self.interval) - k
+                    self._late += skipped
+                    k += skipped
                 if not self._sample_or_end(on_interval):
                     break
                 if duration is not None and self.clock() - self._t0 >= duration - 1e-9:

@@ -35,7 +35,7 @@ MB = 1_000_000  #: rates are in MB/s (10**6 bytes per second), like QEMU's calc-
 #: CSV columns, one row per interval
 CSV_COLUMNS = ("index", "t_start", "t_end", "pages", "bytes", "rate_mb_s", "working_set_pages",
                "working_set_bytes", "conservative_pages", "new_mappings", "removed_mappings",
-               "top_mapping")
+               "top_mapping", "processes", "union_pages", "late")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,30 @@ class Interval:
     by_region: tuple[tuple[int, int], ...] = ()  #: (region index, pages written), most first
     new_mappings: int = 0
     removed_mappings: int = 0
+    #: a process tree: (pid, pages written in its own address space), for every process
+    by_process: tuple[tuple[int, int], ...] = ()
+    #: pages written in the whole tree, a page of shared memory counted once (0: one process)
+    union_pages: int = 0
+    forked: tuple[int, ...] = ()  #: processes forked during the interval
+    exited: tuple[int, ...] = ()  #: processes that exited during the interval
+    #: sampling ticks skipped because this sample came a period or more late (its interval
+    #: is then longer; its rate uses the measured length)
+    late: int = 0
+    delay: float = 0.0  #: seconds after its due time the sample started
+
+    def was_late(self, interval: float) -> bool:
+        """Started more than a tenth of the period after it was due."""
+        return bool(self.late) or self.delay > interval / 10
+
+    @property
+    def tree_pages(self) -> int:
+        """Pages written in the whole tree (the root's own when it is one process)."""
+        return self.union_pages or self.pages
+
+    @property
+    def tree_rate(self) -> float:
+        """Dirty rate of the whole tree, MB/s, shared pages counted once."""
+        return self.tree_pages * self.written.page_size / MB / self.dt if self.dt > 0 else 0.0
 
     @property
     def dt(self) -> float:
@@ -135,11 +159,19 @@ class Summary:
     p95_rate: float
     conservative_pages: int
     top: tuple[tuple[str, int, int], ...]  #: (mapping name, pages written, working-set pages)
+    processes: tuple[tuple[int, int], ...] = ()  #: (pid, pages written), a tree's members
+    tree_pages: int = 0  #: pages written in the whole tree, summed over intervals
+    tree_mean_rate: float = 0.0  #: MB/s over the whole tree
+    forks: int = 0
+    exits: int = 0
+    late_samples: int = 0  #: samples taken late (their ticks were skipped)
+    skipped_ticks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["top"] = [{"mapping": n, "pages_written": p, "working_set_pages": w}
                     for n, p, w in self.top]
+        d["processes"] = [{"pid": p, "pages_written": n} for p, n in self.processes]
         return d
 
 
@@ -243,11 +275,21 @@ class Series:
         return sorted(((n, p, wsn.get(n, 0)) for n, p in written.items()),
                       key=lambda t: (-t[1], t[0]))
 
+    def process_pages(self) -> dict[int, int]:
+        """pid -> pages written over all intervals (trees)."""
+        out: dict[int, int] = {}
+        for iv in self.intervals:
+            for pid, n in iv.by_process:
+                out[pid] = out.get(pid, 0) + n
+        return out
+
     def summary(self, top: int = 8) -> Summary:
         rates = [iv.rate for iv in self.intervals]
         total = sum(iv.nbytes for iv in self.intervals)
         dur = self.duration
         ws = self.working_set
+        tree = sum(iv.tree_pages for iv in self.intervals)
+        procs = sorted(self.process_pages().items(), key=lambda kv: (-kv[1], kv[0]))
         return Summary(
             duration=dur, intervals=len(self.intervals),
             pages_written=sum(iv.pages for iv in self.intervals), bytes_written=total,
@@ -256,7 +298,12 @@ class Series:
             peak_rate=max(rates, default=0.0), mean_rate=total / MB / dur if dur > 0 else 0.0,
             p50_rate=_pct(rates, 50), p95_rate=_pct(rates, 95),
             conservative_pages=sum(iv.conservative_pages for iv in self.intervals),
-            top=tuple(self.by_name()[:top]))
+            top=tuple(self.by_name()[:top]), processes=tuple(procs), tree_pages=tree,
+            tree_mean_rate=tree * self.page_size / MB / dur if dur > 0 else 0.0,
+            forks=sum(len(iv.forked) for iv in self.intervals),
+            exits=sum(len(iv.exited) for iv in self.intervals),
+            late_samples=sum(1 for iv in self.intervals if iv.was_late(self.interval)),
+            skipped_ticks=sum(iv.late for iv in self.intervals))
 
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -278,6 +325,9 @@ class Series:
                 "new_mappings": iv.new_mappings, "removed_mappings": iv.removed_mappings,
                 "by_region": [[r, n] for r, n in iv.by_region],
                 "ranges": iv.written.ranges.tolist(),
+                "by_process": [[p, n] for p, n in iv.by_process],
+                "union_pages": iv.union_pages, "forked": list(iv.forked),
+                "exited": list(iv.exited), "late": iv.late, "delay": iv.delay,
             } for iv in self.intervals],
         }
 
@@ -304,7 +354,12 @@ class Series:
                                           ).reshape(-1, 2), ps),
             by_region=tuple((int(r), int(n)) for r, n in i.get("by_region", ())),
             new_mappings=int(i.get("new_mappings", 0)),
-            removed_mappings=int(i.get("removed_mappings", 0)))
+            removed_mappings=int(i.get("removed_mappings", 0)),
+            by_process=tuple((int(p), int(n)) for p, n in i.get("by_process", ())),
+            union_pages=int(i.get("union_pages", 0)),
+            forked=tuple(int(p) for p in i.get("forked", ())),
+            exited=tuple(int(p) for p in i.get("exited", ())), late=int(i.get("late", 0)),
+            delay=float(i.get("delay", 0.0)))
             for i in d["intervals"]]
         return s
 
@@ -327,7 +382,8 @@ class Series:
             rows.append((iv.index, f"{iv.t_start:.6f}", f"{iv.t_end:.6f}", iv.pages, iv.nbytes,
                          f"{iv.rate:.6f}", iv.working_set_pages,
                          iv.working_set_pages * self.page_size, iv.conservative_pages,
-                         iv.new_mappings, iv.removed_mappings, top))
+                         iv.new_mappings, iv.removed_mappings, top, len(iv.by_process) or 1,
+                         iv.tree_pages, iv.late))
         return rows
 
     def write_csv(self, file: IO[str]) -> None:
@@ -352,7 +408,8 @@ def read_csv(file: IO[str] | str) -> list[dict[str, Any]]:
     f = io.StringIO(file) if isinstance(file, str) else file
     out = []
     ints = {"index", "pages", "bytes", "working_set_pages", "working_set_bytes",
-            "conservative_pages", "new_mappings", "removed_mappings"}
+            "conservative_pages", "new_mappings", "removed_mappings", "processes",
+            "union_pages", "late"}
     for row in csv.DictReader(f):
         out.append({k: int(v) if k in ints else float(v) if k in
                     ("t_start", "t_end", "rate_mb_s") else v for k, v in row.items()})

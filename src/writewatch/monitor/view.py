@@ -9,7 +9,7 @@ from typing import IO, Any
 
 from .series import Interval, Series
 
-__all__ = ["LineView", "LiveView", "format_summary", "human_bytes"]
+__all__ = ["LineView", "LiveView", "format_rate", "format_summary", "human_bytes"]
 
 
 def human_bytes(n: float) -> str:
@@ -18,6 +18,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def format_rate(mb_s: float) -> str:
+    """A dirty rate: MB/s (10**6 bytes/s), or KB/s below 0.01 MB/s."""
+    if 0 < mb_s < 0.01:
+        return f"{mb_s * 1000:.2f} KB/s"
+    return f"{mb_s:.2f} MB/s"
+
+
+def _tree_note(iv: Interval) -> str:
+    parts = []
+    if iv.by_process:
+        parts.append(f"{len(iv.by_process)} procs, tree {iv.tree_pages} pages "
+                     f"{format_rate(iv.tree_rate)}")
+    if iv.forked:
+        parts.append("forked " + ",".join(map(str, iv.forked)))
+    if iv.exited:
+        parts.append("exited " + ",".join(map(str, iv.exited)))
+    if iv.late:
+        parts.append(f"late: {iv.late} tick(s) skipped")
+    return "  " + "; ".join(parts) if parts else ""
 
 
 def by_name(iv: Interval, series: Series) -> dict[str, int]:
@@ -56,6 +77,7 @@ class LineView:
             extra += f"  maps +{iv.new_mappings}/-{iv.removed_mappings}"
         if iv.conservative_pages:
             extra += f"  conservative {iv.conservative_pages}"
+        extra += _tree_note(iv)
         print(f"{iv.t_end:8.2f} {iv.pages:8d} {human_bytes(iv.nbytes):>10} {iv.rate:9.2f} "
               f"{human_bytes(iv.working_set_pages * series.page_size):>12}  "
               f"{_top_names(iv, series)}{extra}", file=self.file, flush=True)
@@ -99,7 +121,7 @@ class LiveView:
             ("writewatch ", "bold"), (series.target or "", "cyan"),
             f"  backend {series.backend or '?'}  interval {series.interval * 1000:g} ms  "
             f"t={iv.t_end:.1f} s\n",
-            ("dirty rate ", ""), (f"{iv.rate:10.2f} MB/s", "bold red"),
+            ("dirty rate ", ""), (f"{format_rate(iv.rate):>15}", "bold red"),
             f"   peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  p95 {s.p95_rate:.2f}\n",
             ("pages      ", ""), (f"{iv.pages:10d}", "bold"),
             f"  ({human_bytes(iv.nbytes)} in the last {iv.dt * 1000:.0f} ms)\n",
@@ -115,11 +137,26 @@ class LiveView:
         for name, pages, ws in s.top:
             tab.add_row(Text(name), str(last.get(name, 0)), str(pages),
                         human_bytes(ws * series.page_size))
+        parts: list[Any] = [head, tab]
+        if iv.by_process:
+            procs = Table(title=f"processes: {len(iv.by_process)}, tree {iv.tree_pages} pages "
+                          f"({format_rate(iv.tree_rate)}, shared pages once)",
+                          title_justify="left", expand=False)
+            procs.add_column("pid", justify="right")
+            procs.add_column("last interval", justify="right")
+            procs.add_column("pages written", justify="right")
+            total = dict(s.processes)
+            for pid, n in sorted(iv.by_process, key=lambda kv: -kv[1])[:self.top]:
+                procs.add_row(str(pid), str(n), str(total.get(pid, n)))
+            parts.append(procs)
         foot = Text(f"mappings +{iv.new_mappings}/-{iv.removed_mappings} this interval"
                     + (f", {iv.conservative_pages} conservative pages"
                        if iv.conservative_pages else "")
+                    + _tree_note(iv) + (f"   late samples {s.late_samples}"
+                                        if s.late_samples else "")
                     + "   Ctrl-C: stop and summarise", style="dim")
-        return Group(head, tab, foot)
+        parts.append(foot)
+        return Group(*parts)
 
     def update(self, iv: Interval, series: Series) -> None:
         self._live.update(self.render(iv, series), refresh=True)
@@ -147,13 +184,23 @@ def format_summary(series: Series) -> str:
         f"  written: {s.pages_written} pages ({human_bytes(s.bytes_written)}) in total; "
         f"write working set {s.working_set_pages} pages ({human_bytes(s.working_set_bytes)})",
     ]
+    if s.processes:
+        lines.append(
+            f"  process tree: {len(s.processes)} processes, {s.forks} forks, {s.exits} exits; "
+            f"{s.tree_pages} pages written in the tree (shared pages once), mean "
+            f"{format_rate(s.tree_mean_rate)}")
+        for pid, pages in s.processes[:8]:
+            lines.append(f"    pid {pid:<8} {pages:>9} pages")
     if s.conservative_pages:
         lines.append(
             f"  conservative: {s.conservative_pages} of the pages written were reported without "
-            f"proof of a write (memory not armed yet: new mappings are reported whole); "
+            f"proof of a write (see the notes: {'; '.join(series.notes[:3]) or 'none'}); "
             f"{s.working_set_conservative_pages} pages "
             f"({human_bytes(s.working_set_conservative_pages * series.page_size)}) of the "
             "working set were only ever reported that way")
+    if s.late_samples:
+        lines.append(f"  late samples: {s.late_samples} of {s.intervals} started more than a "
+                     f"tenth of the interval late; {s.skipped_ticks} tick(s) skipped")
     changes = len(series.changes)
     if changes:
         new = sum(c.kind == "new" for c in series.changes)

@@ -59,6 +59,12 @@ def _mmap_min_addr() -> int:
     return max(int(text or 65536), 4096) // 4096 * 4096 or 65536
 
 
+def mm_alive(ufd: int, page_size: int) -> bool:
+    """Whether the address space behind userfaultfd ``ufd`` still exists (see
+    :func:`_mm_alive`)."""
+    return _mm_alive(ufd, _mmap_min_addr(), page_size)
+
+
 def _mm_alive(ufd: int, probe: int, page_size: int) -> bool:
     """Whether the address space behind ``ufd`` still exists. UFFDIO_WRITEPROTECT takes a
     reference on ``ctx->mm`` after validating the range and answers ESRCH when it is gone
@@ -85,7 +91,7 @@ class ForkWatcher:
         self._inflight = 0  # events being read or their child being looked for
         self._fds: dict[int, int] = {}  # our own copy of each watched descriptor -> its pid
         self._drop: set[int] = set()  # copies to close (by the thread, which polls them)
-        self._known: dict[int, set[int]] = {}  # pid -> children already accounted for
+        self._known: dict[int, set[int]] = {}  # pid -> children its fork events announced
         self._pending: list[Forked] = []
         self._probe = _mmap_min_addr()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -102,7 +108,7 @@ class ForkWatcher:
         copy = int(_sys.os_call("F_DUPFD_CLOEXEC", fcntl.fcntl, ufd, fcntl.F_DUPFD_CLOEXEC, 0))
         with self._lock:
             self._fds[copy] = pid
-            self._known.setdefault(pid, procfs.children(pid))
+            self._known.setdefault(pid, set())
         self._poke()
 
     def unwatch(self, pid: int) -> None:

@@ -40,7 +40,7 @@ from ..kernel import LINUX, KernelCalls, procfs
 from ..kernel import ptrace as P
 from ..pages import Pages
 from ..tracker import CollectInfo, Tracker, TrackerStats
-from .forks import Forked, ForkWatcher
+from .forks import Forked, ForkWatcher, mm_alive
 from .mappings import MappingInfo, by_mapping
 from .member import Member, MemberCollect, process_backend
 from .shared import (
@@ -166,6 +166,16 @@ class _Tree:
         if watch and self.watcher is not None and m.backend is not None:
             self.watcher.watch(m.backend.uffd, m.pid)  # type: ignore[attr-defined]
 
+    def settle_forks(self) -> None:
+        if self.watcher is not None:
+            self.watcher.settle()
+
+    def forked_from(self, pid: int) -> bool:
+        """Whether ``pid`` is a child the fork watcher announced (it is being taken over)."""
+        if self.watcher is None:
+            return False
+        return any(pid in self.watcher.known(p) for p in list(self.members))
+
     def drop(self, pid: int) -> None:
         m = self.members.pop(pid, None)
         if self.watcher is not None:
@@ -213,13 +223,15 @@ class ProcessTracker(Tracker):
     def __init__(self, pids: Iterable[int], backend: str = "auto", *,
                  kernel: KernelCalls = LINUX, process: Any = None,
                  launch_go: int | None = None, reattach_on_exec: bool = True,
-                 tree: bool = False, follow_forks: bool = False,
+                 tree: bool = False, follow_forks: bool = False, cgroup: str | None = None,
                  **options: Any) -> None:
         pids = list(pids)
         self.pid = pids[0]
         self.process = process
         self.tree = tree
         self.follow_forks = follow_forks
+        #: cgroup v2 directory whose processes (now and later) are tracked
+        self.cgroup = cgroup
         self._setup(kernel.page_size)
         self._tree = _Tree(kernel, backend, options, follow_forks, reattach_on_exec)
         self._sharers = SharerScan()
@@ -335,6 +347,8 @@ class ProcessTracker(Tracker):
                                            hint="its last collect was already returned")
             notes = _Notes()
             self._take_forks(notes)
+            if self.cgroup is not None and reset:
+                self._join_cgroup(notes)
             results = self._collect_members(reset, max_pages, notes)
             if reset:
                 self._poll_children(results, notes)
@@ -358,16 +372,8 @@ class ProcessTracker(Tracker):
                 if f.ufd >= 0:
                     os.close(f.ufd)
                 continue
-            if f.ufd >= 0 and f.child is not None:
-                try:
-                    child = self._tree.inherit(f, parent)
-                    self._views[child.pid] = views(child.pid, child.maps)
-                    continue
-                except errors.NoSuchProcess:
-                    notes.whole(self._views.get(f.parent, ()),
-                                f"pid {f.child} (forked from {f.parent}) exited before it "
-                                "could be collected")
-                    continue
+            if f.ufd >= 0 and f.child is not None and self._take_child(f, parent, notes):
+                continue
             who = f"pid {f.child}" if f.child is not None else "a child whose pid could not " \
                 "be found"
             why = "not followed (follow_forks=False)" if f.child is not None and \
@@ -376,6 +382,40 @@ class ProcessTracker(Tracker):
                 self._tree.untracked_children[f.child] = f.parent
             notes.whole(self._views.get(f.parent, ()),
                         f"{who} forked from {f.parent} is {why} and may write it")
+
+    def _take_child(self, f: Forked, parent: Member, notes: _Notes) -> bool:
+        """Track a followed child through the context its fork made. When its address space
+        is gone already (it exec'd, or exited), that context says nothing: an exec'd child
+        is attached afresh (its new program reported whole once), an exited one is noted."""
+        assert f.child is not None
+        child: Member | None = None
+        try:
+            child = self._tree.inherit(f, parent)
+        except errors.NoSuchProcess:
+            pass
+        # alive now means it was when its pagemap was opened: it cannot exec in between
+        if child is not None and mm_alive(f.ufd, self.page_size):
+            self._views[child.pid] = views(child.pid, child.maps)
+            return True
+        self._tree.drop(f.child)  # its member, and the watcher's copy of the dead context
+        st = procfs.read_stat(f.child)
+        if st is None or st.state in ("Z", "X"):
+            notes.whole(self._views.get(f.parent, ()),
+                        f"pid {f.child} (forked from {f.parent}) exited before it could be "
+                        "collected")
+            return True
+        notes.whole(self._views.get(f.parent, ()),
+                    f"pid {f.child} (forked from {f.parent}) exec'd before it could be "
+                    "collected")
+        try:
+            new = self._tree.add(f.child, late=(
+                f"pid {f.child} exec'd a new program before it could be collected: every "
+                "writable mapping of it is reported whole once"))
+            self._views[f.child] = views(f.child, new.maps)
+        except errors.WriteWatchError as exc:
+            self._tree.untracked_children[f.child] = f.parent
+            notes.reasons.append(f"pid {f.child} could not be attached after its exec: {exc}")
+        return True
 
     def _collect_members(self, reset: bool, max_pages: int,
                          notes: _Notes) -> dict[int, MemberCollect]:
@@ -437,6 +477,26 @@ class ProcessTracker(Tracker):
                 notes.whole(self._views.get(pid, ()),
                             f"pid {child} forked from {pid} is {why} and may write it")
 
+    def _join_cgroup(self, notes: _Notes) -> None:
+        """Processes that joined the cgroup since the last collect: attached now; what they
+        wrote before is unknown, so every writable mapping of them is reported whole once."""
+        assert self.cgroup is not None
+        for pid in sorted(procfs.cgroup_pids(self.cgroup) - set(self._tree.members)):
+            if pid == os.getpid():
+                continue
+            try:
+                self._tree.settle_forks()
+                if pid in self._tree.members or self._tree.forked_from(pid):
+                    continue
+                m = self._tree.add(pid, late=f"pid {pid} joined {self.cgroup} after tracking "
+                                   "started: every writable mapping of it is reported whole "
+                                   "once")
+            except errors.WriteWatchError as exc:
+                notes.reasons.append(f"pid {pid} in {self.cgroup} could not be attached: {exc}")
+                continue
+            self._views[pid] = views(pid, m.maps)
+            notes.forked.append(pid)
+
     def _announced(self, parent: int, child: int, notes: _Notes) -> bool:
         """Whether ``child`` came (or is coming) through a fork event: those are taken over
         from the watcher, never attached a second time."""
@@ -494,7 +554,12 @@ class ProcessTracker(Tracker):
             self._tree.drop(p)
             self._views.pop(p, None)
         if root is not None and root.exited:
-            self._gone = True
+            if self.cgroup is not None and self._tree.members:
+                # a cgroup outlives any of its processes: the oldest left is the root now
+                self.pid = min(self._tree.members)
+                reasons.append(f"the root process exited; pid {self.pid} is the root now")
+            else:
+                self._gone = True
         execd = tuple(p for p, r in results.items() if r.exec)
         rw = per.get(self.pid, Pages((), ps))
         rc = per_cons.get(self.pid, Pages((), ps))
@@ -573,9 +638,10 @@ def _check_target(pid: int) -> None:
                  "with writewatch.launch()")
 
 
-def attach(pid: int | Iterable[int], backend: str = "auto", *, tree: bool = False,
-           follow_forks: bool = False, kernel: KernelCalls = LINUX,
-           reattach_on_exec: bool = True, **options: Any) -> ProcessTracker:
+def attach(pid: int | Iterable[int] | None = None, backend: str = "auto", *,
+           tree: bool = False, follow_forks: bool = False, cgroup: str | None = None,
+           kernel: KernelCalls = LINUX, reattach_on_exec: bool = True,
+           **options: Any) -> ProcessTracker:
     """Track every page other running processes write, from now on.
 
     Args:
@@ -585,6 +651,9 @@ def attach(pid: int | Iterable[int], backend: str = "auto", *, tree: bool = Fals
         follow_forks: track children forked from now on, from their first instruction
             (UFFD_FEATURE_EVENT_FORK, needs CAP_SYS_PTRACE; otherwise they are found and
             attached at the next collect).
+        cgroup: a cgroup v2 directory (a container, a systemd unit): every process in it and
+            in the cgroups below, and every process that joins later (attached at the next
+            collect). ``pid`` may then be omitted (the oldest process is the root).
         backend: "auto", "uffd-async" or "soft-dirty".
         reattach_on_exec: when a process execs, track the new program (reported whole once).
 
@@ -599,13 +668,19 @@ def attach(pid: int | Iterable[int], backend: str = "auto", *, tree: bool = Fals
         ``processes``, ``last``: per-collect mapping changes, forks, exits, per-process
         pages and conservative reports).
     """
-    if isinstance(pid, (str, bytes)) or not isinstance(pid, (int, Iterable)):
+    if pid is not None and (isinstance(pid, (str, bytes)) or
+                            not isinstance(pid, (int, Iterable))):
         raise errors.InvalidTarget(f"{pid!r} is not a process id",
                                    hint="give a PID > 0, or a list of them")
-    pids = [pid] if isinstance(pid, int) else list(pid)
+    pids = [] if pid is None else [pid] if isinstance(pid, int) else list(pid)
+    if cgroup is not None:
+        cgroup = procfs.cgroup_dir(os.fspath(cgroup))
+        pids += sorted(procfs.cgroup_pids(cgroup) - set(pids) - {os.getpid()})
     if not pids:
-        raise errors.InvalidTarget("no process given", hint="pass a PID or a list of PIDs")
+        raise errors.InvalidTarget("no process given" if cgroup is None else
+                                   f"cgroup {cgroup} has no process",
+                                   hint="pass a PID, a list of PIDs or a cgroup")
     for p in pids:
         _check_target(p)
     return ProcessTracker(pids, backend, kernel=kernel, reattach_on_exec=reattach_on_exec,
-                          tree=tree, follow_forks=follow_forks, **options)
+                          tree=tree, follow_forks=follow_forks, cgroup=cgroup, **options)
