@@ -42,26 +42,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", help="write-tracking backend")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on long saves (default: on a terminal)")
+    t = parser.add_argument_group("process trees")
+    t.add_argument("--tree", action="store_true",
+                   help="snapshot the process and all its descendants at one pause")
+    t.add_argument("-f", "--follow-forks", action="store_true",
+                   help="include the processes it forks from now on")
+    t.add_argument("--shared", choices=["fail", "pause"], default="fail",
+                   help="when a process outside the snapshot maps its shared memory "
+                        "writable: fail (default), or stop it too during each save")
+    parser.add_argument("--verify-live", action="store_true",
+                        help="after each save, compare the snapshot with a full read of the "
+                             "memory taken in the same pause (slow; fails on any difference)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..snapshot import Snapshotter
     target = list(args.target)
+    if target and target[0] == "--":
+        target = target[1:]
     if not target:
         raise errors.InvalidTarget("no process given", hint="give a PID or -- CMD ARGS")
+    if args.count < 0 or args.keep < 0:
+        raise errors.InvalidTarget("--count and --keep take N >= 0")
     process = None
     if len(target) == 1 and target[0].isdigit():
         what: object = int(target[0])
+        if args.tree or args.follow_forks:
+            from ..process import attach
+            what = attach(int(target[0]), args.backend, tree=args.tree,
+                          follow_forks=args.follow_forks)
     else:
         from ..process import launch
-        what = launch(target, args.backend)
+        what = launch(target, args.backend, follow_forks=args.follow_forks)
         process = what.process
-    if args.count < 0 or args.keep < 0:
-        raise errors.InvalidTarget("--count and --keep take N >= 0")
     n = 0
     try:
         with Snapshotter(what, args.store, compress=args.compress, backend=args.backend,
-                         progress=args.progress) as snap:
+                         progress=args.progress, shared=args.shared) as snap:
             pid = snap.source.pid  # type: ignore[attr-defined]
             why = getattr(snap.source, "untracked_reason", None)
             if why:
@@ -70,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             next_at = time.monotonic()
             while True:
                 try:
-                    info = snap.save()
+                    info = snap.save(verify=args.verify_live)
                 except errors.NoSuchProcess:
                     print(f"process {pid} exited", file=sys.stderr)
                     break
@@ -92,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
                           file=sys.stderr)
                     break
     finally:
+        close = getattr(what, "close", None)
+        if close is not None:
+            close()
         if process is not None and process.poll() is None:
             # like `time CMD`: a program started here runs to its end
             process.wait()

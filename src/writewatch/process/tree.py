@@ -77,6 +77,9 @@ class ProcessCollectInfo(CollectInfo):
     execd: tuple[int, ...] = ()  #: tracked processes that exec'd since the last collect
     processes: tuple[int, ...] = ()  #: the processes tracked after this collect
     union_pages: int = 0  #: pages written in the whole tree, a shared page counted once
+    #: processes outside the tracked set that map tracked shared memory writable now (their
+    #: writes there are reported conservatively: no page table of the tree shows them)
+    untracked: tuple[int, ...] = ()
     per_process: tuple[tuple[int, Pages], ...] = field(default=(), repr=False)
     per_process_conservative: tuple[tuple[int, Pages], ...] = field(default=(), repr=False)
     member_mappings: tuple[tuple[int, tuple[MappingInfo, ...]], ...] = field(default=(),
@@ -235,6 +238,7 @@ class ProcessTracker(Tracker):
         self._setup(kernel.page_size)
         self._tree = _Tree(kernel, backend, options, follow_forks, reattach_on_exec)
         self._sharers = SharerScan()
+        self._pending_notes: list[_Notes] = []
         self._views: dict[int, tuple[View, ...]] = {}
         self._gone = False
         self._finalizer = weakref.finalize(self, self._tree.close)
@@ -334,6 +338,22 @@ class ProcessTracker(Tracker):
                                        "not a tracked process")
         return m.mappings()
 
+    def refresh(self) -> tuple[int, ...]:
+        """Take over the children forked since the last collect now (fork events read, new
+        children in /proc), without collecting: the processes added. A caller that stops
+        every tracked process (a snapshot) calls this until it adds none."""
+        with self._lock:
+            self._check_open()
+            before = set(self._tree.members)
+            notes = _Notes()
+            self._take_forks(notes)
+            if self.follow_forks:
+                self._poll_children({p: MemberCollect(p, Pages((), self.page_size),
+                                                      Pages((), self.page_size))
+                                     for p in self._tree.members}, notes)
+            self._pending_notes.append(notes)
+            return tuple(p for p in self._tree.members if p not in before)
+
     def add(self, *targets: Any) -> None:
         raise errors.InvalidTarget("a process tracker tracks every writable mapping already",
                                    hint="use writewatch.track() for memory of this process")
@@ -346,6 +366,9 @@ class ProcessTracker(Tracker):
                 raise errors.NoSuchProcess(self.pid, f"process {self.pid} has exited",
                                            hint="its last collect was already returned")
             notes = _Notes()
+            for earlier in self._pending_notes:
+                notes.merge(earlier)
+            self._pending_notes.clear()
             self._take_forks(notes)
             if self.cgroup is not None and reset:
                 self._join_cgroup(notes)
@@ -570,6 +593,7 @@ class ProcessTracker(Tracker):
             moved=root.moved if root else (), refused=root.refused if root else (),
             exec=bool(root and root.exec), exited=exited, forked=tuple(notes.forked), execd=execd,
             processes=() if self._gone else tuple(self._tree.members), union_pages=union,
+            untracked=tuple(sorted({s.pid for s in sharers})),
             per_process=tuple(per.items()), per_process_conservative=tuple(per_cons.items()),
             member_mappings=tuple((p, r.mappings) for p, r in results.items()))
 
@@ -599,6 +623,11 @@ class _Notes:
         self.views: list[tuple[View, str]] = []
         self.reasons: list[str] = []
         self.forked: list[int] = []
+
+    def merge(self, other: _Notes) -> None:
+        self.views += other.views
+        self.reasons += other.reasons
+        self.forked += other.forked
 
     def whole(self, vs: Iterable[View], why: str) -> None:
         shared = [v for v in vs if v.shared]

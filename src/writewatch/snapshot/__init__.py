@@ -15,6 +15,7 @@ from .format import Manifest, Region
 from .snapshotter import Diff, Image, SnapshotInfo, Snapshots, Snapshotter, VerifyReport
 from .source import BufferSource, ProcessSource, Source
 from .store import BlobNotFound, DirStore, Store, open_store
+from .tree import SharedWithUntracked, TreeSource
 
 __all__ = [
     "BlobNotFound",
@@ -27,6 +28,7 @@ __all__ = [
     "NoSuchSnapshot",
     "ProcessSource",
     "Region",
+    "SharedWithUntracked",
     "SizeMismatch",
     "SnapshotError",
     "SnapshotInfo",
@@ -35,6 +37,7 @@ __all__ = [
     "Source",
     "Store",
     "StoreLocked",
+    "TreeSource",
     "VerifyReport",
     "open_store",
 ]

@@ -335,14 +335,21 @@ class Snapshots:
             if advance is not None:
                 advance((e - s) * ps)
 
-    def restore(self, ref: Any, into: Any = None, *, progress: bool | None = None) -> Image:
+    def restore(self, ref: Any, into: Any = None, *, progress: bool | None = None,
+                pid: int | None = None) -> Image:
         """The memory of snapshot ``ref``, exactly.
 
         ``into``: a writable buffer of exactly the image size (one buffer target: its
         length), or a sequence of buffers, one per region. Without it a new array is made.
-        A wrong size raises :class:`SizeMismatch` before anything is written."""
+        A wrong size raises :class:`SizeMismatch` before anything is written. ``pid``: of a
+        tree snapshot, the process whose image is restored (default: the root)."""
         res = self.resolve(ref)
         m = res.manifest
+        if m.source.get("kind") == "tree":
+            return self._restore_tree(res, into, pid, progress)
+        if pid is not None and pid != m.source.get("pid"):
+            raise errors.NoSuchProcess(pid, f"snapshot {m.name} is of process "
+                                       f"{m.source.get('pid')}")
         ps = m.page_size
         exact = [(r.data_start - r.start if r.data_start is not None else 0,
                   r.data_length if r.data_length is not None else r.length) for r in m.regions]
@@ -370,6 +377,41 @@ class Snapshots:
                     pos += k
         data = outs[0] if len(outs) == 1 else np.concatenate(outs)
         return Image(m.name, m.regions, offsets, data, m.maps)
+
+    def _restore_tree(self, res: _Resolved, into: Any, pid: int | None,
+                      progress: bool | None) -> Image:
+        """One process of a tree snapshot: its private regions from its space, its shared
+        mappings from their objects' spaces (see :mod:`writewatch.snapshot.tree`)."""
+        from .tree import assemble
+        m = res.manifest
+        ps = m.page_size
+        regions, starts = assemble(m.source, pid)
+        sizes = [r.length for r in regions]
+        outs = self._outputs(m, into, sizes, sum(sizes))
+        order = np.argsort(res.addrs, kind="stable")
+        sorted_addrs = res.addrs[order]
+        want = np.concatenate([_U64(a) + np.arange(r.length // ps, dtype=_U64) * _U64(ps)
+                               for r, a in zip(regions, starts, strict=True)]) \
+            if regions else np.empty(0, _U64)
+        pos = np.searchsorted(sorted_addrs, want)
+        ok = (pos < len(sorted_addrs)) & (sorted_addrs[np.minimum(pos, len(sorted_addrs) - 1)]
+                                          == want)
+        if not ok.all():
+            raise CorruptSnapshot("a page of the process is in no region of the snapshot",
+                                  snapshot=m.name)
+        idx = order[pos]
+        with _progress(f"restore {m.name}", len(idx) * ps, progress) as advance:
+            if len(outs) == 1:
+                self._fill(res, idx, outs[0], advance)
+            else:
+                k = 0
+                for o, r in zip(outs, regions, strict=True):
+                    n = r.length // ps
+                    self._fill(res, idx[k:k + n], o, advance)
+                    k += n
+        offsets = tuple(int(x) for x in np.cumsum([0, *sizes])[:-1])
+        data = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return Image(m.name, tuple(regions), offsets, data, ())
 
     @staticmethod
     def _as_bytes(buf: Any) -> np.ndarray:
@@ -574,17 +616,40 @@ class Snapshots:
         self.close()
 
 
+def _live_images(src: Any) -> dict[int | None, Image]:
+    """During a pause: the whole writable memory of every process of ``src``, read now."""
+    from ..kernel import procfs
+    from .source import process_vm_readv
+    pids = list(getattr(getattr(src, "tracker", None), "processes", ()) or ()) \
+        if getattr(src, "kind", "") == "tree" else [src.pid]
+    out: dict[int | None, Image] = {}
+    for pid in pids:
+        regs = tuple(Region(m.start, m.end, m.perms, m.offset, m.path)
+                     for m in procfs.read_maps(pid)
+                     if m.perms[:2] == "rw" and m.path not in procfs.SPECIAL)
+        runs = np.array([(r.start, r.end) for r in regs], _U64).reshape(-1, 2)
+        buf = np.empty(int((runs[:, 1] - runs[:, 0]).sum()), np.uint8)
+        process_vm_readv(pid, runs, buf)
+        offs = tuple(int(x) for x in np.cumsum([0, *(r.length for r in regs)])[:-1])
+        out[pid] = Image("live", regs, offs, buf)
+    return out
+
+
 def _meta(r: Region) -> tuple[Any, ...]:
     return (r.end, r.perms, r.offset, r.path)
 
 
-def _make_source(target: Any, backend: str, stop: bool | str) -> Source:
+def _make_source(target: Any, backend: str, stop: bool | str, shared: str) -> Source:
     from ..process import ProcessTracker, attach
     from ..tracker import Tracker, track
+    from .tree import TreeSource
     if isinstance(target, Source):
         return target
     if isinstance(target, ProcessTracker):
-        return ProcessSource(int(target.pid), target, stop=stop)
+        if len(target.processes) > 1 or target.follow_forks or target.tree or \
+                target.cgroup is not None:
+            return TreeSource(target, shared=shared)
+        return ProcessSource(int(target.pid), target, stop=stop, shared=shared)
     if isinstance(target, Tracker):
         return BufferSource(target)
     if isinstance(target, bool):
@@ -596,7 +661,7 @@ def _make_source(target: Any, backend: str, stop: bool | str) -> Source:
             tracker = attach(target, backend)
         except (errors.Unsupported, errors.PermissionDenied, errors.KernelError) as exc:
             why = str(exc)
-        src = ProcessSource(target, tracker, stop=stop, owned=True)
+        src = ProcessSource(target, tracker, stop=stop, owned=True, shared=shared)
         src.untracked_reason = why
         return src
     return BufferSource(track(target, backend=backend), owned=True)
@@ -618,12 +683,19 @@ class Snapshotter:
 
     ``stop`` (processes): True/"auto" (ptrace interrupt, SIGSTOP when ptrace is refused),
     "ptrace", "sigstop", or False (never stop: each page is as it was when read).
+
+    A process tracker of several processes (``attach(pid, tree=True)``, ``follow_forks``,
+    a cgroup, launch) is saved as a tree (:mod:`writewatch.snapshot.tree`): every process at
+    one pause, shared memory once; ``restore(ref, pid=...)`` gives one process's image.
+    ``shared``: what to do when processes outside the tracked set map its shared memory
+    writable: "fail" (raise :class:`~writewatch.snapshot.tree.SharedWithUntracked`) or
+    "pause" (stop them during each save too).
     """
 
     def __init__(self, target: Any, store: Store | str | os.PathLike[str], *,
                  compress: str | None = None, level: int = 1, chunk_size: int = DEFAULT_CHUNK,
                  zero_pages: bool = True, backend: str = "auto", progress: bool | None = None,
-                 stop: bool | str = True) -> None:
+                 stop: bool | str = True, shared: str = "fail") -> None:
         if compress not in (None, "zstd"):
             raise errors.InvalidTarget(f"compress={compress!r}", hint="None or 'zstd'")
         self._owns_store = not isinstance(store, Store)
@@ -631,7 +703,7 @@ class Snapshotter:
         self.store = self.snapshots.store
         self.store.acquire()
         try:
-            self.source = _make_source(target, backend, stop)
+            self.source = _make_source(target, backend, stop, shared)
         except BaseException:
             self.store.close() if self._owns_store else self.store.release()
             raise
@@ -716,14 +788,26 @@ class Snapshotter:
         bounds = np.flatnonzero(np.diff(cuts // cap)) + 1
         return np.split(pieces, bounds)
 
-    def save(self) -> SnapshotInfo:
+    def save(self, *, verify: bool = False) -> SnapshotInfo:
         """Save a snapshot: full the first time, then only the pages written since the
-        previous save. Returns its :class:`SnapshotInfo` once it is durable and visible."""
+        previous save. Returns its :class:`SnapshotInfo` once it is durable and visible.
+
+        ``verify`` (processes): also read all of the memory in the same pause and compare
+        the restored snapshot with it; any difference raises :class:`SnapshotError` (a
+        wrong image never passes). It costs a full read per save."""
         with self._lock:
             self._check_open()
             src = self.source
             parent = self._last
             t0 = time.perf_counter()
+            truth: dict[int | None, Image] = {}
+            hook = getattr(src, "on_pause", None)
+            if verify:
+                if not hasattr(src, "on_pause"):
+                    raise errors.InvalidTarget("verify needs a process source (a buffer of "
+                                               "this process is never paused)")
+                src.on_pause = lambda s: (truth.update(_live_images(s)),
+                                          hook(s) if hook else None)
             try:
                 m = self._save(src, parent, t0)
             except BaseException:
@@ -731,9 +815,29 @@ class Snapshotter:
                 # must not leave the next one a delta that lacks them
                 self._last = None
                 raise
+            finally:
+                if verify:
+                    src.on_pause = hook  # type: ignore[attr-defined]
             self.snapshots._cache[m.name] = m
             self._last = m
+            if verify:
+                self._verify_live(m, truth)
             return self.snapshots.info(m.name)
+
+    def _verify_live(self, m: Manifest, truth: dict[int | None, Image]) -> None:
+        for pid, want in truth.items():
+            got = self.snapshots.restore(m.name, pid=pid)
+            if [(r.start, r.end) for r in got.regions] != \
+                    [(r.start, r.end) for r in want.regions] or \
+                    not np.array_equal(got.data, want.data):
+                ps = m.page_size
+                n = min(got.data.nbytes, want.data.nbytes) // ps
+                bad = int((got.data[:n * ps].reshape(-1, ps) !=
+                           want.data[:n * ps].reshape(-1, ps)).any(axis=1).sum())
+                raise SnapshotError(
+                    f"snapshot {m.name} differs from the memory of process {pid} read in the "
+                    f"same pause ({bad} pages differ)",
+                    hint="report this: it is a tracking bug, the image is not exact")
 
     def _save(self, src: Source, parent: Manifest | None, t0: float) -> Manifest:
         ps = src.page_size
@@ -847,9 +951,9 @@ class Snapshotter:
 
     # -- reading (delegated) ----------------------------------------------------------------------
     def restore(self, snapshot: Any = "latest", into: Any = None, *,
-                progress: bool | None = None) -> Image:
+                progress: bool | None = None, pid: int | None = None) -> Image:
         return self.snapshots.restore(snapshot, into, progress=self.progress
-                                      if progress is None else progress)
+                                      if progress is None else progress, pid=pid)
 
     def list(self) -> tuple[SnapshotInfo, ...]:
         return self.snapshots.list()

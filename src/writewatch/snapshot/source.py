@@ -289,10 +289,16 @@ class ProcessSource(Source):
     kind = "process"
 
     def __init__(self, pid: int, tracker: Any = None, *, stop: bool | str = True,
-                 owned: bool = False) -> None:
+                 owned: bool = False, shared: str = "fail") -> None:
+        if shared not in ("fail", "pause"):
+            raise errors.InvalidTarget(f"shared={shared!r}", hint='"fail" or "pause"')
         self.pid = pid
         self.tracker = tracker
         self.owned = owned
+        #: processes outside the tracker that map shared memory of it writable: "fail"
+        #: refuses to save, "pause" stops them during the save (see snapshot.tree)
+        self.shared = shared
+        self._stack: contextlib.ExitStack | None = None
         #: why there is no tracker (pages are then compared by content hash)
         self.untracked_reason: str | None = None
         self.stop = stop
@@ -316,7 +322,10 @@ class ProcessSource(Source):
     def collect(self) -> Pages:
         if self.tracker is None:
             return Pages((), self.page_size)
-        return self.tracker.collect()  # type: ignore[no-any-return]
+        got: Pages = self.tracker.collect()
+        from .tree import hold_untracked
+        hold_untracked(getattr(self.tracker, "last", None), self.shared, self._stack)
+        return got
 
     def tracked(self) -> Pages:
         if self.tracker is None:
@@ -331,12 +340,15 @@ class ProcessSource(Source):
             yield
             return
         try:
-            with stopped(self.pid, "auto" if self.stop is True else str(self.stop)) as how:
+            with contextlib.ExitStack() as stack, \
+                    stopped(self.pid, "auto" if self.stop is True else str(self.stop)) as how:
+                self._stack = stack
                 self.stopped_by = how
                 yield
                 if self.on_pause is not None:
                     self.on_pause(self)
         finally:
+            self._stack = None
             self.last_pause = time.perf_counter() - t0
 
     def read(self, runs: np.ndarray, out: np.ndarray) -> None:
