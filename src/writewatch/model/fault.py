@@ -93,22 +93,25 @@ def write_page(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
         t.st[n] = PRESENT  # do_swap_page: uffd-wp and soft-dirty come back from the entry
         c.swap_ins += 1
         st = PRESENT
+    tracked_none = False
     if st in (PRESENT, MARKER) and fl & WP:
         assert t is not None
         _wp_fault(mm, v, addr, tids)
         st, fl = int(t.st[n]), int(t.fl[n])
-    elif st == MARKER:  # a discard marker (a design's, no uffd-wp bit): written
-        assert t is not None
-        t.st[n] = NONE
-        t.fl[n] = 0
-        st, fl = NONE, 0
-    elif st == NONE and ctx is not None and ctx.none_protected(v):
-        _none_write(mm, v, addr, tids, "before", before)
+    elif st in (NONE, MARKER):
+        if st == MARKER:  # a discard marker (a design's, no uffd-wp bit): written
+            assert t is not None
+            t.st[n] = NONE
+            t.fl[n] = 0
+            st, fl = NONE, 0
+        tracked_none = ctx is not None and ctx.none_protected(v)
+        if tracked_none:
+            _none_write(mm, v, addr, tids, "before", before)
     if st == PRESENT:
         assert t is not None
         _write_present(mm, v, t, n, addr, fl)
         return
-    _populate_write(mm, v, t, k, n, addr, tids, before)
+    _populate_write(mm, v, t, k, n, addr, tids, before if tracked_none else None)
 
 
 def _wp_fault(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
@@ -177,8 +180,9 @@ def _write_present(mm: Mm, v: Vma, t: Table, n: int, addr: int, fl: int) -> None
 
 
 def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
-                    tids: tuple[int, ...], before: int) -> None:
-    """A write fault on a none entry (or a resolved marker): map a page."""
+                    tids: tuple[int, ...], before: int | None) -> None:
+    """A write fault on a none entry (or a resolved marker): map a page. ``before``: the
+    content before, when the entry was a protected none (the design notifies after)."""
     if t is None and thp_ok(mm, v, addr):
         t = mm.pt.alloc(k)
         t.huge = True
@@ -206,9 +210,9 @@ def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
     _after_none_write(mm, v, addr, tids, before)
 
 
-def _after_none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...], before: int) -> None:
-    ctx = v.uffd
-    if ctx is not None and ctx.none_protected(v):
+def _after_none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...],
+                      before: int | None) -> None:
+    if before is not None:
         _none_write(mm, v, addr, tids, "after", before)
 
 
@@ -219,12 +223,11 @@ def _none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...], when: str,
     ctx = v.uffd
     assert ctx is not None
     after = ctx.rules.notify_after_map
-    if (when == "after") != after:
-        return
-    mm.c.tracking_faults += 1
-    if ctx.ring is not None:
-        ctx.ring.append(addr)
-    if ctx.async_:
+    if when == "before":
+        mm.c.tracking_faults += 1
+        if ctx.ring is not None:
+            ctx.ring.append(addr)
+    if ctx.async_ or (when == "after") != after:
         return
     seen = before
     if after:
