@@ -329,3 +329,47 @@ def test_recorded_trace_replays_through_the_cli(tmp_path, capsys) -> None:
     # the raw mechanism cannot report the shmem mapping that went away (4 pages)
     assert res["uffd-async"]["false_negatives"] == 4
     assert "maps" in res["uffd-async"]["fn_examples"][0]
+
+
+# -- the replay engine -------------------------------------------------------------------------
+def _bench_like(seed: int, n: int) -> Trace:
+    """Single-page writes and reads (hot and cold), small discards and mprotect toggles over
+    64 MiB, collects: the shape of benchmarks/bench_model.py, small."""
+    import random
+    rng = random.Random(seed)
+    npg = (64 << 20) // PAGE
+    ops = [op("mmap", addr=BASE, len=npg * PAGE), op("madvise", addr=BASE, len=8 * PMD,
+                                                       advice="HUGEPAGE"),
+           op("track", addr=BASE, len=npg * PAGE)]
+    for i in range(n):
+        r = rng.random()
+        if i % 500 == 499:
+            ops.append(op("collect"))
+        elif r < 0.85:
+            p = rng.randrange(npg // 10) if rng.random() < 0.8 else rng.randrange(npg)
+            ops.append(op("write", addr=BASE + p * PAGE, len=PAGE))
+        elif r < 0.95:
+            ops.append(op("read", addr=BASE + rng.randrange(npg) * PAGE, len=PAGE))
+        elif r < 0.99:
+            p = rng.randrange(npg - 16)
+            ops.append(op("madvise", addr=BASE + p * PAGE, len=rng.randrange(1, 17) * PAGE,
+                          advice=rng.choice(["DONTNEED", "FREE"])))
+        else:
+            p = rng.randrange(npg - 16)
+            ops += [op("mprotect", addr=BASE + p * PAGE, len=16 * PAGE, prot="r"),
+                    op("mprotect", addr=BASE + p * PAGE, len=16 * PAGE, prot="rw")]
+    ops.append(op("collect"))
+    return tr(*ops)
+
+
+def test_batched_replay_equals_op_by_op() -> None:
+    """The vectorised batches give exactly the metrics of applying each op on its own."""
+    traces = [_bench_like(1, 6000), random_trace(2, 800, space=8 << 20)]
+    for t in traces:
+        for d in (None, "uffd-async", "uffd-sync-unpop", "soft-dirty", "write-ring",
+                  "fault-time-sync", "writewatch"):
+            a = run_trace(t, d, P618).to_dict()
+            b = run_trace(t, d, P618, batch=False).to_dict()
+            for m in (a, b):
+                m.pop("seconds")
+            assert a == b, d

@@ -144,6 +144,19 @@ def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
     bits present, swapped, file/shared, soft-dirty and uffd-wp (kernels without
     PAGEMAP_SCAN, e.g. 6.1)."""
     profile = profile or running()
+    # MADV_PAGEOUT isolates only folios off the per-CPU LRU batches, and drains only this
+    # CPU's (lru_add_drain): on one CPU what it reclaims does not depend on scheduling
+    cpus = os.sched_getaffinity(0)
+    if any(o[0] == "pageout" for o in ops):
+        os.sched_setaffinity(0, {min(cpus)})
+    try:
+        return _run(kind, thp, ops, profile, stop_at_first, mode)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def _run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile, stop_at_first: bool,
+         mode: str) -> list[Mismatch]:
     raw = _sys.mmap(0, RES + PMD, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS |
                     MAP_NORESERVE)
     r = -(-raw // PMD) * PMD

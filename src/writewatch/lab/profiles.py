@@ -43,6 +43,7 @@ SINCE: dict[str, tuple[int, int]] = {
     "thp_split_mkdirty": (6, 3),
     "pt_reclaim": (6, 14),
     "huge_zero_wp_thp": (6, 14),
+    "thp_split_zeropage": (6, 12),
 }
 
 

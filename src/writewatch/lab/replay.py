@@ -170,8 +170,10 @@ class Runner:
     """One design replaying one trace on a fresh model machine."""
 
     def __init__(self, design: D.Design | None, profile: Profile, workload: str = "",
-                 costs: C.Costs | None = None) -> None:
+                 costs: C.Costs | None = None, batch: bool = True) -> None:
         self.design = design
+        #: apply runs of single-page accesses in vectorised batches (False: one by one)
+        self.batch = batch
         self.profile = design.profile(profile) if design else profile
         self.costs = costs or C.DEFAULT
         self.mm = Mm(self.profile)
@@ -192,6 +194,7 @@ class Runner:
         self._wbuf: list[int] = []
         self._wops: list[int] = []
         self._wk: set[int] = set()
+        self._wpages: set[int] = set()
         self._rbuf: list[int] = []
         self._rk: set[int] = set()
         if design is not None:
@@ -275,6 +278,7 @@ class Runner:
         self._wbuf.clear()
         self._wops.clear()
         self._wk.clear()
+        self._wpages.clear()
         ks = np.unique(addrs >> PMD_SHIFT)
         hit = np.zeros(len(addrs), bool)
         for t in self.tracked:
@@ -294,11 +298,14 @@ class Runner:
         if not hit.any():
             return
         for t in self.tracked:
-            inside = (addrs >= t.start) & (addrs < t.end)
-            sel = addrs[inside]
-            for k in np.unique(sel >> PMD_SHIFT).tolist():
-                c = t.chunks[k]
-                idx = (sel[(sel >> PMD_SHIFT) == k] - c.lo) >> PAGE_SHIFT
+            sel = np.sort(addrs[(addrs >= t.start) & (addrs < t.end)])
+            if not len(sel):
+                continue
+            keys = sel >> PMD_SHIFT
+            cuts = np.flatnonzero(np.diff(keys)) + 1
+            for part in np.split(sel, cuts):
+                c = t.chunks[int(part[0]) >> PMD_SHIFT]
+                idx = (part - c.lo) >> PAGE_SHIFT
                 c.touched[idx] = True
                 c.wrote[idx] = True
         self.log.append((addrs[hit], addrs[hit] + PAGE, opi[hit]))
@@ -306,25 +313,45 @@ class Runner:
 
     def _queue(self, op: dict[str, Any], name: str) -> bool:
         """Gather a single-page access of the root process into the batch; False when the op
-        must be applied on its own."""
-        if op.get("len") != PAGE or "tids" in op or op.get("proc") or op.get("tid"):
+        must be applied on its own. At the flush the reads go first, then the writes: a read
+        of a page written earlier in the batch is a no-op and is dropped, and a read that
+        would come after a write to the same page table is applied first only when that
+        table exists and is not a THP (where the two cannot interact)."""
+        if not self.batch or op.get("len") != PAGE or "tids" in op or op.get("proc") or \
+                op.get("tid"):
             return False
         a = op["addr"]
         k = a >> PMD_SHIFT
         if name == "write":
-            if k in self._rk:
-                self._flush()
             self._wbuf.append(a)
             self._wops.append(self.n_ops - 1)
             self._wk.add(k)
+            self._wpages.add(a)
+        elif a in self._wpages:
+            return True
         else:
             if k in self._wk:
-                self._flush()
+                t = self.mm.pt.get(k)
+                if t is None or t.huge:
+                    self._flush()
             self._rbuf.append(a)
             self._rk.add(k)
         if len(self._wbuf) + len(self._rbuf) >= _BATCH:
             self._flush()
         return True
+
+    def _commutes(self, op: dict[str, Any], name: str) -> bool:
+        """A discard of the root's memory that the gathered accesses cannot see: none of
+        their page tables, and no whole PMD (a table MADV_DONTNEED could free): it may run
+        before them with the same result."""
+        if name != "madvise" or op["advice"] not in ("DONTNEED", "FREE") or op.get("proc"):
+            return False
+        a, ln = op["addr"], op["len"]
+        lo, hi = a >> PMD_SHIFT, (a + ln - 1) >> PMD_SHIFT
+        if ln >= 1 << PMD_SHIFT or (hi > lo + 1):
+            return False
+        busy = self._wk | self._rk
+        return lo not in busy and hi not in busy
 
     # -- ops -----------------------------------------------------------------------------------
     def track(self, start: int, end: int) -> None:
@@ -369,7 +396,7 @@ class Runner:
                 n = sum(max(0, min(e, hi) - max(s, lo)) for s, e in parts) >> PAGE_SHIFT
                 m.reported += n
                 m.false_positives += n
-        for k, c in t.chunks.items():
+        for k, c in sorted(t.chunks.items()):  # address order: the examples are the lowest
             lo, hi = t.bounds(k)
             rep = np.zeros((hi - lo) >> PAGE_SHIFT, bool)
             for s, e in reps.get(k, ()):
@@ -425,7 +452,8 @@ class Runner:
         self.n_ops += 1
         if (name == "write" or name == "read") and self._queue(op, name):
             return
-        self._flush()
+        if not self._commutes(op, name):
+            self._flush()
         if name == "write" and not op.get("proc"):
             a, ln = op["addr"], op["len"]
             if self.tracked:
@@ -591,16 +619,18 @@ def _design(design: str | type[D.Design] | None) -> D.Design | None:
 
 
 def run_trace(trace: Trace | Iterable[dict[str, Any]], design: str | type[D.Design] | None,
-              profile: Profile, workload: str = "", costs: C.Costs | None = None) -> Metrics:
+              profile: Profile, workload: str = "", costs: C.Costs | None = None, *,
+              batch: bool = True) -> Metrics:
     """Replay ``trace`` (a :class:`Trace` or any iterable of operations, consumed as it
-    comes) under ``design`` (a name, ``module:Class``, a class; None: untracked)."""
+    comes) under ``design`` (a name, ``module:Class``, a class; None: untracked). ``batch``
+    False applies every op on its own (the batches must give the same metrics)."""
     dsg = _design(design)
     if dsg is not None:
         why = dsg.unavailable(profile)
         if why:
             return Metrics(dsg.name, workload, profile.name, available=False, reason=why)
     t0 = time.perf_counter()
-    r = Runner(dsg, profile, workload, costs)
+    r = Runner(dsg, profile, workload, costs, batch)
     ops: Iterator[dict[str, Any]] = iter(trace.ops if isinstance(trace, Trace) else trace)
     for op in ops:
         try:

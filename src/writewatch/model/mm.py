@@ -43,6 +43,9 @@ NONE, PRESENT, SWAP, MARKER = Entry.NONE, Entry.PRESENT, Entry.SWAP, Entry.MARKE
 _NOT_RW = np.uint8(nbits(RW))
 _NOT_WP = np.uint8(nbits(WP))
 
+#: groups of single-page accesses to one page table smaller than this go one by one
+_VECTOR_MIN = 12
+
 #: what an observer is told: fn(what, start, end) for ranges ("write", "map", "unmap",
 #: "zap"), for ground truth kept outside the model
 Observer = Callable[[str, int, int], None]
@@ -305,6 +308,10 @@ class Mm:
             base = k << PMD_SHIFT
             v = self.find(base)
             t = self.pt.get(k)
+            if v is not None and v.shared and v.kind == "shmem" and \
+                    v.start <= base and base + PMD <= v.end:
+                self._collapse_shmem(v, k)
+                continue
             if v is None or not v.anonymous or t is None or t.huge or \
                     not (v.start <= base and base + PMD <= v.end) or \
                     self.profile.thp == "never" or v.hugepage < 0:
@@ -326,6 +333,29 @@ class Mm:
             fault._anon_vma(self, v)
             self.c.thp_collapses += 1
             self.c.tlb_flushes += 1
+
+    def _collapse_shmem(self, v: Vma, k: int) -> None:
+        """collapse_file(): the block becomes one huge folio in the page cache; the small
+        folios it replaces are unmapped from every mapping (try_to_unmap: a uffd-wp PTE
+        becomes a marker), the content kept (observed on 6.18 for shmem and memfd, also with
+        shmem_enabled=never: MADV_COLLAPSE ignores the sysfs setting)."""
+        f = v.file
+        assert f is not None
+        idx = v.page_index(k << PMD_SHIFT)
+        if idx % 512 or (idx // 512 < len(f.pmd_folio) and f.pmd_folio[idx // 512]):
+            return  # not a PMD-aligned block of the file, or one huge folio already
+        for u in self.world.mappers(f):
+            for w in u.vmas:
+                if w.file is not f or not (w.pgoff <= idx < w.page_index(w.end)):
+                    continue
+                a = w.start + ((idx - w.pgoff) << PAGE_SHIFT)
+                hi = min(w.end, a + PMD)
+                zap.zap(u, w, a, hi)
+        blk = idx // 512
+        f.ensure((blk + 1) * 512)
+        f.resident[blk * 512:(blk + 1) * 512] = True
+        f.pmd_folio[blk] = True
+        self.c.thp_collapses += 1
 
     # ------------------------------------------------------------------------ access
     def write(self, addr: int, length: int = PAGE, tids: tuple[int, ...] = (0,)) -> None:
@@ -406,15 +436,36 @@ class Mm:
             g0 = int(grp[0])
             v = vmas[int(vi[g0])]
             k = int(addrs[g0]) >> PMD_SHIFT
+            if len(grp) < _VECTOR_MIN:  # a few pages: one by one is cheaper
+                for a in addrs[grp].tolist():
+                    if write:
+                        self._write_one(v, a)
+                    else:
+                        self._read_one(v, a)
+                continue
             idx = ((addrs[grp] >> PAGE_SHIFT) & 511).astype(np.intp)
             if write:
                 rest = fault.write_table(self, v, k, idx) if fault.vector_ok(v) else \
                     np.arange(len(idx))
                 for p in rest.tolist():
-                    self.write(int(addrs[grp[p]]))
+                    self._write_one(v, int(addrs[grp[p]]))
             else:
                 for p in fault.read_table(self, v, k, idx).tolist():
                     fault.read_page(self, v, int(addrs[grp[p]]))
+
+    def _write_one(self, v: Vma, addr: int) -> None:
+        t = self.pt.get(addr >> PMD_SHIFT)
+        n = (addr >> PAGE_SHIFT) & 511
+        if t is not None and not t.huge and t.st[n] == PRESENT and \
+                (int(t.fl[n]) & (RW | WP)) == RW:
+            fault.store(self, v, t, n, addr)
+        else:
+            fault.write_page(self, v, addr, (0,))
+
+    def _read_one(self, v: Vma, addr: int) -> None:
+        t = self.pt.get(addr >> PMD_SHIFT)
+        if t is None or not (t.huge or t.st[(addr >> PAGE_SHIFT) & 511] == PRESENT):
+            fault.read_page(self, v, addr)
 
     def read(self, addr: int, length: int = PAGE) -> None:
         end = addr + length

@@ -53,6 +53,9 @@ class Profile:
     #: a split dirty THP are pte_mkdirty'd, which sets soft-dirty on x86 (seen on 6.12.95,
     #: not on 6.1, where 624a2c94f5b7 had reverted it)
     thp_split_mkdirty: bool = True
+    #: b1f202060afe (6.12): splitting an isolated anonymous THP (reclaim) maps its
+    #: zero-filled subpages to the shared zero page (observed on 6.18 with MADV_PAGEOUT)
+    thp_split_zeropage: bool = True
     #: swap space exists: reclaim can swap anonymous pages out (without it they stay)
     swap: bool = True
     #: the block device's read_ahead_kb / page size: a page-cache miss on a regular file
@@ -86,14 +89,15 @@ PROFILES: dict[str, Profile] = {
         "6.7-pre-2026-fixes", "6.7", softdirty_sticky_merge=False, scan_pte_none_written=False,
         scan_pmd_hole_written=False, mremap_clears_uffd_wp=False, huge_zero_pfnzero=False,
         category_soft_dirty=False, category_guard=False, pt_reclaim=False,
-        huge_zero_wp_thp=False),
+        huge_zero_wp_thp=False, thp_split_zeropage=False),
     # Debian 12 (section 10): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
     # WP_ASYNC, no PAGEMAP_SCAN (ENOTTY).
     "6.1": Profile(
         "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
         scan_pte_none_written=False, scan_pmd_hole_written=False, mremap_clears_uffd_wp=False,
         huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False,
-        pt_reclaim=False, huge_zero_wp_thp=False, thp_split_mkdirty=False),
+        pt_reclaim=False, huge_zero_wp_thp=False, thp_split_mkdirty=False,
+        thp_split_zeropage=False),
 }
 
 

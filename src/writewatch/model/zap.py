@@ -112,7 +112,10 @@ def lazyfree(mm: Mm, start: int, end: int) -> None:
 
 
 def reclaim(mm: Mm, v: Vma, lo: int, hi: int) -> None:
-    """Memory pressure on [lo, hi) of ``v``: see the module docstring."""
+    """Memory pressure on [lo, hi) of ``v``: see the module docstring. An anonymous THP is
+    split first, and since 6.12 its zero-filled subpages are mapped to the
+    shared zero page (b1f202060afe, "mm: remap unused subpages to shared zeropage when
+    splitting isolated thp")."""
     ctx = v.uffd
     markers = ctx is not None and ctx.rules.markers
     c = mm.c
@@ -121,7 +124,11 @@ def reclaim(mm: Mm, v: Vma, lo: int, hi: int) -> None:
         if t is None:
             continue
         if t.huge:
+            huge_anon = bool(t.fl[0] & ANON)
             mm.split_huge(k)  # THPs are split to be swapped
+            if huge_anon and mm.profile.thp_split_zeropage:
+                zero = t.ver == 0
+                t.fl[zero] = ZERO | (t.fl[zero] & WP)
         st, fl = t.st[i:j], t.fl[i:j]
         pres = (st == PRESENT) & ((fl & ZERO) == 0)
         if not v.shared:
