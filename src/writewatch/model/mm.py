@@ -250,6 +250,10 @@ class Mm:
         self._vmas.merge_around(nv)
         if remap and ctx is not None:
             ctx.event(_msg(U.UffdEvent.REMAP, addr, dst, length))
+        if ctx is not None and ctx.has(U.UffdFeature.EVENT_UNMAP):
+            # the move unmaps the old range (do_vmi_munmap -> userfaultfd_unmap_prep): an
+            # UNMAP after the REMAP (observed on 6.18)
+            ctx.event(_msg(U.UffdEvent.UNMAP, addr, end))
         self._notify("unmap", addr, end)
         self._notify("map", dst, dst + new_len)
         return dst
