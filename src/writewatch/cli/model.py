@@ -74,10 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def races_arguments(parser: argparse.ArgumentParser) -> None:
     from ..lab.races import DESIGNS, SCENARIOS
-    parser.add_argument("--design", action="append",
+    parser.add_argument("--design", "-d", action="append",
                         help="design to explore: " + ", ".join(DESIGNS) +
                              " or package.module:Class (repeatable; default: all)")
-    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+    parser.add_argument("--scenario", "-s", action="append", choices=list(SCENARIOS),
                         help="scenario to explore (repeatable; default: all)")
     parser.add_argument("--show", type=int, default=1, metavar="N",
                         help="losing schedules to print per design and scenario (default 1)")

@@ -8,9 +8,10 @@ memory, real userfaultfd and PAGEMAP_SCAN); ``benchmarks/bench_model.py --calibr
 and records the result, and :func:`check` compares a modelled collect with a measured one.
 
 The prices are per event and additive: they leave out caches, contention and batching
-effects beyond what the microbenchmarks contain. :data:`DEFAULT` holds the values measured on
-the reference machine (benchmarks/RESULTS.md, model section), so replays are priced the same
-everywhere unless given their own calibration.
+effects beyond what the microbenchmarks contain (which run from Python: a fault's price
+includes none of the interpreter, the store loop's time is subtracted). :data:`DEFAULT` holds
+the values measured on the reference machine (benchmarks/RESULTS.md, model section), so
+replays are priced the same everywhere unless given their own calibration.
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Costs:
-    """Nanoseconds per event."""
+    """Nanoseconds per event. The defaults are benchmarks/costs-model.json, measured by
+    :func:`calibrate` on the reference machine (2 vCPUs, Linux 6.18.44, 2026-12-01, while
+    three qemu guests kept the load average near 8: upper bounds); ``pt_page`` is not
+    measured (an estimate: one zeroed page)."""
 
-    fault: float = 250.0  #: a page fault that maps or copies a page (minor fault)
-    tracking_fault: float = 600.0  #: a uffd-wp async fault resolved in the kernel
-    entry_walked: float = 0.6  #: one page-table entry examined by PAGEMAP_SCAN
-    entry_protected: float = 2.0  #: one entry write-protected by get+WP
-    tlb_flush: float = 900.0  #: one flush_tlb_range() (a protection change)
-    ioctl: float = 700.0  #: one PAGEMAP_SCAN / UFFDIO_* call, entry and exit
-    pt_page: float = 300.0  #: allocating and zeroing one page-table page
-    source: str = "reference machine"
+    fault: float = 2312.0  #: a page fault that maps or copies a page (minor fault)
+    tracking_fault: float = 2088.0  #: a uffd-wp async fault resolved in the kernel
+    entry_walked: float = 6.8  #: one page-table entry examined by PAGEMAP_SCAN
+    entry_protected: float = 44.1  #: one entry write-protected by get+WP
+    tlb_flush: float = 4288.0  #: one protection change and its flush (an mprotect call)
+    ioctl: float = 4971.0  #: one PAGEMAP_SCAN / UFFDIO_* call, entry and exit
+    pt_page: float = 300.0  #: allocating and zeroing one page-table page (estimate)
+    source: str = "benchmarks/costs-model.json (reference machine, loaded)"
 
     def collect_us(self, walked: int, delta: dict[str, int]) -> float:
         """One collect's kernel work: its walk, flushes and the tables it allocated."""
