@@ -2,65 +2,103 @@
 
     .venv/bin/python benchmarks/bench_model.py [--ops 1000000] [--design NAME ...]
                                                [--repeat 3] [--out benchmarks/results-model.md]
+    .venv/bin/python benchmarks/bench_model.py --calibrate [--costs-out FILE]
 
 The trace (seeded): one 1 GiB anonymous mapping, tracked; 90 % single-page writes (80 % of them
 to a hot 10 %), 5 % reads, 1 % MADV_DONTNEED of 1-16 pages, 0.1 % mprotect toggles, a collect
-every 10,000 ops. The baseline is the same replay untracked, run side by side; the ratio is
-design time / baseline time (medians of ``--repeat`` runs).
+every 10,000 ops. It is streamed: each replay regenerates it op by op from the seed (the
+generation is inside the measured time), so no run holds the trace in memory. The baseline is
+the same replay untracked, run side by side; the ratio is design time / baseline time
+(medians of ``--repeat`` runs, with the range).
+
+``--calibrate`` measures the per-event costs on this kernel (writewatch.lab.costs.calibrate),
+writes them as JSON (``writewatch model compare --costs FILE``) and compares one modelled
+uffd-async collect with the measured one.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 
-from writewatch.model import DESIGNS, profiles, run_trace
-from writewatch.model.state import PAGE
+from writewatch.lab import costs as C
+from writewatch.lab.designs import DEFAULT
+from writewatch.lab.profiles import get as get_profile
+from writewatch.lab.replay import run_trace
+from writewatch.lab.workloads import BASE
+from writewatch.model.pte import PAGE
 from writewatch.model.trace import Trace, TraceHeader
-from writewatch.model.workloads import BASE
 
 GiB = 1 << 30
 
 
 def make_trace(n_ops: int, seed: int = 1) -> Trace:
+    """The whole trace in memory (for small runs and tests)."""
+    return Trace(TraceHeader(page_size=PAGE, source="bench", seed=seed),
+                 list(stream(n_ops, seed)))
+
+
+def stream(n_ops: int, seed: int = 1) -> Iterator[dict]:
+    """The trace, op by op."""
+    yield from _gen(n_ops, seed)
+
+
+def _gen(n_ops: int, seed: int) -> Iterator[dict]:
     rng = random.Random(seed)
     npg = GiB // PAGE
     hot = npg // 10
     a = BASE
-    ops: list[dict] = [{"op": "mmap", "addr": a, "len": GiB, "kind": "anon"},
-                       {"op": "track", "addr": a, "len": GiB}]
+    yield {"op": "mmap", "addr": a, "len": GiB, "kind": "anon"}
+    yield {"op": "track", "addr": a, "len": GiB}
     rnd = rng.random
     rr = rng.randrange
-    for i in range(n_ops - 2):
+    n = 2
+    for i in range(n_ops - 3):
+        if n >= n_ops - 1:
+            break
+        n += 1
         if i % 10_000 == 9_999:
-            ops.append({"op": "collect"})
+            yield {"op": "collect"}
             continue
         r = rnd()
         if r < 0.90:
             p = rr(hot) if rnd() < 0.8 else rr(npg)
-            ops.append({"op": "write", "addr": a + p * PAGE, "len": PAGE})
+            yield {"op": "write", "addr": a + p * PAGE, "len": PAGE}
         elif r < 0.95:
-            ops.append({"op": "read", "addr": a + rr(npg) * PAGE, "len": PAGE})
+            yield {"op": "read", "addr": a + rr(npg) * PAGE, "len": PAGE}
         elif r < 0.96:
             p = rr(npg - 16)
-            ops.append({"op": "madvise", "addr": a + p * PAGE, "len": rr(1, 17) * PAGE,
-                        "advice": "DONTNEED"})
+            yield {"op": "madvise", "addr": a + p * PAGE, "len": rr(1, 17) * PAGE,
+                   "advice": "DONTNEED"}
         elif r < 0.961:
             p = rr(npg - 16)
             for prot in ("r", "rw"):
-                ops.append({"op": "mprotect", "addr": a + p * PAGE, "len": 16 * PAGE,
-                            "prot": prot})
+                n += 1
+                yield {"op": "mprotect", "addr": a + p * PAGE, "len": 16 * PAGE,
+                       "prot": prot}
         else:
             p = rr(hot)
-            ops.append({"op": "write", "addr": a + p * PAGE, "len": PAGE})
-    ops.append({"op": "collect"})
-    return Trace(TraceHeader(page_size=PAGE, source="bench", seed=seed), ops[:n_ops])
+            yield {"op": "write", "addr": a + p * PAGE, "len": PAGE}
+    yield {"op": "collect"}
+
+
+def calibrate(out: str | None) -> int:
+    costs, details = C.calibrate()
+    check = C.check(costs)
+    print(json.dumps({"costs": json.loads(costs.to_json()), "details": details,
+                      "check_us": check}, indent=1))
+    if out:
+        with open(out, "w") as f:
+            f.write(costs.to_json() + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,19 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", default="6.18")
     ap.add_argument("--out", help="write a markdown report here")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="measure the per-event costs on this kernel instead")
+    ap.add_argument("--costs-out", help="with --calibrate: write the costs JSON here")
     args = ap.parse_args(argv)
-    prof = profiles.get(args.profile)
-    t0 = time.perf_counter()
-    trace = make_trace(args.ops)
-    gen = time.perf_counter() - t0
-    names = [None, *(args.design or list(DESIGNS))]
+    if args.calibrate:
+        return calibrate(args.costs_out)
+    prof = get_profile(args.profile)
+    names = [None, *(args.design or list(DEFAULT))]
     times: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     fns: dict[str, int] = {}
     for _ in range(args.repeat):
         for d in names:  # side by side: every design once per round
             c0 = time.process_time()
-            m = run_trace(trace, d, prof, "bench")
+            m = run_trace(stream(args.ops), d, prof, "bench")
             c = time.process_time() - c0
             key = d or "untracked (baseline)"
             times.setdefault(key, []).append(m.seconds)
@@ -94,24 +134,27 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key, ts in times.items():
         med = statistics.median(ts)
-        rows.append((key, med, statistics.median(cpu[key]), len(trace) / med, med / base,
-                     fns[key]))
+        cs = cpu[key]
+        rows.append((key, med, statistics.median(cs), min(cs), max(cs), args.ops / med,
+                     med / base, fns[key]))
     lines = [
-        f"## Model replay: {len(trace):,} ops over a 1 GiB address space",
+        f"## Model replay: {args.ops:,} ops over a 1 GiB address space",
         "",
         f"{datetime.date.today()} - {platform.node()}, Linux {os.uname().release}, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}; profile "
-        f"{prof.name}; median of {args.repeat} runs; trace generation {gen:.1f} s (not "
-        "included).",
+        f"{prof.name}; median of {args.repeat} runs (CPU range in brackets); the trace is "
+        f"generated while it is replayed (included); load average at the end "
+        f"{os.getloadavg()[0]:.1f}.",
         "",
         "Command: `.venv/bin/python benchmarks/bench_model.py "
         + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
         "",
-        "| design | wall s | CPU s | ops/s (wall) | vs untracked | false negatives |",
+        "| design | wall s | CPU s [range] | ops/s (wall) | vs untracked | false negatives |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for key, med, c, rate, ratio, fn in rows:
-        lines.append(f"| {key} | {med:.2f} | {c:.2f} | {rate:,.0f} | {ratio:.2f}x | {fn} |")
+    for key, med, c, lo, hi, rate, ratio, fn in rows:
+        lines.append(f"| {key} | {med:.2f} | {c:.2f} [{lo:.2f}-{hi:.2f}] | {rate:,.0f} | "
+                     f"{ratio:.2f}x | {fn} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -231,14 +231,20 @@ def test_format_schedule_puts_each_step_in_its_thread_column() -> None:
 
 
 def _args(*argv: str) -> argparse.Namespace:
+    from writewatch.cli import model as cli
     p = argparse.ArgumentParser()
-    races.add_arguments(p)
+    cli.races_arguments(p)
     return p.parse_args(list(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from writewatch.cli import model as cli
+    return cli.races(args)
 
 
 def test_cli_prints_the_table_and_the_losing_schedule(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    assert races.run(_args("--design", "fault-time-sync", "--design", "uffd-sync-unpop",
+    assert _run(_args("--design", "fault-time-sync", "--design", "uffd-sync-unpop",
                            "--scenario", "shmem-zapped-2w")) == 0
     out = capsys.readouterr().out
     assert "fault-time-sync" in out and "uffd-sync-unpop" in out
@@ -247,7 +253,7 @@ def test_cli_prints_the_table_and_the_losing_schedule(capsys: pytest.CaptureFixt
 
 
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
-    assert races.run(_args("--json", "--scenario", "anon-collect")) == 0
+    assert _run(_args("--json", "--scenario", "anon-collect")) == 0
     rows = {(r["design"], r["scenario"]): r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == {(d, "anon-collect") for d in DESIGNS}
     assert rows[("soft-dirty", "anon-collect")]["losing_schedules"] > 0
@@ -255,7 +261,7 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
-    assert races.run(_args("--list")) == 0
+    assert _run(_args("--list")) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in (*DESIGNS, *SCENARIOS))
 

@@ -6,11 +6,7 @@ sections 1.7-1.9, 2.5, 3 and 5.1).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import mmap
-import os
-import tempfile
 from dataclasses import dataclass
 
 from .. import errors
@@ -26,6 +22,9 @@ class Profile:
     wp_unpopulated: bool = True
     #: CONFIG_MEM_SOFT_DIRTY: pagemap bit 55 and clear_refs 4 work
     soft_dirty: bool = True
+    #: VM_SOFTDIRTY keeps VMAs with different flags apart (before 34228d473efe "mm: ignore
+    #: VM_SOFTDIRTY on VMA merging", 3.16): no flag is lost, VMAs multiply
+    softdirty_blocks_merge: bool = False
     #: "mm: propagate VM_SOFTDIRTY on merge" (6707915e030a / bf14d4a05387, ~6.19, 6.18.y
     #: June 2026): a merged VMA is VM_SOFTDIRTY if any part was; before, the flags of the VMA
     #: being changed won, so a dirty neighbour's flag could be lost
@@ -54,6 +53,11 @@ class Profile:
     #: a split dirty THP are pte_mkdirty'd, which sets soft-dirty on x86 (seen on 6.12.95,
     #: not on 6.1, where 624a2c94f5b7 had reverted it)
     thp_split_mkdirty: bool = True
+    #: b1f202060afe (6.12): splitting an isolated anonymous THP (reclaim) maps its
+    #: zero-filled subpages to the shared zero page (observed on 6.18 with MADV_PAGEOUT)
+    thp_split_zeropage: bool = True
+    #: swap space exists: reclaim can swap anonymous pages out (without it they stay)
+    swap: bool = True
     #: the block device's read_ahead_kb / page size: a page-cache miss on a regular file
     #: reads this many pages around it (mm/filemap.c do_sync_mmap_readahead); 128 KiB default
     readahead_pages: int = 32
@@ -85,19 +89,23 @@ PROFILES: dict[str, Profile] = {
         "6.7-pre-2026-fixes", "6.7", softdirty_sticky_merge=False, scan_pte_none_written=False,
         scan_pmd_hole_written=False, mremap_clears_uffd_wp=False, huge_zero_pfnzero=False,
         category_soft_dirty=False, category_guard=False, pt_reclaim=False,
-        huge_zero_wp_thp=False),
+        huge_zero_wp_thp=False, thp_split_zeropage=False),
     # Debian 12 (section 10): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
     # WP_ASYNC, no PAGEMAP_SCAN (ENOTTY).
     "6.1": Profile(
         "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
         scan_pte_none_written=False, scan_pmd_hole_written=False, mremap_clears_uffd_wp=False,
         huge_zero_pfnzero=False, category_soft_dirty=False, category_guard=False,
-        pt_reclaim=False, huge_zero_wp_thp=False, thp_split_mkdirty=False),
+        pt_reclaim=False, huge_zero_wp_thp=False, thp_split_mkdirty=False,
+        thp_split_zeropage=False),
 }
 
 
 def get(name: str) -> Profile:
+    """A built-in profile by name; ``"running"`` (the kernel this process runs on, probed) is
+    :func:`writewatch.lab.profiles.running`, which this forwards to."""
     if name == "running":
+        from ..lab.profiles import running  # the probes use the real kernel: the lab's job
         return running()
     try:
         return PROFILES[name]
@@ -106,135 +114,10 @@ def get(name: str) -> Profile:
                                    hint=f"one of: {', '.join(PROFILES)}, running") from None
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
+def __getattr__(name: str) -> object:
+    if name == "running":  # the documented writewatch.model.profiles.running
+        from ..lab.profiles import running
+        return running
+    raise AttributeError(name)
 
 
-def _version(release: str) -> tuple[int, int]:
-    """(major, minor) of a kernel release string such as ``6.12.95+deb12-amd64`` (pure)."""
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return 0, 0
-
-
-#: features (not fixes, so not backported to stable) by the mainline release that brought them
-SINCE: dict[str, tuple[int, int]] = {
-    "thp_split_mkdirty": (6, 3),
-    "pt_reclaim": (6, 14),
-    "huge_zero_wp_thp": (6, 14),
-}
-
-
-def _probe_mremap_clears_uffd_wp() -> bool:
-    """CVE-2025-21696 (6.13, in 6.12.y too: seen on Debian's 6.12.95): a page moved by mremap
-    out of a uffd-wp range loses the uffd-wp bit (pagemap bit 57 of the destination)."""
-    from .. import _uapi as U
-    from ..backends.uffd_async import open_uffd
-    from ..kernel import LINUX, _sys
-    from ..kernel.pagemap import decode_entries, read_entries
-
-    ps = LINUX.page_size
-    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    src = _sys.mmap(0, ps, prot, flags)
-    dst = _sys.mmap(0, ps, 0, flags)  # a PROT_NONE placeholder to move onto
-    uffd = open_uffd()
-    try:
-        ctypes.memset(src, 1, ps)
-        LINUX.uffdio_register(uffd, src, ps, U.UffdRegisterMode.WP)
-        LINUX.uffdio_writeprotect(uffd, src, ps, U.UffdWriteprotectMode.WP)
-        _sys.mremap(src, ps, ps, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, dst)
-        src = -1
-        pm = LINUX.open_pagemap("self")
-        try:
-            entry = decode_entries(read_entries(pm, dst, 1, ps))
-        finally:
-            LINUX.close(pm)
-        return not bool(entry["uffd_wp"][0])
-    finally:
-        LINUX.close(uffd)
-        _sys.munmap(dst, ps)
-        if src >= 0:
-            _sys.munmap(src, ps)
-
-
-def _probe_huge_zero_pfnzero() -> bool | None:
-    """4a5e85f4eb8f (6.16, in 6.12.y too: seen on Debian's 6.12.95): PAGEMAP_SCAN reports
-    PAGE_IS_PFNZERO for the huge zero page. None when no huge zero page could be mapped."""
-    from .. import _uapi as U
-    from ..kernel import LINUX, _sys
-    from ..kernel.pagemap import Scanner
-
-    pmd = 2 << 20
-    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    raw = _sys.mmap(0, 2 * pmd, prot, flags)
-    addr = -(-raw // pmd) * pmd
-    try:
-        _sys.madvise(addr, pmd, U.MADV_HUGEPAGE)
-        ctypes.c_char.from_address(addr).value  # noqa: B018 (a read fault)
-        pm = LINUX.open_pagemap("self")
-        try:
-            huge, zero = int(U.PageCategory.HUGE), int(U.PageCategory.PFNZERO)
-            got = Scanner(4)(pm, addr, addr + pmd, return_mask=huge | zero).regions
-        finally:
-            LINUX.close(pm)
-        if not len(got) or not int(got[0, 2]) & huge:
-            return None
-        return bool(int(got[0, 2]) & zero)
-    finally:
-        _sys.munmap(raw, 2 * pmd)
-
-
-def running() -> Profile:
-    """The profile of the running kernel: "6.18" where async uffd-wp exists, "6.1" where it
-    does not, adjusted by what :func:`writewatch.features` probed (the 2026 PAGEMAP_SCAN fixes,
-    the soft-dirty and guard categories, soft-dirty itself), by the release for the changes in
-    :data:`SINCE`, and with this machine's THP settings."""
-    from ..features import features, pmd_holes_reported
-    f = features()
-    thp = _read("/sys/kernel/mm/transparent_hugepage/enabled")
-    mode = thp.split("[")[1].split("]")[0] if "[" in thp else "never"
-    zero = _read("/sys/kernel/mm/transparent_hugepage/use_zero_page").strip() != "0"
-    release = os.uname().release
-    changes: dict[str, object] = {
-        "name": "running", "release": release, "thp": mode, "thp_zero_page": zero,
-        "soft_dirty": f.backends["soft-dirty"].usable,
-        "wp_unpopulated": f.mechanisms["WP_UNPOPULATED"].usable,
-        "readahead_pages": _readahead_pages(tempfile.gettempdir()),
-        **{field: _version(release) >= since for field, since in SINCE.items()}}
-    async_ = f.mechanisms["WP_ASYNC"].usable
-    if async_:
-        # the PMD-hole fix builds on the pte_none one (its patch names it a prerequisite)
-        fixed = pmd_holes_reported()
-        changes.update(
-            scan_pte_none_written=fixed, scan_pmd_hole_written=fixed,
-            category_soft_dirty=f.mechanisms["PAGE_IS_SOFT_DIRTY"].usable,
-            category_guard=f.mechanisms["PAGE_IS_GUARD"].usable,
-            mremap_clears_uffd_wp=_probe_mremap_clears_uffd_wp())
-        pfnzero = _probe_huge_zero_pfnzero() if mode != "never" and zero else None
-        changes["huge_zero_pfnzero"] = _version(release) >= (6, 16) if pfnzero is None \
-            else pfnzero
-    return PROFILES["6.18" if async_ else "6.1"].replace(**changes)
-
-
-def _readahead_pages(path: str) -> int:
-    """read_ahead_kb of the block device holding ``path``, in pages (32 if unknown; 1 on a
-    filesystem with no block device, such as tmpfs: a shmem fault brings in its own page only,
-    observed with Debian's 6.1 in the kernel matrix, whose TMPDIR is a tmpfs)."""
-    try:
-        dev = os.stat(path).st_dev
-    except OSError:
-        return 32
-    if os.major(dev) == 0:
-        return 1
-    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
-    for q in (f"{base}/queue/read_ahead_kb", f"{base}/../queue/read_ahead_kb"):
-        text = _read(q).strip()
-        if text.isdigit():
-            return max(1, int(text) * 1024 // os.sysconf("SC_PAGE_SIZE"))
-    return 32

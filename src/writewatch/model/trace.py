@@ -29,6 +29,12 @@ addresses and lengths are integers, or strings "0x..."; ``tid`` defaults to 0)::
     {"op": "read", "addr": A, "len": L}
     {"op": "fork"}                                        # child shares memory copy-on-write
     {"op": "child_exit"}                                  # the last forked child exits
+
+``"proc": N`` on any of these ops (except track / collect) makes the N-th forked process do
+it (numbered by fork order, 1 for the first fork; 0, the default, is the traced process):
+``{"op": "write", "addr": A, "len": L, "proc": 1}`` is the first child writing, which the
+parent's tracker sees only through memory the two share; ``{"op": "exit", "proc": 1}`` ends
+it. ``madvise`` also takes ``"COLLAPSE"`` (MADV_COLLAPSE: what khugepaged does).
     {"op": "reclaim", "addr": A, "len": L}                # memory pressure: swap anon out,
                                                           # drop shmem/file PTEs (cache kept)
     {"op": "track", "addr": A, "len": L}                  # start tracking this range
@@ -78,9 +84,9 @@ OPS: dict[str, tuple[str, ...]] = {
     "written": ("ranges",),
 }
 KINDS = ("anon", "shmem", "memfd", "file")
-ADVICE = ("DONTNEED", "FREE", "REMOVE", "PAGEOUT", "HUGEPAGE", "NOHUGEPAGE")
+ADVICE = ("DONTNEED", "FREE", "REMOVE", "PAGEOUT", "HUGEPAGE", "NOHUGEPAGE", "COLLAPSE")
 PROTS = ("none", "r", "rw")
-_INT_KEYS = ("addr", "len", "new_len", "new_addr", "offset", "tid")
+_INT_KEYS = ("addr", "len", "new_len", "new_addr", "offset", "tid", "proc")
 
 
 class TraceError(errors.WriteWatchError, ValueError):
@@ -204,6 +210,32 @@ def iter_lines(lines: Iterable[str]) -> tuple[TraceHeader, Iterator[dict[str, An
     return header, ops()
 
 
+class TraceFile:
+    """A trace file read as it is iterated: every iteration opens it again and streams its
+    operations (what :func:`writewatch.lab.compare` replays once per design), so a trace
+    larger than memory can be replayed."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        with self._open() as f:
+            self.header, _ = iter_lines(f)
+
+    def _open(self) -> IO[str]:
+        try:
+            return _open_text(self.path, "r")
+        except OSError as exc:
+            raise TraceError(f"cannot open trace {os.fspath(self.path)!r}: {exc.strerror}",
+                             hint="give an existing trace file (JSON lines)") from None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with self._open() as f:
+            _, ops = iter_lines(f)
+            yield from ops
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Trace:
     """A header and a list of operations, in memory."""
 
@@ -227,6 +259,11 @@ class Trace:
         with f:
             header, ops = iter_lines(f)
             return cls(header, ops)
+
+    @staticmethod
+    def open(path: str | os.PathLike[str]) -> TraceFile:
+        """The trace at ``path``, streamed (see :class:`TraceFile`)."""
+        return TraceFile(path)
 
     @classmethod
     def loads(cls, text: str) -> Trace:

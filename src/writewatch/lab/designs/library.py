@@ -1,0 +1,47 @@
+"""This library's uffd-async backend (``writewatch.backends.uffd_async``), unchanged, on the
+model kernel: the mechanism plus what the library does about its gaps (it checks the layout
+and reports remapped spans conservatively, and scans for PMD holes on kernels without the
+2026 fix)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ... import _uapi as U
+from ...model.profiles import Profile
+from ...model.uffd import LINUX
+from .base import Design, needs_wp_async
+
+if TYPE_CHECKING:
+    from ..replay import Runner
+
+
+class Library(Design):
+    name = "writewatch"
+    title = "this library's uffd-async backend, unchanged, on the model kernel"
+    origin = "src/writewatch/backends/uffd_async.py"
+    rules = LINUX
+    features = int(U.UffdFeature.WP_ASYNC | U.UffdFeature.WP_UNPOPULATED)
+    explore_why = "the explorer runs tracker procedures, not the library's code"
+
+    def unavailable(self, profile: Profile) -> str | None:
+        return needs_wp_async(profile)
+
+    def setup(self, r: Runner) -> None:
+        super().setup(r)
+        from ...backends.uffd_async import UffdAsyncBackend
+        self.backend = UffdAsyncBackend(
+            "self", self.k, hole_scan=not r.profile.scan_pmd_hole_written)
+
+    def arm(self, start: int, end: int) -> None:
+        from ...backends.base import Span
+        self.backend.add(Span(start, end))
+
+    def collect(self) -> np.ndarray:
+        out: np.ndarray = self.backend.collect().written
+        return out
+
+    def close(self) -> None:
+        self.backend.close()
