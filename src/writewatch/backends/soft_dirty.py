@@ -91,7 +91,6 @@ import numpy as np
 from .. import _uapi as U
 from .. import errors
 from ..kernel import LINUX, KernelCalls, LinuxKernel, _sys, procfs
-from ..kernel.pagemap import scan_all
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
@@ -507,7 +506,7 @@ class SoftDirtyBackend(Backend):
         for s in spans:
             n = s.length // ps
             if self.method == "scan":
-                res = scan_all(self.kernel.pagemap_scan, self.pagemap, s.start, s.end,
+                res = self.kernel.scan_all(self.pagemap, s.start, s.end,
                                return_mask=_CAT_SD | _CAT_PRESENT | _CAT_SWAPPED, page_size=ps)
                 out.append(state_from_regions(res.regions, s.start, n, ps))
             else:

@@ -54,7 +54,6 @@ import numpy as np
 from .. import _uapi as U
 from .. import errors
 from ..kernel import LINUX, KernelCalls, Mapping, procfs
-from ..kernel.pagemap import scan_all
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
@@ -240,7 +239,7 @@ class UffdAsyncBackend(Backend):
         self._register_span(span)
         try:
             flags = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
-            first = scan_all(self.kernel.pagemap_scan, self.pagemap, span.start, span.end,
+            first = self.kernel.scan_all(self.pagemap, span.start, span.end,
                              batch=self.batch, flags=flags,
                              return_mask=WRITTEN | _PRESENT_OR_SWAPPED | FILE | PFNZERO,
                              page_size=self.page_size).regions
@@ -337,7 +336,7 @@ class UffdAsyncBackend(Backend):
     def _scan(self, start: int, end: int, reset: bool,
               max_pages: int = 0) -> tuple[np.ndarray, int]:
         flags = U.PmScanFlag.CHECK_WPASYNC | (U.PmScanFlag.WP_MATCHING if reset else 0)
-        res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
+        res = self.kernel.scan_all(self.pagemap, start, end, batch=self.batch,
                        flags=int(flags), category_mask=WRITTEN, return_mask=WRITTEN,
                        max_pages=max_pages, page_size=self.page_size)
         self.stats.scan_calls += 1
@@ -345,7 +344,7 @@ class UffdAsyncBackend(Backend):
 
     def _holes(self, start: int, end: int) -> np.ndarray:
         """Pages neither present nor swapped (no PTE, no marker): zapped since armed."""
-        res = scan_all(self.kernel.pagemap_scan, self.pagemap, start, end, batch=self.batch,
+        res = self.kernel.scan_all(self.pagemap, start, end, batch=self.batch,
                        flags=int(U.PmScanFlag.CHECK_WPASYNC), category_inverted=_PRESENT_OR_SWAPPED,
                        category_mask=_PRESENT_OR_SWAPPED, return_mask=0,
                        page_size=self.page_size)
@@ -364,7 +363,7 @@ class UffdAsyncBackend(Backend):
         last collect that is gone now, or that was a private copy and is now the file's page,
         is reported."""
         ps = self.page_size
-        res = scan_all(self.kernel.pagemap_scan, self.pagemap, span.start, span.end,
+        res = self.kernel.scan_all(self.pagemap, span.start, span.end,
                        batch=self.batch, category_mask=PRESENT, return_mask=PRESENT | FILE,
                        page_size=ps).regions
         self.stats.scan_calls += 1

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .._uapi import MS_ASYNC
-from . import _sys, pagemap, procfs, uffd
+from . import _sys, pagemap, procfs, procmem, uffd
 from .pagemap import ScanResult
 from .procfs import Mapping
 from .uffd import ApiResult, UffdMsg
@@ -41,7 +41,12 @@ class KernelCalls(Protocol):
                      category_mask: int = 0, category_inverted: int = 0,
                      category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
                      vec_len: int = ...) -> ScanResult: ...
+    def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+        """PAGEMAP_SCAN over the whole range, resuming from ``walk_end`` until done (the
+        keywords of :func:`writewatch.kernel.pagemap.scan_all`)."""
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray: ...
+    def process_vm_readv(self, pid: int, runs: np.ndarray, out: np.ndarray) -> None:
+        """Copy the ``(k, 2)`` [start, end) ranges of process ``pid`` into ``out``."""
     def read_maps(self, pid: int | str) -> tuple[Mapping, ...]: ...
     def is_mapped(self, pid: int | str, start: int, length: int) -> bool: ...
     def clear_refs(self, pid: int | str, value: int) -> None: ...
@@ -71,9 +76,12 @@ class LinuxKernel:
     def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
         return self._scanner()(fd, start, end, **kw)
 
-    def pagemap_scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+    def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
         """:func:`pagemap.scan_all` into one growing per-thread buffer."""
         return self._scanner().scan_all(fd, start, end, **kw)
+
+    pagemap_scan_all = scan_all  # the name pagemap.scan_all() looks for
+    process_vm_readv = staticmethod(procmem.process_vm_readv)
 
     def _scanner(self) -> pagemap.Scanner:
         scanner: pagemap.Scanner | None = getattr(self._local, "scanner", None)

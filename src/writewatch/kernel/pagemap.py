@@ -141,13 +141,12 @@ def scan_all(scan: ScanFn, fd: int, start: int, end: int, *, batch: int = 4096,
     the first matching page it could not report). With ``max_pages`` the walk stops once
     that many pages were found; ``walk_end`` then says where to resume.
 
-    ``scan`` is one PAGEMAP_SCAN call of any :class:`~writewatch.kernel.KernelCalls`; a
-    :class:`Scanner` (or a kernel offering ``pagemap_scan_all``) is used directly."""
+    ``scan`` is one PAGEMAP_SCAN call (a :class:`Scanner` is used directly). Code with a
+    :class:`~writewatch.kernel.KernelCalls` calls its ``scan_all`` instead."""
     kw = {"batch": batch, "flags": flags, "category_mask": category_mask,
           "category_inverted": category_inverted, "category_anyof_mask": category_anyof_mask,
           "return_mask": return_mask, "max_pages": max_pages, "page_size": page_size}
-    fast = getattr(scan, "scan_all", None) or getattr(
-        getattr(scan, "__self__", None), "pagemap_scan_all", None)
+    fast = getattr(scan, "scan_all", None)
     if fast is not None:
         return fast(fd, start, end, **kw)  # type: ignore[no-any-return]
     chunks: list[np.ndarray] = []

@@ -14,7 +14,7 @@ range in one call, as :func:`writewatch.kernel.pagemap.scan_all` loops over ``wa
 from __future__ import annotations
 
 import errno as E
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -241,15 +241,15 @@ class ModelKernel:
             mm.clear_refs_soft_dirty()
             self.entries_walked += 512 * len(mm.pt)
 
-    def process_vm_readv(self, pid: int | str, runs: Sequence[tuple[int, int]],
-                         out: Any) -> int:
-        """Copy the content of ``runs`` ((address, length) pairs) into the writable buffer
-        ``out``, one after the other. The model has versions, not bytes: each 8-byte word of
-        a page holds its content version (zero page: zeros). Returns the bytes copied."""
+    def process_vm_readv(self, pid: int | str, runs: Any, out: Any) -> None:
+        """Copy ``runs`` (``(k, 2)`` [start, end) addresses) back to back into the writable
+        buffer ``out``. The model has versions, not bytes: each 8-byte word of a page holds
+        its content version (zero page: zeros)."""
         mm = self._proc(pid, "process_vm_readv")
         buf = np.frombuffer(memoryview(out).cast("B"), np.uint8)
         pos = 0
-        for addr, length in runs:
+        for addr, end in np.asarray(runs, np.uint64).reshape(-1, 2).tolist():
+            length = end - addr
             if mm._vmas.covered(addr, addr + length) < addr + length:
                 _sys.raise_errno(E.EFAULT, "process_vm_readv", start=addr,
                                  end=addr + length)
@@ -258,7 +258,6 @@ class ModelKernel:
             off = addr & (PAGE - 1)
             buf[pos:pos + length] = words[off:off + length]
             pos += length
-        return pos
 
     # -- pagemap entries ----------------------------------------------------------------------
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
@@ -329,18 +328,14 @@ class ModelKernel:
             mm.c.tlb_flushes += 1
         return ScanResult(q.out.result(), end)
 
-    def scan_all(self, fd: int, start: int, end: int, *, batch: int = 4096, flags: int = 0,
-                 category_mask: int = 0, category_inverted: int = 0,
-                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
-                 page_size: int = PAGE) -> ScanResult:
+    def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
         """The whole range, as :func:`writewatch.kernel.pagemap.scan_all` would get it by
         resuming from ``walk_end`` after each full buffer (regions never straddle a
-        resumption: a region that does not fit stops the walk before it)."""
-        return self.pagemap_scan(fd, start, end, flags=flags, category_mask=category_mask,
-                                 category_inverted=category_inverted,
-                                 category_anyof_mask=category_anyof_mask,
-                                 return_mask=return_mask, max_pages=max_pages,
-                                 vec_len=1 << 62)
+        resumption: a region that does not fit stops the walk before it). ``batch`` and
+        ``page_size`` change nothing here."""
+        kw.pop("batch", None)
+        kw.pop("page_size", None)
+        return self.pagemap_scan(fd, start, end, vec_len=1 << 62, **kw)
 
     pagemap_scan_all = scan_all  # what writewatch.kernel.pagemap.scan_all looks for
 
