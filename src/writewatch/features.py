@@ -19,7 +19,7 @@ from . import _uapi as U
 from . import errors
 from .kernel import LINUX, procfs
 
-__all__ = ["Feature", "Features", "features", "pmd_holes_reported"]
+__all__ = ["Feature", "Features", "features", "pmd_holes_reported", "pte_none_written"]
 
 #: auto picks the first usable backend of this list
 PREFERENCE = ("uffd-async", "uffd-wp-sync", "soft-dirty")
@@ -185,6 +185,46 @@ def pmd_holes_reported() -> bool:
         _sys.munmap(raw, 2 * pmd)
 
 
+@functools.lru_cache(maxsize=1)
+def pte_none_written() -> bool:
+    """Whether PAGEMAP_SCAN's generic path (any mask other than exactly WRITTEN) reads a
+    ``pte_none`` entry of an armed anonymous range as written, as its WRITTEN fast path always
+    did (Kiryl Shutsemau, "fs/proc/task_mmu: fix PAGEMAP_SCAN written state for unpopulated
+    ptes", 2026). Functional test: arm two written pages, MADV_DONTNEED one, scan with
+    ``return_mask = WRITTEN | PRESENT``."""
+    from .backends.uffd_async import WRITTEN, open_uffd
+    from .kernel import _sys
+    from .kernel.pagemap import Scanner, open_pagemap
+
+    ps = LINUX.page_size
+    try:
+        addr = _sys.mmap(0, 2 * ps, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except errors.WriteWatchError:
+        return False
+    uffd = pm = -1
+    try:
+        import ctypes
+        ctypes.memset(addr, 1, 2 * ps)
+        pm = open_pagemap("self")
+        uffd = open_uffd()
+        LINUX.uffdio_register(uffd, addr, 2 * ps, U.UffdRegisterMode.WP)
+        LINUX.uffdio_writeprotect(uffd, addr, 2 * ps, U.UffdWriteprotectMode.WP)
+        _sys.madvise(addr, ps, U.MADV_DONTNEED)
+        got = Scanner(8)(pm, addr, addr + 2 * ps,
+                         return_mask=WRITTEN | int(U.PageCategory.PRESENT)).regions
+        first = got[(got[:, 0] <= addr) & (got[:, 1] > addr)]
+        return bool(len(first) and int(first[0, 2]) & WRITTEN)
+    except errors.WriteWatchError:
+        return False
+    finally:
+        if uffd >= 0:
+            LINUX.close(uffd)
+        if pm >= 0:
+            LINUX.close(pm)
+        _sys.munmap(addr, 2 * ps)
+
+
 def _backend_probe(name: str) -> tuple[bool, str] | None:
     """A backend module's own ``probe()``, when the backend is part of this build."""
     from .backends import REGISTRY
@@ -220,6 +260,12 @@ def _features() -> Features:
             since, None if ok else f"needs Linux {since} or newer")
     if scan.usable and mech["WP_ASYNC"].usable:
         fixed = pmd_holes_reported()
+        none = pte_none_written()
+        mech["pte-none-written"] = Feature(
+            "pte-none-written", none,
+            "a zapped PTE of an armed range reads written on every scan path" if none else
+            "the generic scan path reads a zapped PTE as not written (kernel without the 2026 "
+            "fix): file and shared memory are scanned span by span", "2026 fix")
         mech["pmd-hole-written"] = Feature(
             "pmd-hole-written", fixed,
             "a zapped THP in an armed range reads written" if fixed else
@@ -280,4 +326,5 @@ def features(refresh: bool = False) -> Features:
     if refresh:
         _features.cache_clear()
         pmd_holes_reported.cache_clear()
+        pte_none_written.cache_clear()
     return _features()

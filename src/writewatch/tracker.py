@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import mmap
@@ -69,6 +70,9 @@ class TrackerStats:
 
 
 def _byte_bounds(arr: np.ndarray) -> tuple[int, int]:
+    if arr.flags.c_contiguous:  # the common case, without numpy's general walk
+        lo = int(arr.__array_interface__["data"][0])
+        return lo, lo + arr.nbytes
     try:
         from numpy.lib.array_utils import byte_bounds
     except ImportError:  # numpy < 2
@@ -129,14 +133,25 @@ def check_overlap(targets: list[Target]) -> None:
 def new_spans(existing: Iterable[Span], targets: list[Target], page_size: int) -> list[Span]:
     """The pages covering ``targets`` that no existing span covers yet, as spans. Two objects
     sharing a page share its span; an armed span is never re-armed (that would drop the
-    writes it holds)."""
-    covered = Pages([(s.start, s.end) for s in existing], page_size)
+    writes it holds). O(n log n): targets in address order, existing spans by bisection."""
+    have = sorted((s.start, s.end) for s in existing)
+    starts = [a for a, _ in have]
     out: list[Span] = []
+    done = 0  # everything below this address is covered by an earlier target
     for t in sorted(targets, key=lambda t: t.start):
         s = t.span(page_size)
-        need = Pages([(s.start, s.end)], page_size) - covered
-        out.extend(Span(lo, hi, t.label) for lo, hi in need)
-        covered = covered | need
+        lo = max(s.start, done)
+        done = max(done, s.end)
+        i = max(bisect.bisect_right(starts, lo) - 1, 0)
+        while lo < s.end:
+            while i < len(have) and have[i][1] <= lo:
+                i += 1
+            if i < len(have) and have[i][0] <= lo:  # inside an existing span
+                lo = have[i][1]
+                continue
+            hi = min(s.end, have[i][0]) if i < len(have) else s.end
+            out.append(Span(lo, hi, t.label))
+            lo = hi
     return out
 
 
@@ -248,17 +263,10 @@ class Tracker:
             self._check_open()
             ps = self.page_size
             check_overlap(self._targets + new)
-            added: list[Span] = []
             maps = self._backend.kernel.read_maps(self._backend.pid)
-            try:
-                with self._backend.layout(maps):
-                    for s in new_spans(self._backend.spans, new, ps):
-                        self._backend.add(s)
-                        added.append(s)
-            except BaseException:
-                for s in added:
-                    self._backend.remove(s)
-                raise
+            added = new_spans(self._backend.spans, new, ps)
+            with self._backend.layout(maps):
+                self._backend.add_many(added)
             self._targets.extend(new)
             shared = _SharedSpans.of(added, maps, ps)
             if shared is not None:
@@ -279,10 +287,11 @@ class Tracker:
             got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
             if self._shared is not None:
                 got = self._shared.check(got, self._backend.spans, reset)
-            ps = self.page_size
-            pages = Pages.from_kernel(got.written, ps)
-            if len(got.conservative) or got.reasons or self._last.conservative \
-                    or self._last.reasons:
+            ps = self._page_size
+            pages = Pages._trusted(got.written, ps) if got.sorted else \
+                Pages.from_kernel(got.written, ps)
+            if len(got.conservative) or got.reasons or self._last.reasons or \
+                    len(self._last.conservative._ranges):
                 self._last = CollectInfo(Pages.from_kernel(got.conservative, ps), got.reasons)
             return pages
 

@@ -36,6 +36,9 @@ class Collected(NamedTuple):
     written: np.ndarray  #: pages the mechanism reported written (includes ``conservative``)
     conservative: np.ndarray  #: pages reported because tracking could not be exact there
     reasons: tuple[str, ...] = ()  #: one line per conservative report, saying why
+    #: ``written`` is sorted and coalesced already (PAGEMAP_SCAN's own output: it merges a
+    #: page into the previous region when contiguous with the same categories)
+    sorted: bool = False
 
 
 @dataclass
@@ -68,16 +71,20 @@ class Backend(abc.ABC):
         self.closed = False
         #: /proc/PID/maps as the caller just read it (see :meth:`layout`)
         self.given_maps: Sequence[Mapping] | None = None
+        self.maps_unchanged = False
 
     @contextlib.contextmanager
-    def layout(self, maps: Sequence[Mapping]) -> Iterator[None]:
+    def layout(self, maps: Sequence[Mapping], unchanged: bool = False) -> Iterator[None]:
         """Use ``maps`` (the target's /proc/PID/maps, just read) instead of reading it again
-        for every span added or collected meanwhile."""
+        for every span added or collected meanwhile. ``unchanged``: they are the maps of the
+        last collect, line for line (what was mapped then is mapped now)."""
         self.given_maps = maps
+        self.maps_unchanged = unchanged
         try:
             yield
         finally:
             self.given_maps = None
+            self.maps_unchanged = False
 
     def read_maps(self) -> Sequence[Mapping]:
         """The target's mappings: the ones given through :meth:`layout`, or read now."""
@@ -91,6 +98,18 @@ class Backend(abc.ABC):
 
         Raises a :class:`writewatch.WriteWatchError` and leaves nothing registered on failure.
         """
+
+    def add_many(self, spans: Sequence[Span]) -> None:
+        """:meth:`add` each span; on failure none of them stays tracked."""
+        done: list[Span] = []
+        try:
+            for s in spans:
+                self.add(s)
+                done.append(s)
+        except BaseException:
+            for s in done:
+                self.remove(s)
+            raise
 
     @abc.abstractmethod
     def remove(self, span: Span) -> None:

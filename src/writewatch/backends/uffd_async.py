@@ -47,7 +47,7 @@ import errno as E
 import os
 import threading
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -111,17 +111,46 @@ def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None, events: int = 
 
 
 def _npages(ranges: np.ndarray, page_size: int) -> int:
+    if not len(ranges):
+        return 0
     return int((ranges[:, 1] - ranges[:, 0]).sum()) // page_size
 
 
-def _page_mask(regions: np.ndarray, span: Span, page_size: int) -> np.ndarray:
-    """One bool per page of ``span``: inside one of the disjoint ``regions``."""
-    delta = np.zeros(span.length // page_size + 1, np.int32)
-    base = np.uint64(span.start)
-    delta[((regions[:, 0] - base) // np.uint64(page_size)).astype(np.intp)] += 1
-    delta[((regions[:, 1] - base) // np.uint64(page_size)).astype(np.intp)] -= 1
-    mask: np.ndarray = np.cumsum(delta[:-1]) > 0
-    return mask
+_SCAN_RESET = int(U.PmScanFlag.CHECK_WPASYNC | U.PmScanFlag.WP_MATCHING)
+_SCAN_PEEK = int(U.PmScanFlag.CHECK_WPASYNC)
+
+
+def residency(regions: Any, lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
+    """Of ``(k, 3)`` scan regions (sorted, with PRESENT and FILE categories, as a numpy array
+    or its ``tolist()``), the resident parts of ``[lo, hi)``: ``(start, end, FILE or 0)``
+    runs, merged (pure). A value to compare between collects: equal means nothing left."""
+    out: list[tuple[int, int, int]] = []
+    rows = regions.tolist() if isinstance(regions, np.ndarray) else regions
+    for s, e, c in rows:
+        if e <= lo or not c & PRESENT:
+            continue
+        if s >= hi:
+            break
+        s, e, f = max(s, lo), min(e, hi), c & FILE
+        if out and out[-1][1] == s and out[-1][2] == f:
+            out[-1] = (out[-1][0], e, f)
+        else:
+            out.append((s, e, f))
+    return tuple(out)
+
+
+def lost(before: tuple[tuple[int, int, int], ...], now: tuple[tuple[int, int, int], ...],
+         page_size: int) -> Pages:
+    """Pages resident before and gone now, or private copies before and the file's page
+    now (pure; :func:`residency` values)."""
+    if before == now:
+        return Pages((), page_size)
+
+    def pages(rs: tuple[tuple[int, int, int], ...], private: bool) -> Pages:
+        return Pages([(s, e) for s, e, f in rs if not (private and f)], page_size)
+
+    return (pages(before, False) - pages(now, False)) | \
+        (pages(before, True) - pages(now, True))
 
 
 def prior_content(regions: np.ndarray, shared: bool) -> np.ndarray:
@@ -146,17 +175,30 @@ class Run(NamedTuple):
     start: int
     end: int
     spans: tuple[Span, ...]
+    plain: bool = True  #: none of its spans needs more than the run's one scan
+    #: file or shared spans of it, whose residency the same scan can check (one pass)
+    resident: tuple[Span, ...] = ()
 
 
-def make_runs(spans: Sequence[Span]) -> tuple[Run, ...]:
-    """Group spans into runs of address-contiguous spans (pure)."""
-    out: list[Run] = []
+def make_runs(spans: Sequence[Span], careful: set[Span] | None = None,
+              resident: set[Span] | None = None) -> tuple[Run, ...]:
+    """Group spans into runs of address-contiguous spans (pure). ``careful``: spans to
+    collect one by one; ``resident``: spans whose residency is compared at each collect."""
+    groups: list[list[Span]] = []
     for s in sorted(spans, key=lambda s: s.start):
-        if out and out[-1].end == s.start:
-            last = out[-1]
-            out[-1] = Run(last.start, s.end, (*last.spans, s))
+        if groups and groups[-1][-1].end == s.start:
+            groups[-1].append(s)
         else:
-            out.append(Run(s.start, s.end, (s,)))
+            groups.append([s])
+    careful = careful or set()
+    resident = resident or set()
+    out = []
+    for g in groups:
+        if careful.intersection(g):
+            out.append(Run(g[0].start, g[-1].end, tuple(g), False))
+            continue
+        res = tuple(s for s in g if s in resident)
+        out.append(Run(g[0].start, g[-1].end, tuple(g), not res, res))
     return tuple(out)
 
 
@@ -181,7 +223,8 @@ class UffdAsyncBackend(Backend):
 
     def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
                  uffd: int | None = None, uffd_negotiated: bool = False,
-                 hole_scan: bool | None = None, batch: int = 4096, events: int = 0) -> None:
+                 hole_scan: bool | None = None, batch: int = 4096, events: int = 0,
+                 one_pass: bool | None = None) -> None:
         super().__init__(pid, kernel)
         if uffd is None and pid not in ("self", os.getpid()):
             raise errors.InvalidTarget(
@@ -198,6 +241,11 @@ class UffdAsyncBackend(Backend):
             from ..features import pmd_holes_reported
             hole_scan = not pmd_holes_reported()
         self.hole_scan = hole_scan
+        if one_pass is None:
+            from ..features import pte_none_written
+            one_pass = kernel is LINUX and pte_none_written()
+        #: file and shared spans collected with their residency in one generic-path scan
+        self.one_pass = one_pass
         self.batch = batch
         #: per span, the mapped parts at arm time when the span was not fully mapped
         self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
@@ -205,11 +253,13 @@ class UffdAsyncBackend(Backend):
         self._untracked: dict[Span, list[tuple[int, int, str]]] = {}
         #: spans with file or shared memory, and their resident pages at the last collect
         self._file_backed: set[Span] = set()
-        self._resident: dict[Span, tuple[np.ndarray, np.ndarray]] = {}
+        self._resident: dict[Span, tuple[tuple[int, int, int], ...]] = {}
         #: /proc/PID/maps, read at most once per collect (or given through layout())
         self._maps: Sequence[Mapping] | None = None
         self._map_ends: list[int] = []
         self._runs: tuple[Run, ...] | None = None
+        self._sorted: list[Span] | None = None  # spans by address (overlap checks)
+        self._starts: list[int] = []
         self.own = pid in ("self", os.getpid())
 
     # -- arming ------------------------------------------------------------------------------
@@ -223,6 +273,39 @@ class UffdAsyncBackend(Backend):
             self._drop(span)
             raise
         self._adopted(span)
+
+    def add_many(self, spans: Sequence[Span]) -> None:
+        """:meth:`add` for many spans: each run of touching spans is registered and armed in
+        one UFFDIO_REGISTER and one arming call. All or nothing."""
+        done: list[Span] = []
+        try:
+            for run in make_runs(spans):
+                if len(run.spans) == 1:
+                    self.add(run.spans[0])
+                    done.append(run.spans[0])
+                    continue
+                whole = Span(run.start, run.end)
+                self.add(whole)  # registers, arms, checks overlap and mapping
+                self.spans.remove(whole)
+                self._sorted = None
+                simple = whole not in self._layout and whole not in self._file_backed
+                for sp in run.spans:
+                    if not simple:  # the run's layout or residency, span by span
+                        parts = tuple(self._mapped_parts(sp))
+                        if parts != ((sp.start, sp.end),):
+                            self._layout[sp] = parts
+                        if sp in self._file_backed:
+                            self._resident_changes(sp, update=True)
+                    self.spans.append(sp)
+                    done.append(sp)
+                self._runs = None
+                self._file_backed.discard(whole)
+                self._resident.pop(whole, None)
+                self._layout.pop(whole, None)
+        except BaseException:
+            for sp in done:
+                self.remove(sp)
+            raise
 
     def adopt(self, span: Span, shared: bool = False) -> Adopted:
         """Start tracking memory that may have been written before: register it, arm it, and
@@ -267,14 +350,15 @@ class UffdAsyncBackend(Backend):
                 self._layout[span] = parts
             self.spans.append(span)
         self._runs = None
+        self._sorted = None
 
     def _register_span(self, span: Span) -> None:
         self._maps = None
-        for s in self.spans:
-            if span.start < s.end and s.start < span.end:
-                raise errors.InvalidTarget(
-                    f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
-                    f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
+        s = self._overlapping(span)
+        if s is not None:
+            raise errors.InvalidTarget(
+                f"{span.start:#x}-{span.end:#x} overlaps a tracked span "
+                f"{s.start:#x}-{s.end:#x}", op="track", start=span.start, end=span.end)
         parts = tuple(self._mapped_parts(span))
         if not parts:
             raise errors.InvalidTarget(
@@ -289,9 +373,23 @@ class UffdAsyncBackend(Backend):
             self._file_backed.discard(span)
             raise
 
+    def _overlapping(self, span: Span) -> Span | None:
+        """A tracked span overlapping ``span`` (bisection over the spans by address)."""
+        if self._sorted is None:
+            self._sorted = sorted(self.spans, key=lambda s: s.start)
+            self._starts = [s.start for s in self._sorted]
+        i = bisect.bisect_left(self._starts, span.end) - 1
+        if i >= 0 and self._sorted[i].end > span.start:
+            return self._sorted[i]
+        return None
+
     def _adopted(self, span: Span) -> None:
         self.spans.append(span)
         self._runs = None
+        if self._sorted is not None:
+            i = bisect.bisect_left(self._starts, span.start)
+            self._sorted.insert(i, span)
+            self._starts.insert(i, span.start)
 
     def _drop(self, span: Span) -> None:
         self._unregister(span.start, span.end)
@@ -321,6 +419,7 @@ class UffdAsyncBackend(Backend):
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
         self._runs = None
+        self._sorted = None
         self._maps = None
         self._layout.pop(span, None)
         self._untracked.pop(span, None)
@@ -335,10 +434,10 @@ class UffdAsyncBackend(Backend):
     # -- collecting --------------------------------------------------------------------------
     def _scan(self, start: int, end: int, reset: bool,
               max_pages: int = 0) -> tuple[np.ndarray, int]:
-        flags = U.PmScanFlag.CHECK_WPASYNC | (U.PmScanFlag.WP_MATCHING if reset else 0)
         res = self.kernel.scan_all(self.pagemap, start, end, batch=self.batch,
-                       flags=int(flags), category_mask=WRITTEN, return_mask=WRITTEN,
-                       max_pages=max_pages, page_size=self.page_size)
+                                   flags=_SCAN_RESET if reset else _SCAN_PEEK,
+                                   category_mask=WRITTEN, return_mask=WRITTEN,
+                                   max_pages=max_pages, page_size=self.page_size)
         self.stats.scan_calls += 1
         return res.regions[:, :2], res.walk_end
 
@@ -364,17 +463,19 @@ class UffdAsyncBackend(Backend):
         is reported."""
         ps = self.page_size
         res = self.kernel.scan_all(self.pagemap, span.start, span.end,
-                       batch=self.batch, category_mask=PRESENT, return_mask=PRESENT | FILE,
-                       page_size=ps).regions
+                                   batch=self.batch, category_mask=PRESENT,
+                                   return_mask=PRESENT | FILE, page_size=ps).regions
         self.stats.scan_calls += 1
-        present = _page_mask(res, span, ps)
-        private = _page_mask(res[(res[:, 2] & np.uint64(FILE)) == 0], span, ps)
+        return self._compare_residency(span, residency(res, span.start, span.end), update)
+
+    def _compare_residency(self, span: Span, now: tuple[tuple[int, int, int], ...],
+                           update: bool) -> Pages:
         before = self._resident.get(span)
         if update:
-            self._resident[span] = (present, private)
+            self._resident[span] = now
         if before is None:
-            return Pages((), ps)
-        return Pages.from_mask((before[0] & ~present) | (before[1] & ~private), span.start, ps)
+            return Pages((), self.page_size)
+        return lost(before, now, self.page_size)
 
     def _read_maps(self) -> Sequence[Mapping]:
         if self._maps is None or (self.given_maps is not None and
@@ -392,7 +493,9 @@ class UffdAsyncBackend(Backend):
             if m.start >= span.end:
                 break
             file_backed |= m.inode != 0 or m.shared
-        (self._file_backed.add if file_backed else self._file_backed.discard)(span)
+        if file_backed != (span in self._file_backed):
+            (self._file_backed.add if file_backed else self._file_backed.discard)(span)
+            self._runs = None
         return procfs.coverage(maps, span.start, span.end, self._map_ends)
 
     def _recover(self, span: Span, why: str) -> str:
@@ -429,16 +532,13 @@ class UffdAsyncBackend(Backend):
             return False  # msync: no /proc read on the fast path
         return tuple(self._mapped_parts(span)) != (layout or ((span.start, span.end),))
 
-    def _plain(self, span: Span) -> bool:
-        """Nothing about the span needs more than the run's one scan."""
-        return span not in self._layout and span not in self._untracked and \
-            span not in self._file_backed
-
     def _run_mapped(self, run: Run) -> bool:
         """Whether the whole run is still mapped: msync here (one VMA walk), the maps the
         caller gave (or one read of them) elsewhere."""
         if self.given_maps is None and self.own:
             return self.kernel.is_mapped(self.pid, run.start, run.end - run.start)
+        if self.maps_unchanged:
+            return True  # mapped at the last collect, and nothing changed since
         maps = self._read_maps()
         return procfs.coverage(maps, run.start, run.end, self._map_ends) == \
             [(run.start, run.end)]
@@ -451,19 +551,28 @@ class UffdAsyncBackend(Backend):
         reasons: list[str] = []
         budget = max_pages
         self._maps = None
+        coalesced = True  # each run's scan output is; spans collected one by one may touch
         if self._runs is None:
-            self._runs = make_runs(self.spans)
+            careful = {s for s in self.spans if s in self._layout or s in self._untracked}
+            if not self.one_pass:
+                careful |= self._file_backed
+            self._runs = make_runs(self.spans, careful, self._file_backed)
         for run in self._runs:
             if max_pages and budget <= 0:
                 break
             regions = None
-            if all(self._plain(s) for s in run.spans) and self._run_mapped(run):
+            if run.plain and self._run_mapped(run):
                 try:
                     regions, _ = self._scan(run.start, run.end, reset, budget)
                 except errors.InvalidTarget as exc:
                     if exc.errno != E.EPERM:
                         raise
+            elif run.resident and not max_pages and self._run_mapped(run) and \
+                    self._collect_resident(run, reset, found, conservative, reasons):
+                coalesced = False
+                continue
             if regions is None:  # something changed in the run: span by span
+                coalesced = coalesced and len(run.spans) == 1
                 for span in run.spans:
                     if max_pages and budget <= 0:
                         break
@@ -479,7 +588,41 @@ class UffdAsyncBackend(Backend):
                     self._collect_holes(run.start, run.end, run.spans[0].label, reset,
                                         conservative, reasons)
         self._maps = None
-        return self._finish(found, conservative, reasons)
+        return self._finish(found, conservative, reasons, coalesced)
+
+    def _collect_resident(self, run: Run, reset: bool, found: list[np.ndarray],
+                          conservative: list[np.ndarray], reasons: list[str]) -> bool:
+        """One generic-path scan of a run holding file or shared spans: it reports and
+        re-arms the written pages and shows what is resident, so the residency check costs
+        no scan of its own. Only where the generic path reads a zapped PTE as written
+        (:func:`writewatch.features.pte_none_written`). False: collect it span by span."""
+        try:
+            res = self.kernel.scan_all(self.pagemap, run.start, run.end, batch=self.batch,
+                                       flags=_SCAN_RESET if reset else _SCAN_PEEK,
+                                       return_mask=WRITTEN | PRESENT | FILE,
+                                       page_size=self.page_size)
+        except errors.InvalidTarget as exc:
+            if exc.errno != E.EPERM:
+                raise
+            return False
+        self.stats.scan_calls += 1
+        regions = res.regions
+        written = regions[(regions[:, 2] & np.uint64(WRITTEN)) != 0, :2]
+        found.append(written)
+        rows = regions.tolist()
+        for span in run.resident:
+            gone = self._compare_residency(span, residency(rows, span.start, span.end),
+                                           update=reset)
+            if gone:
+                gone = gone - Pages.from_kernel(written, self.page_size)
+            if gone:
+                conservative.append(gone.ranges)
+                reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
+                               "(zapped, reclaimed or hole-punched): content may differ")
+        if self.hole_scan:
+            self._collect_holes(run.start, run.end, run.spans[0].label, reset, conservative,
+                                reasons)
+        return True
 
     def _collect_span(self, span: Span, reset: bool, budget: int, found: list[np.ndarray],
                       conservative: list[np.ndarray], reasons: list[str]) -> int:
@@ -529,13 +672,14 @@ class UffdAsyncBackend(Backend):
                                                 U.UffdWriteprotectMode.WP)
 
     def _finish(self, found: list[np.ndarray], conservative: list[np.ndarray],
-                reasons: list[str]) -> Collected:
+                reasons: list[str], coalesced: bool) -> Collected:
         self.stats.collects += 1
         if not conservative:  # the common case: no copy
             written = found[0] if len(found) == 1 else \
                 np.concatenate(found) if found else _EMPTY
-            self.stats.pages_reported += _npages(written, self.page_size)
-            return Collected(written, _EMPTY, ())
+            if len(written):
+                self.stats.pages_reported += _npages(written, self.page_size)
+            return Collected(np.ascontiguousarray(written), _EMPTY, (), sorted=coalesced)
         cons = np.concatenate(conservative)
         written = np.concatenate([*found, cons])
         self.stats.pages_reported += _npages(written, self.page_size)

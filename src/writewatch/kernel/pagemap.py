@@ -52,6 +52,10 @@ class ScanFn(Protocol):
                  vec_len: int = ...) -> ScanResult: ...
 
 
+_NONE = np.empty((0, 3), np.uint64)
+_NONE.flags.writeable = False
+
+
 class Scanner:
     """PAGEMAP_SCAN with a reusable result buffer.
 
@@ -62,6 +66,8 @@ class Scanner:
     def __init__(self, batch: int = 4096) -> None:
         self.vec = np.empty((max(batch, 1), 3), dtype=np.uint64)
         self._arg = ctypes.create_string_buffer(U.PM_SCAN_ARG_SIZE)
+        self._addr = ctypes.addressof(self._arg)
+        self._walk_end = ctypes.c_uint64.from_buffer(self._arg, U.PM_SCAN_ARG_WALK_END_OFFSET)
 
     def _ioctl(self, fd: int, start: int, end: int, at: int, n: int, flags: int,
                category_mask: int, category_inverted: int, category_anyof_mask: int,
@@ -75,10 +81,9 @@ class Scanner:
             self._arg, 0, U.PM_SCAN_ARG_SIZE, flags, start, end, 0,
             self.vec.ctypes.data + at * U.PAGE_REGION_SIZE if n else 0, n, max_pages,
             category_inverted, category_mask, category_anyof_mask, return_mask)
-        count = _sys.ioctl("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._arg, start=start,
-                           end=end, errmap=_SCAN_ERRORS)
-        off = U.PM_SCAN_ARG_WALK_END_OFFSET
-        return count, int.from_bytes(self._arg.raw[off:off + 8], "little")
+        count = _sys.ioctl_at("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._addr, start, end,
+                              _SCAN_ERRORS)
+        return count, self._walk_end.value
 
     def __call__(self, fd: int, start: int, end: int, *, flags: int = 0,
                  category_mask: int = 0, category_inverted: int = 0,
@@ -97,7 +102,16 @@ class Scanner:
                  page_size: int = PAGE_SIZE) -> ScanResult:
         """:func:`scan_all` with each ioctl writing straight after the previous one's
         regions in one growing buffer (no per-batch copies)."""
-        filled = 0
+        count, walk_end = self._ioctl(fd, start, end, 0, batch, flags, category_mask,
+                                      category_inverted, category_anyof_mask, return_mask,
+                                      max_pages)
+        if count < batch or walk_end >= end:  # the common case: one call said it all
+            return ScanResult(self.vec[:count].copy() if count else _NONE, walk_end)
+        filled = count
+        found = int((self.vec[:count, 1] - self.vec[:count, 0]).sum()) // page_size \
+            if max_pages else 0
+        if max_pages and found >= max_pages:
+            return ScanResult(self.vec[:filled].copy(), walk_end)
 
         def step(pos: int, limit: int) -> tuple[np.ndarray, int]:
             nonlocal filled
@@ -107,7 +121,8 @@ class Scanner:
             filled += count
             return self.vec[filled - count:filled], walk_end
 
-        walk_end = _walk(step, start, end, batch, max_pages, page_size)
+        walk_end = _walk(step, walk_end, end, batch, max_pages - found if max_pages else 0,
+                         page_size)
         return ScanResult(self.vec[:filled].copy(), walk_end)
 
 

@@ -107,6 +107,7 @@ class Member:
         self.maps: tuple[MappingInfo, ...] = ()
         #: its children when it was armed (stopped): forks after that raise fork events
         self.children_at_arm: set[int] = set()
+        self._raw: tuple[procfs.Mapping, ...] | None = None  # maps at the last collect
 
     # -- starting ----------------------------------------------------------------------------
     def attach(self, launch_go: int | None = None) -> None:
@@ -283,6 +284,16 @@ class Member:
         backend = self.backend
         assert backend is not None
         raw = self.kernel.read_maps(self.pid)
+        if raw == self._raw and not self.refused_:
+            # the maps are as at the last collect (parsed lines are cached, so the tuples
+            # compare element by element): nothing appeared or went away
+            with backend.layout(raw, unchanged=True):
+                got = backend.collect(reset=reset, max_pages=max_pages)
+            written = Pages._trusted(got.written, ps) if got.sorted and not len(
+                got.conservative) else Pages.from_kernel(got.written, ps)
+            return MemberCollect(self.pid, written, Pages.from_kernel(got.conservative, ps),
+                                 got.reasons, self.maps)
+        self._raw = raw if reset else None
         infos = tuple(MappingInfo.of(m) for m in raw)
         writable = [m for m in infos if trackable(m)]
         live = Pages([(m.start, m.end) for m in writable], ps)

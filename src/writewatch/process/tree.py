@@ -240,6 +240,7 @@ class ProcessTracker(Tracker):
         self._sharers = SharerScan()
         self._pending_notes: list[_Notes] = []
         self._views: dict[int, tuple[View, ...]] = {}
+        self._views_of: dict[int, tuple[MappingInfo, ...]] = {}
         self._gone = False
         self._finalizer = weakref.finalize(self, self._tree.close)
         try:
@@ -456,7 +457,10 @@ class ProcessTracker(Tracker):
                             "last writes could be read")
                 if got.exec:
                     self._tree.rewatch(m)
-            self._views[pid] = views(pid, got.mappings if not got.exited else ())
+            maps = got.mappings if not got.exited else ()
+            if self._views_of.get(pid) is not maps:  # the same maps: the same views
+                self._views[pid] = views(pid, maps)
+                self._views_of[pid] = maps
         return results
 
     def _poll_children(self, results: dict[int, MemberCollect], notes: _Notes) -> None:
