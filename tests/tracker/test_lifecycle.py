@@ -31,9 +31,10 @@ def test_map_fixed_over_a_span_reports_it_whole_then_tracks_again(region, backen
         r.write(5)
         got = written(t)
         if backend == "uffd-async":
-            # PM_SCAN_CHECK_WPASYNC sees the unregistered VMA: the whole span, then re-armed
-            assert got == r.pages(range(16))
-            assert len(t.last.conservative) == 16 and t.last.reasons
+            # PM_SCAN_CHECK_WPASYNC sees an unregistered VMA; scanned VMA by VMA, the
+            # replaced pages are found: reported whole (they held tracked memory), re-armed
+            assert got == r.pages(range(4, 8))
+            assert len(t.last.conservative) == 4 and t.last.reasons
             assert t.stats.rearms == 1
         elif backend == "uffd-wp-sync":
             # the replaced pages lost their protection (pagemap bit 57): those pages only
@@ -52,17 +53,26 @@ def test_map_fixed_over_a_span_reports_it_whole_then_tracks_again(region, backen
             assert got == r.pages([6, 12])  # exact again
 
 
-def test_munmap_reports_once_and_new_mapping_there_is_reported(region) -> None:
+def test_munmap_and_a_new_mapping_there_are_reported_by_content(region, backend) -> None:
     r = region(8)
+    for i in (1, 2, 6):
+        r.write(i)
     with writewatch.track(r.span) as t:
         _sys.munmap(r.page(2), 2 * PAGE)
-        assert written(t) == r.pages(range(8))
+        got = written(t)
+        if backend == "uffd-async":
+            # unmapped pages hold nothing to report; the rest is exact
+            assert got == set() and any("unmapped" in x for x in t.last.reasons)
         r.write(0)
-        assert written(t) == r.pages([0])  # the hole alone is not reported again
+        assert r.pages([0]) <= written(t)
         _sys.mmap(r.page(2), 2 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
-        assert written(t) == r.pages(range(8))  # layout changed again
+        r.write(2)
+        got = written(t)
+        assert r.pages([2]) <= got  # written before the collect that found the mapping
+        if backend == "uffd-async":
+            assert got == r.pages([2]) and not t.last.conservative
         r.write(3)
-        assert written(t) == r.pages([3])
+        assert r.pages([3]) <= written(t)
 
 
 def test_mremap_away_and_back(region) -> None:
@@ -72,11 +82,13 @@ def test_mremap_away_and_back(region) -> None:
         r.write(1)
         # move the tracked pages elsewhere; the span becomes unmapped
         _sys.mremap(r.addr, r.length, r.length, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, other.addr)
-        assert written(t) == r.pages(range(8))
-        # and back: the moved VMA lost its userfaultfd context (mremap_userfaultfd_prep)
+        got = written(t)
+        assert got <= r.pages(range(8))  # nothing is mapped there: nothing can be lost
+        # and back: the moved VMA lost its userfaultfd context (mremap_userfaultfd_prep);
+        # it holds the page written before, which is reported
         _sys.mremap(other.addr, r.length, r.length, U.MREMAP_MAYMOVE | U.MREMAP_FIXED, r.addr)
         other._rawlen = 0  # its mapping now lives at r
-        assert written(t) == r.pages(range(8))
+        assert r.pages([1]) <= written(t)
         r.write(2)
         assert written(t) == r.pages([2])
 

@@ -321,21 +321,26 @@ class UffdAsyncBackend(Backend):
         conservatively (nothing shows they hold anything)."""
         self._register_span(span)
         try:
-            flags = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
-            first = self.kernel.scan_all(self.pagemap, span.start, span.end,
-                             batch=self.batch, flags=flags,
-                             return_mask=WRITTEN | _PRESENT_OR_SWAPPED | FILE | PFNZERO,
-                             page_size=self.page_size).regions
-            self.stats.scan_calls += 1
-            prior = prior_content(first, shared)
-            unarmed = bool(((first[:, 2] & np.uint64(WRITTEN)) == 0).any())
-            second, _ = self._scan(span.start, span.end, reset=True)
+            got = self._arm_classified(span, shared)
             if span in self._file_backed:
                 self._resident_changes(span, update=True)
         except BaseException:
             self._drop(span)
             raise
         self._adopted(span)
+        return got
+
+    def _arm_classified(self, span: Span, shared: bool) -> Adopted:
+        """Arm a registered range and say what in it may hold earlier writes (see
+        :meth:`adopt`)."""
+        first = self.kernel.scan_all(self.pagemap, span.start, span.end, batch=self.batch,
+                                     flags=_SCAN_RESET,
+                                     return_mask=WRITTEN | _PRESENT_OR_SWAPPED | FILE | PFNZERO,
+                                     page_size=self.page_size).regions
+        self.stats.scan_calls += 1
+        prior = prior_content(first, shared)
+        unarmed = bool(((first[:, 2] & np.uint64(WRITTEN)) == 0).any())
+        second, _ = self._scan(span.start, span.end, reset=True)
         cons = second if unarmed else _EMPTY
         return Adopted(np.concatenate([prior, second]) if len(second) else prior, cons)
 
@@ -498,33 +503,6 @@ class UffdAsyncBackend(Backend):
             self._runs = None
         return procfs.coverage(maps, span.start, span.end, self._map_ends)
 
-    def _recover(self, span: Span, why: str) -> str:
-        """The span's mappings changed: register and arm what is mapped there now. A part that
-        cannot be registered (another userfaultfd owns it, not writable...) is reported written
-        at every collect from now on, with the reason."""
-        self.stats.rearms += 1
-        parts = tuple(self._mapped_parts(span))
-        untracked = []
-        for lo, hi in parts:
-            try:
-                self._register(lo, hi)
-                self._arm(lo, hi)
-            except errors.WriteWatchError as exc:
-                untracked.append((lo, hi, str(exc)))
-        if parts == ((span.start, span.end),):
-            self._layout.pop(span, None)
-        else:
-            self._layout[span] = parts
-        if untracked:
-            self._untracked[span] = untracked
-        else:
-            self._untracked.pop(span, None)
-        self._runs = None
-        self._resident.pop(span, None)
-        if span in self._file_backed:
-            self._resident_changes(span, update=True)
-        return f"{span.label or 'span'} {span.start:#x}-{span.end:#x}: {why}; reported whole"
-
     def _layout_changed(self, span: Span) -> bool:
         layout = self._layout.get(span)
         if layout is None and self.given_maps is None and self.own and \
@@ -626,22 +604,19 @@ class UffdAsyncBackend(Backend):
 
     def _collect_span(self, span: Span, reset: bool, budget: int, found: list[np.ndarray],
                       conservative: list[np.ndarray], reasons: list[str]) -> int:
-        """Collect one span the careful way (its layout checked, remaps recovered, file
-        residency compared); returns the pages it took from the budget."""
-        why = "mappings replaced, moved or unmapped" if self._layout_changed(span) else None
-        if why is None:
+        """Collect one span the careful way (its layout checked, remaps located and
+        recovered, file residency compared); returns the pages it took from the budget."""
+        prev = self._layout.get(span) or ((span.start, span.end),)
+        now = prev if not self._layout_changed(span) else tuple(self._mapped_parts(span))
+        if now == prev:
             try:
                 regions, _ = self._scan(span.start, span.end, reset, budget)
             except errors.InvalidTarget as exc:
                 if exc.errno != E.EPERM:
                     raise
-                why = "remapped while tracked"
-        if why is not None:
-            # a peek reports the change and leaves it for the next reset to report again
-            conservative.append(np.array([[span.start, span.end]], np.uint64))
-            reasons.append(self._recover(span, why) if reset else
-                           f"{span.label or 'span'}: {why}; reported whole")
-            return 0
+                regions = self._collect_pieces(span, now, reset, conservative, reasons)
+        else:
+            regions = self._collect_changed(span, prev, now, reset, conservative, reasons)
         found.append(regions)
         if span in self._file_backed:
             gone = self._resident_changes(span, update=reset)
@@ -657,6 +632,98 @@ class UffdAsyncBackend(Backend):
         if self.hole_scan:
             self._collect_holes(span.start, span.end, span.label, reset, conservative, reasons)
         return _npages(regions, self.page_size)
+
+    def _collect_pieces(self, span: Span, parts: Sequence[tuple[int, int]], reset: bool,
+                        conservative: list[np.ndarray], reasons: list[str]) -> np.ndarray:
+        """``parts`` of the span are mapped as at the last collect, but some VMA there is not
+        registered (CHECK_WPASYNC said EPERM): the memory at those addresses was replaced
+        (``mmap(MAP_FIXED)``, an mremap onto it). Scan VMA by VMA: the replaced ones held
+        tracked memory until then, so they are reported whole and armed again; the others
+        are exact."""
+        maps = self._read_maps()
+        got: list[np.ndarray] = []
+        replaced: list[tuple[int, int]] = []
+        for lo, hi in parts:
+            for m in maps[bisect.bisect_right(self._map_ends, lo):]:
+                if m.start >= hi:
+                    break
+                a, b = max(m.start, lo), min(m.end, hi)
+                try:
+                    got.append(self._scan(a, b, reset)[0])
+                except errors.InvalidTarget as exc:
+                    if exc.errno != E.EPERM:
+                        raise
+                    replaced.append((a, b))
+        for a, b in replaced:
+            conservative.append(np.array([[a, b]], np.uint64))
+            if reset:
+                self._rearm(span, a, b)
+        if replaced:
+            self.stats.rearms += 1
+            n = sum(b - a for a, b in replaced) // self.page_size
+            reasons.append(f"{span.label or 'span'}: {n} page(s) remapped while tracked "
+                           "(the memory there was replaced); reported whole")
+        return np.concatenate(got) if got else _EMPTY
+
+    def _collect_changed(self, span: Span, prev: Sequence[tuple[int, int]],
+                         now: Sequence[tuple[int, int]], reset: bool,
+                         conservative: list[np.ndarray], reasons: list[str]) -> np.ndarray:
+        """The span's mapped parts changed. What stayed mapped is collected as usual (what
+        was replaced in place is found VMA by VMA); what went away holds nothing to report;
+        what is newly mapped — addresses where nothing was mapped at the last collect — is
+        registered and armed, and reported by what the arming scan saw in it."""
+        ps = self.page_size
+        before, after = Pages(list(prev), ps), Pages(list(now), ps)
+        kept = [tuple(r) for r in (before & after).ranges.tolist()]
+        regions = self._collect_pieces(span, kept, reset, conservative, reasons)
+        fresh = after - before
+        gone = before - after
+        if len(gone):
+            reasons.append(f"{span.label or 'span'}: {len(gone)} page(s) unmapped")
+        found = [regions]
+        for lo, hi in fresh:
+            if not reset:  # a peek arms nothing: the new part may hold anything
+                conservative.append(np.array([[lo, hi]], np.uint64))
+                continue
+            found.append(self._adopt_piece(span, lo, hi, conservative))
+        if reset:
+            if tuple(now) == ((span.start, span.end),):
+                self._layout.pop(span, None)
+            else:
+                self._layout[span] = tuple(now)
+            self._runs = None
+            self._resident.pop(span, None)
+            if span in self._file_backed:
+                self._resident_changes(span, update=True)
+        return np.concatenate(found)
+
+    def _rearm(self, span: Span, lo: int, hi: int) -> None:
+        """Register and arm ``[lo, hi)`` of ``span`` again; a refusal makes it untracked
+        (reported whole at every collect, with the reason)."""
+        try:
+            self._register(lo, hi)
+            self._arm(lo, hi)
+        except errors.WriteWatchError as exc:
+            self._untracked.setdefault(span, []).append((lo, hi, str(exc)))
+            self._runs = None
+
+    def _adopt_piece(self, span: Span, lo: int, hi: int,
+                     conservative: list[np.ndarray]) -> np.ndarray:
+        """Register newly mapped ``[lo, hi)`` of ``span`` and return what in it may hold
+        earlier writes (see :meth:`adopt`)."""
+        shared = any(m.shared for m in self._read_maps()
+                     if m.start < hi and lo < m.end)
+        try:
+            self._register(lo, hi)
+        except errors.WriteWatchError as exc:
+            self._untracked.setdefault(span, []).append((lo, hi, str(exc)))
+            self._runs = None
+            return _EMPTY
+        piece = Span(lo, hi)
+        got = self._arm_classified(piece, shared)
+        if len(got.conservative):
+            conservative.append(got.conservative)
+        return got.prior
 
     def _collect_holes(self, start: int, end: int, label: str, reset: bool,
                        conservative: list[np.ndarray], reasons: list[str]) -> None:
@@ -679,7 +746,8 @@ class UffdAsyncBackend(Backend):
                 np.concatenate(found) if found else _EMPTY
             if len(written):
                 self.stats.pages_reported += _npages(written, self.page_size)
-            return Collected(np.ascontiguousarray(written), _EMPTY, (), sorted=coalesced)
+            return Collected(np.ascontiguousarray(written), _EMPTY, tuple(reasons),
+                             sorted=coalesced)
         cons = np.concatenate(conservative)
         written = np.concatenate([*found, cons])
         self.stats.pages_reported += _npages(written, self.page_size)
