@@ -52,6 +52,10 @@ def _combine(a: np.ndarray, b: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
     return _coalesce(out)
 
 
+_NONE = np.empty((0, 2), _U64)
+_NONE.flags.writeable = False
+
+
 class Pages:
     """A set of pages, as coalesced, sorted ``[start, end)`` address ranges.
 
@@ -71,6 +75,11 @@ class Pages:
         arr.flags.writeable = False
         self._ranges = arr
         self.page_size = page_size
+
+    @classmethod
+    def empty(cls, page_size: int = 4096) -> Pages:
+        """No pages (cheap: one shared read-only array)."""
+        return cls._trusted(_NONE, page_size)
 
     @classmethod
     def from_kernel(cls, ranges: np.ndarray, page_size: int) -> Pages:

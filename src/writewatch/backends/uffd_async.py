@@ -144,7 +144,7 @@ def lost(before: tuple[tuple[int, int, int], ...], now: tuple[tuple[int, int, in
     """Pages resident before and gone now, or private copies before and the file's page
     now (pure; :func:`residency` values)."""
     if before == now:
-        return Pages((), page_size)
+        return Pages.empty(page_size)
 
     def pages(rs: tuple[tuple[int, int, int], ...], private: bool) -> Pages:
         return Pages([(s, e) for s, e, f in rs if not (private and f)], page_size)
@@ -479,7 +479,7 @@ class UffdAsyncBackend(Backend):
         if update:
             self._resident[span] = now
         if before is None:
-            return Pages((), self.page_size)
+            return Pages.empty(self.page_size)
         return lost(before, now, self.page_size)
 
     def _read_maps(self) -> Sequence[Mapping]:

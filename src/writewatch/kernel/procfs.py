@@ -86,7 +86,7 @@ def _parse_line(line: bytes) -> Mapping | None:
 def parse_maps(data: bytes) -> tuple[Mapping, ...]:
     """Parse the text of /proc/PID/maps (pure). Lines seen before are not parsed again: a
     process's maps change by a few lines between two reads."""
-    return tuple(m for m in map(_parse_line, data.split(b"\n")) if m is not None)
+    return tuple(filter(None, map(_parse_line, data.split(b"\n"))))
 
 
 def coverage(maps: Sequence[Mapping], start: int, end: int,

@@ -260,7 +260,7 @@ class Member:
     def _exited(self) -> MemberCollect:
         ps = self.kernel.page_size
         self.gone = True
-        return MemberCollect(self.pid, Pages((), ps), Pages((), ps),
+        return MemberCollect(self.pid, Pages.empty(ps), Pages.empty(ps),
                              (f"process {self.pid} exited",), mappings=self.maps, exited=True)
 
     def _reattach(self) -> MemberCollect:

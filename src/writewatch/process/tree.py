@@ -255,7 +255,7 @@ class ProcessTracker(Tracker):
         except BaseException:
             self._finalizer()
             raise
-        self._last = ProcessCollectInfo(Pages((), self.page_size),
+        self._last = ProcessCollectInfo(Pages.empty(self.page_size),
                                         processes=tuple(self._tree.members))
 
     def _attach_descendants(self) -> None:
@@ -349,8 +349,8 @@ class ProcessTracker(Tracker):
             notes = _Notes()
             self._take_forks(notes)
             if self.follow_forks:
-                self._poll_children({p: MemberCollect(p, Pages((), self.page_size),
-                                                      Pages((), self.page_size))
+                self._poll_children({p: MemberCollect(p, Pages.empty(self.page_size),
+                                                      Pages.empty(self.page_size))
                                      for p in self._tree.members}, notes)
             self._pending_notes.append(notes)
             return tuple(p for p in self._tree.members if p not in before)
@@ -588,8 +588,8 @@ class ProcessTracker(Tracker):
             else:
                 self._gone = True
         execd = tuple(p for p, r in results.items() if r.exec)
-        rw = per.get(self.pid, Pages((), ps))
-        rc = per_cons.get(self.pid, Pages((), ps))
+        rw = per.get(self.pid, Pages.empty(ps))
+        rc = per_cons.get(self.pid, Pages.empty(ps))
         root_reasons = (*root.reasons, *reasons) if root is not None else tuple(reasons)
         return ProcessCollectInfo(
             rc, root_reasons, written=rw, mappings=root.mappings if root else (),
