@@ -157,8 +157,6 @@ def zeros_vs_private(rounds: int, size: int) -> list[list[str]]:
     ta, tb = alternate(tz.collect, tp.collect, rounds, prepare=write)
     tz.close()
     tp.close()
-    del p
-    m.close()
     return [[f"collect() on zeros({size >> 20} MiB) vs a private mmap, 1 % written",
              us(ta), us(tb), spread(ratio(ta, tb)), "≤ 1.25x"]]
 

@@ -115,6 +115,23 @@ class InvalidTarget(WriteWatchError, ValueError):
     __module__ = "writewatch"
 
 
+class NotRegistered(InvalidTarget):
+    """PAGEMAP_SCAN with ``PM_SCAN_CHECK_WPASYNC`` met a VMA that is not registered for async
+    write-protect (EPERM): the memory there was replaced (remapped) while tracked.
+
+    The walk stops at that VMA, but with ``PM_SCAN_WP_MATCHING`` it has already
+    write-protected the written pages before it, and the kernel copies their regions out
+    before failing (fs/proc/task_mmu.c do_pagemap_scan flushes its buffer, then returns the
+    error). ``partial`` holds those ``(k, 3)`` regions: reported nowhere else, they would be
+    lost."""
+
+    __module__ = "writewatch"
+
+    def __init__(self, message: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.partial: object = None
+
+
 class AlreadyTracked(InvalidTarget):
     """Another userfaultfd already owns the range (EBUSY from UFFDIO_REGISTER)."""
 

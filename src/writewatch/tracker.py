@@ -56,6 +56,9 @@ class CollectInfo:
 
     conservative: Pages  #: pages reported without proof of a write (see ``reasons``)
     reasons: tuple[str, ...] = ()
+    #: tracked pages that were unmapped since the last collect (they hold nothing now: not
+    #: in the result; a copy of the memory drops them)
+    unmapped: Pages | None = None
 
 
 @dataclass(frozen=True)
@@ -291,8 +294,10 @@ class Tracker:
             pages = Pages._trusted(got.written, ps) if got.sorted else \
                 Pages.from_kernel(got.written, ps)
             if len(got.conservative) or got.reasons or self._last.reasons or \
-                    len(self._last.conservative._ranges):
-                self._last = CollectInfo(Pages.from_kernel(got.conservative, ps), got.reasons)
+                    len(self._last.conservative._ranges) or got.unmapped is not None:
+                self._last = CollectInfo(
+                    Pages.from_kernel(got.conservative, ps), got.reasons,
+                    None if got.unmapped is None else Pages.from_kernel(got.unmapped, ps))
             return pages
 
     def close(self) -> None:

@@ -63,6 +63,8 @@ def test_munmap_and_a_new_mapping_there_are_reported_by_content(region, backend)
         if backend == "uffd-async":
             # unmapped pages hold nothing to report; the rest is exact
             assert got == set() and any("unmapped" in x for x in t.last.reasons)
+            assert t.last.unmapped is not None and \
+                {int(a) for a in t.last.unmapped.addresses()} == r.pages([2, 3])
         r.write(0)
         assert r.pages([0]) <= written(t)
         _sys.mmap(r.page(2), 2 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)

@@ -39,6 +39,8 @@ class Collected(NamedTuple):
     #: ``written`` is sorted and coalesced already (PAGEMAP_SCAN's own output: it merges a
     #: page into the previous region when contiguous with the same categories)
     sorted: bool = False
+    #: tracked pages that are not mapped any more (not in ``written``: there is no content)
+    unmapped: np.ndarray | None = None
 
 
 @dataclass

@@ -169,6 +169,15 @@ def prior_content(regions: np.ndarray, shared: bool) -> np.ndarray:
     return np.ascontiguousarray(regions[touched, :2])
 
 
+def _partial(exc: errors.NotRegistered) -> np.ndarray:
+    """The written pages a failed get + write-protect protected before it stopped (they are
+    reported here or nowhere)."""
+    got = exc.partial
+    if not isinstance(got, np.ndarray) or not len(got):
+        return _EMPTY
+    return np.ascontiguousarray(got[(got[:, 2] & np.uint64(WRITTEN)) != 0, :2])
+
+
 class Run(NamedTuple):
     """Tracked spans that touch each other: one PAGEMAP_SCAN covers them."""
 
@@ -529,6 +538,7 @@ class UffdAsyncBackend(Backend):
         reasons: list[str] = []
         budget = max_pages
         self._maps = None
+        self._unmapped: list[np.ndarray] = []
         coalesced = True  # each run's scan output is; spans collected one by one may touch
         if self._runs is None:
             careful = {s for s in self.spans if s in self._layout or s in self._untracked}
@@ -542,9 +552,8 @@ class UffdAsyncBackend(Backend):
             if run.plain and self._run_mapped(run):
                 try:
                     regions, _ = self._scan(run.start, run.end, reset, budget)
-                except errors.InvalidTarget as exc:
-                    if exc.errno != E.EPERM:
-                        raise
+                except errors.NotRegistered as exc:
+                    found.append(_partial(exc))
             elif run.resident and not max_pages and self._run_mapped(run) and \
                     self._collect_resident(run, reset, found, conservative, reasons):
                 coalesced = False
@@ -566,7 +575,10 @@ class UffdAsyncBackend(Backend):
                     self._collect_holes(run.start, run.end, run.spans[0].label, reset,
                                         conservative, reasons)
         self._maps = None
-        return self._finish(found, conservative, reasons, coalesced)
+        got = self._finish(found, conservative, reasons, coalesced)
+        if self._unmapped:
+            got = got._replace(unmapped=np.concatenate(self._unmapped))
+        return got
 
     def _collect_resident(self, run: Run, reset: bool, found: list[np.ndarray],
                           conservative: list[np.ndarray], reasons: list[str]) -> bool:
@@ -579,9 +591,8 @@ class UffdAsyncBackend(Backend):
                                        flags=_SCAN_RESET if reset else _SCAN_PEEK,
                                        return_mask=WRITTEN | PRESENT | FILE,
                                        page_size=self.page_size)
-        except errors.InvalidTarget as exc:
-            if exc.errno != E.EPERM:
-                raise
+        except errors.NotRegistered as exc:
+            found.append(_partial(exc))
             return False
         self.stats.scan_calls += 1
         regions = res.regions
@@ -611,9 +622,8 @@ class UffdAsyncBackend(Backend):
         if now == prev:
             try:
                 regions, _ = self._scan(span.start, span.end, reset, budget)
-            except errors.InvalidTarget as exc:
-                if exc.errno != E.EPERM:
-                    raise
+            except errors.NotRegistered as exc:
+                found.append(_partial(exc))
                 regions = self._collect_pieces(span, now, reset, conservative, reasons)
         else:
             regions = self._collect_changed(span, prev, now, reset, conservative, reasons)
@@ -650,9 +660,8 @@ class UffdAsyncBackend(Backend):
                 a, b = max(m.start, lo), min(m.end, hi)
                 try:
                     got.append(self._scan(a, b, reset)[0])
-                except errors.InvalidTarget as exc:
-                    if exc.errno != E.EPERM:
-                        raise
+                except errors.NotRegistered as exc:
+                    got.append(_partial(exc))
                     replaced.append((a, b))
         for a, b in replaced:
             conservative.append(np.array([[a, b]], np.uint64))
@@ -679,6 +688,7 @@ class UffdAsyncBackend(Backend):
         fresh = after - before
         gone = before - after
         if len(gone):
+            self._unmapped.append(gone.ranges)
             reasons.append(f"{span.label or 'span'}: {len(gone)} page(s) unmapped")
         found = [regions]
         for lo, hi in fresh:

@@ -19,7 +19,7 @@ from . import _sys, procfs
 
 _SCAN_ERRORS: _sys.ErrMap = {
     E.ENOTTY: (errors.Unsupported, "PAGEMAP_SCAN needs Linux 6.7 or newer"),
-    E.EPERM: (errors.InvalidTarget,
+    E.EPERM: (errors.NotRegistered,
               "PM_SCAN_CHECK_WPASYNC: part of the range is mapped but not registered for "
               "async write-protect (it was remapped while tracked)"),
     E.ESRCH: (errors.NoSuchProcess, None),
@@ -52,6 +52,11 @@ class ScanFn(Protocol):
                  vec_len: int = ...) -> ScanResult: ...
 
 
+#: flags of a get + write-protect that fails on an unregistered VMA
+_WP_CHECKED = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
+#: regions the first call of a checked write-protect scan may return (its end column is
+#: cleared first: a smaller first batch keeps that cheap on the common, small result)
+_FIRST = 256
 _NONE = np.empty((0, 3), np.uint64)
 _NONE.flags.writeable = False
 
@@ -81,8 +86,20 @@ class Scanner:
             self._arg, 0, U.PM_SCAN_ARG_SIZE, flags, start, end, 0,
             self.vec.ctypes.data + at * U.PAGE_REGION_SIZE if n else 0, n, max_pages,
             category_inverted, category_mask, category_anyof_mask, return_mask)
-        count = _sys.ioctl_at("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._addr, start, end,
-                              _SCAN_ERRORS)
+        wp = flags & _WP_CHECKED == _WP_CHECKED
+        if wp:
+            # an EPERM after write-protecting part of the range still copies out what it
+            # found: marked by a non-zero end (errors.NotRegistered)
+            self.vec[at:at + n, 1] = 0
+        try:
+            count = _sys.ioctl_at("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._addr, start, end,
+                                  _SCAN_ERRORS)
+        except errors.NotRegistered as exc:
+            if wp:
+                got = self.vec[at:at + n, 1]
+                k = int(np.argmin(got != 0)) if (got == 0).any() else n
+                exc.partial = self.vec[:at + k].copy()
+            raise
         return count, self._walk_end.value
 
     def __call__(self, fd: int, start: int, end: int, *, flags: int = 0,
@@ -102,10 +119,11 @@ class Scanner:
                  page_size: int = PAGE_SIZE) -> ScanResult:
         """:func:`scan_all` with each ioctl writing straight after the previous one's
         regions in one growing buffer (no per-batch copies)."""
-        count, walk_end = self._ioctl(fd, start, end, 0, batch, flags, category_mask,
+        first = min(batch, _FIRST) if flags & _WP_CHECKED == _WP_CHECKED else batch
+        count, walk_end = self._ioctl(fd, start, end, 0, first, flags, category_mask,
                                       category_inverted, category_anyof_mask, return_mask,
                                       max_pages)
-        if count < batch or walk_end >= end:  # the common case: one call said it all
+        if count < first or walk_end >= end:  # the common case: one call said it all
             return ScanResult(self.vec[:count].copy() if count else _NONE, walk_end)
         filled = count
         found = int((self.vec[:count, 1] - self.vec[:count, 0]).sum()) // page_size \

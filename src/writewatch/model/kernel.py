@@ -311,7 +311,13 @@ class ModelKernel:
             is_async = v.uffd is not None and v.uffd.async_
             if not is_async:
                 if q.check:
-                    _sys.raise_errno(E.EPERM, op, start=start, end=end, errmap=em)
+                    # the walk stops here; what it found (and write-protected) before is
+                    # copied out all the same (do_pagemap_scan flushes, then fails)
+                    try:
+                        _sys.raise_errno(E.EPERM, op, start=start, end=end, errmap=em)
+                    except errors.NotRegistered as exc:
+                        exc.partial = q.out.result()
+                        raise
                 if q.wp_match:
                     continue  # pagemap_scan_test_walk skips it silently
             vcat = S.vma_categories(mm, v, is_async)

@@ -59,6 +59,7 @@ class MemberCollect:
     refused: tuple[tuple[MappingInfo, str], ...] = ()
     exec: bool = False
     exited: bool = False
+    unmapped: Pages | None = None  #: tracked pages not mapped any more
 
 
 def _dup_cloexec(fd: int) -> int:
@@ -292,7 +293,9 @@ class Member:
             written = Pages._trusted(got.written, ps) if got.sorted and not len(
                 got.conservative) else Pages.from_kernel(got.written, ps)
             return MemberCollect(self.pid, written, Pages.from_kernel(got.conservative, ps),
-                                 got.reasons, self.maps)
+                                 got.reasons, self.maps,
+                                 unmapped=None if got.unmapped is None else
+                                 Pages.from_kernel(got.unmapped, ps))
         self._raw = raw if reset else None
         infos = tuple(MappingInfo.of(m) for m in raw)
         writable = [m for m in infos if trackable(m)]
@@ -322,9 +325,14 @@ class Member:
         cons_arr = np.concatenate([got.conservative, *cons])
         written = Pages.from_kernel(np.concatenate([got.written, cons_arr, *prior]), ps)
         self.maps = infos
+        gone = [np.array([[m.start, m.end]], np.uint64) for m in removed]
+        if got.unmapped is not None:
+            gone.append(got.unmapped)
         return MemberCollect(self.pid, written, Pages.from_kernel(cons_arr, ps),
                              (*got.reasons, *reasons), infos, tuple(new), tuple(removed),
-                             _moved(removed, new), self.refused)
+                             _moved(removed, new), self.refused,
+                             unmapped=Pages.from_kernel(np.concatenate(gone), ps) if gone
+                             else None)
 
     def _arm_fresh(self, backend: Backend, writable: list[MappingInfo], fresh: Pages,
                    before: Pages, reset: bool

@@ -592,7 +592,8 @@ class ProcessTracker(Tracker):
         rc = per_cons.get(self.pid, Pages.empty(ps))
         root_reasons = (*root.reasons, *reasons) if root is not None else tuple(reasons)
         return ProcessCollectInfo(
-            rc, root_reasons, written=rw, mappings=root.mappings if root else (),
+            rc, root_reasons, root.unmapped if root else None, written=rw,
+            mappings=root.mappings if root else (),
             new=root.new if root else (), removed=root.removed if root else (),
             moved=root.moved if root else (), refused=root.refused if root else (),
             exec=bool(root and root.exec), exited=exited, forked=tuple(notes.forked), execd=execd,

@@ -40,8 +40,13 @@ class Library(Design):
         self.backend.add(Span(start, end))
 
     def collect(self) -> np.ndarray:
-        out: np.ndarray = self.backend.collect().written
-        return out
+        got = self.backend.collect()
+        if got.unmapped is None:
+            out: np.ndarray = got.written
+            return out
+        # to the model a page that went away changed: what the library says in
+        # CollectInfo.unmapped is part of its report
+        return np.concatenate([got.written, got.unmapped])
 
     def close(self) -> None:
         self.backend.close()
