@@ -218,3 +218,24 @@ def test_hugetlb(backend: str) -> None:
     finally:
         with open(path, "w") as f:
             f.write(str(old))
+
+
+def test_remap_after_written_pages_of_the_same_scan_loses_nothing(region, backend) -> None:
+    """Two touching spans are one PAGEMAP_SCAN. When the second was remapped, the scan
+    fails with EPERM at it, after write-protecting the written pages of the first: those
+    are still reported (the kernel copied them out before failing)."""
+    r = region(32)
+    for i in range(32):
+        r.write(i)
+    with writewatch.track((r.addr, 16 * PAGE), (r.page(16), 16 * PAGE)) as t:
+        assert written(t) == set()
+        for i in (1, 7, 15):
+            r.write(i, 3)
+        _sys.mmap(r.page(20), 2 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
+        got = written(t)
+        assert r.pages([1, 7, 15]) <= got, "writes before the remapped VMA were lost"
+        assert r.pages([20, 21]) <= got
+        if backend == "uffd-async":
+            assert got == r.pages([1, 7, 15, 20, 21])
+        r.write(2, 4)
+        assert r.pages([2]) <= written(t)
