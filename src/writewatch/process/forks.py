@@ -42,6 +42,8 @@ __all__ = ["ForkWatcher", "Forked"]
 
 #: how long a fork's child may take to appear in its parent's children list
 FIND_TIMEOUT = 2.0
+#: forks waiting for a collect beyond which the exited children are let go
+PRUNE_AT = 128
 
 
 class Forked(NamedTuple):
@@ -218,15 +220,33 @@ class ForkWatcher:
         with self._lock:
             if child is not None:
                 self._known.setdefault(parent, set()).add(child)
-            keep = self.follow and child is not None
+            # an unfollowed child's context is kept too, until the next collect lets it go:
+            # closing it now would unprotect all of the child's memory while its parent
+            # waits for it (userfaultfd_release -> uffd_wp_range under the child's mmap lock)
+            keep = child is not None
             if keep:
                 # the child's own forks come on its context: watch it from now on
                 copy = int(fcntl.fcntl(ufd, fcntl.F_DUPFD_CLOEXEC, 0))
                 self._fds[copy] = child  # type: ignore[assignment]
                 self._known[child] = set()  # type: ignore[index]
             self._pending.append(Forked(parent, child, ufd if keep else -1, alive, t))
+            if len(self._pending) > PRUNE_AT:
+                self._prune()
         if not keep:
             _sys.close(ufd)
+
+    def _prune(self) -> None:
+        """Many forks since the last collect: let go of the children that are gone already,
+        so that short-lived ones do not use up this process's descriptors (called with the
+        lock held)."""
+        out = []
+        for f in self._pending:
+            if f.ufd >= 0 and not _mm_alive(f.ufd, self._probe, self.page_size):
+                _sys.close(f.ufd)
+                self._drop.update(fd for fd, p in self._fds.items() if p == f.child)
+                f = f._replace(ufd=-1, alive=False)
+            out.append(f)
+        self._pending = out
 
     def _find_child(self, parent: int, before: set[int]) -> int | None:
         deadline = time.monotonic() + FIND_TIMEOUT

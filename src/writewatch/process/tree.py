@@ -396,7 +396,17 @@ class ProcessTracker(Tracker):
                 if f.ufd >= 0:
                     os.close(f.ufd)
                 continue
-            if f.ufd >= 0 and f.child is not None and self._take_child(f, parent, notes):
+            if f.ufd >= 0 and f.child is not None and self.follow_forks and \
+                    self._take_child(f, parent, notes):
+                continue
+            if f.ufd >= 0:  # not followed: let its context go (its memory is unprotected)
+                os.close(f.ufd)
+                if f.child is not None:
+                    w.unwatch(f.child)
+            if f.child is not None and not f.alive:
+                notes.whole(self._views.get(f.parent, ()),
+                            f"pid {f.child} (forked from {f.parent}) exited before it could be "
+                            "collected")
                 continue
             who = f"pid {f.child}" if f.child is not None else "a child whose pid could not " \
                 "be found"
