@@ -252,6 +252,10 @@ class Mm:
         for addr in (start, end):
             v = self.find(addr)
             if v is not None and v.start < addr:
+                if addr % PMD:
+                    # __split_vma -> vma_adjust_trans_huge: "Get rid of huge pages ...
+                    # straddling the split boundary" (mm/vma.c)
+                    self.split_huge(addr >> PMD_SHIFT)
                 self.vmas.append(v.split_at(addr))
                 self._reindex()
         return self.vmas_in(start, end)
@@ -468,14 +472,19 @@ class Mm:
 
         def change(v: Vma) -> None:
             v.prot = p
-        if not p & 2:
-            for k, i, j in self.chunks(addr, end):
-                t = self.pt.get(k)
-                if t is not None:
-                    if t.huge and not (i == 0 and j == 512):
-                        self.split_huge(k)  # change_huge_pmd covers whole PMDs only
-                    t.fl[i:j] &= _NOT_W
-        self.modify(addr, end, change)
+        # mprotect_fixup: a VMA whose flags do not change is left alone ("if (newflags ==
+        # oldflags) return 0", mm/mprotect.c): not split, its page tables (and THPs) untouched
+        parts = [(max(v.start, addr), min(v.end, end)) for v in self.vmas_in(addr, end)
+                 if v.prot != p]
+        for lo, hi in parts:
+            if not p & 2:
+                for k, i, j in self.chunks(lo, hi):
+                    t = self.pt.get(k)
+                    if t is not None:
+                        if t.huge and not (i == 0 and j == 512):
+                            self.split_huge(k)  # change_huge_pmd covers whole PMDs only
+                        t.fl[i:j] &= _NOT_W
+            self.modify(lo, hi, change)
 
     def _require_mapped(self, start: int, end: int, op: str) -> None:
         pos = start
