@@ -233,6 +233,7 @@ def test_guest_command_line_is_quoted() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.kernel
 def test_boot_returns_the_guest_exit_status() -> None:
     if os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
         pytest.skip("already inside the kernel-matrix guest")
@@ -251,6 +252,7 @@ def test_boot_returns_the_guest_exit_status() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.kernel
 def test_arm64_guest_runs_in_its_own_root_and_sees_the_tree() -> None:
     if os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
         pytest.skip("already inside the kernel-matrix guest")
