@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -111,3 +112,46 @@ def test_attach_from_a_worker_thread(c_target) -> None:  # type: ignore[no-untyp
     th.start()
     th.join(30)
     assert out == [True], out
+
+
+#: numbers of the blocking calls the target makes (arch/x86/entry/syscalls/syscall_64.tbl;
+#: include/uapi/asm-generic/unistd.h for aarch64): glibc's nanosleep is clock_nanosleep
+BLOCKED_IN = {"x86_64": {"s": {35, 230}, "p": {0}}, "aarch64": {"s": {101, 115}, "p": {63}}}
+
+
+def _wait_blocked(pid: int, nrs: set[int], timeout: float = 60.0) -> None:
+    """Until /proc/PID/syscall shows the main thread inside one of the calls ``nrs``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/syscall") as f:
+            first = f.read().split()[0]
+        if first.isdigit() and int(first) in nrs:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"process {pid} not blocked in {sorted(nrs)} after {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("call", ["s", "p"], ids=["nanosleep", "pipe-read"])
+def test_interrupted_system_call_goes_on_as_the_kernel_would(c_target, call: str) -> None:
+    """A thread blocked in a system call when the attach stops it (PTRACE_INTERRUPT makes
+    the call return -ERESTART*) is, after the detach, back in that call: no EINTR, no
+    leaked -ERESTART*, and a relative sleep (-ERESTART_RESTARTBLOCK) goes on with the time
+    it had left (restart_syscall) instead of starting over. ``p``: the main thread reads a
+    pipe (-ERESTARTSYS) that another thread, itself in nanosleep, writes to after MS."""
+    if platform.machine() not in BLOCKED_IN:
+        pytest.skip(f"no system call numbers for {platform.machine()}")
+    ms = 5000
+    t0 = time.monotonic()
+    c_target.proc.stdin.write(f"{call} {ms}\n")
+    c_target.proc.stdin.flush()
+    _wait_blocked(c_target.proc.pid, BLOCKED_IN[platform.machine()][call])
+    time.sleep(2.0)  # far enough into the call that starting it over would show (+2 s)
+    with attach(c_target.proc.pid) as t:
+        t.collect()
+    detached = (time.monotonic() - t0) * 1e3
+    word, took, rc, err = c_target.line().split()
+    assert (word, rc, err) == ({"s": "slept", "p": "read"}[call], "0" if call == "s" else "1",
+                               "0"), "the interrupted call did not go on"
+    # done when it would have been without the attach, or right after the detach when that
+    # came later; a restart from the beginning takes ms + 2000
+    assert ms - 50 <= int(took) < max(ms, detached) + 1500, (took, detached)

@@ -13,6 +13,11 @@
  *     x             exec this program again (interactive, same NPAGES)     -> (new "base" line)
  *     U N           mmap N pages and register them with a userfaultfd of its own (MISSING
  *                   mode; never touched afterwards)                        -> "uffd 0x<addr> N"
+ *     s MS          nanosleep(2) for MS milliseconds (relative: an interruption restarts
+ *                   through restart_syscall with the time left)  -> "slept <ms> <rc> <errno>"
+ *     p MS          read(2) one byte from a pipe that a thread writes to after MS ms
+ *                   (an interruption restarts the read: -ERESTARTSYS)
+ *                                                           -> "read <ms> <rc> <errno>"
  *     q             exit 0
  *
  * writer selfcheck NPAGES SECONDS
@@ -48,6 +53,22 @@ static void *map_pages(long n) {
     void *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { perror("mmap"); exit(2); }
     return p;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+struct late_write { int fds[2]; long ms; };
+
+static void *write_late(void *arg) {
+    struct late_write *lw = arg;
+    struct timespec t = {lw->ms / 1000, (lw->ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) && errno == EINTR) {}
+    if (write(lw->fds[1], "x", 1) != 1) perror("write");
+    return NULL;
 }
 
 static int interactive(long npages) {
@@ -135,6 +156,31 @@ static int interactive(long npages) {
             printf("uffd %p %ld\n", (void *)r, n);
             break;
         }
+        case 's': {
+            long ms = strtol(p, NULL, 10);
+            struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+            double t0 = now();
+            int rc = nanosleep(&t, NULL);
+            int err = rc ? errno : 0;
+            printf("slept %.0f %d %d\n", (now() - t0) * 1e3, rc, err);
+            break;
+        }
+        case 'p': {
+            static struct late_write lw;
+            if (pipe(lw.fds)) { perror("pipe"); exit(2); }
+            lw.ms = strtol(p, NULL, 10);
+            pthread_t th;
+            pthread_create(&th, NULL, write_late, &lw);
+            char c;
+            double t0 = now();
+            ssize_t rc = read(lw.fds[0], &c, 1);
+            int err = rc < 0 ? errno : 0;
+            pthread_join(th, NULL);
+            close(lw.fds[0]);
+            close(lw.fds[1]);
+            printf("read %.0f %zd %d\n", (now() - t0) * 1e3, rc, err);
+            break;
+        }
         case 'q':
             return 0;
         }
@@ -153,12 +199,6 @@ struct worker {
 };
 
 #define CHECK(cond, why) do { if (!(cond)) { w->fail = why; return NULL; } } while (0)
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 static void *work(void *arg) {
     struct worker *w = arg;
