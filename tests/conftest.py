@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parent
 #: ``@pytest.mark.kernel`` itself.
 KERNEL_DEPENDENT = (
     # the mechanisms through the kernel-call layer
-    "kernel/test_pagemap_scan.py", "kernel/test_uffd.py",
+    "kernel/test_pagemap_scan.py", "kernel/test_uffd.py", "kernel/test_mthp.py",
     "backends/test_soft_dirty.py", "backends/test_uffd_sync.py",
     # the tracker, once per backend the kernel can run
     "tracker/test_track.py", "tracker/test_lifecycle.py", "tracker/test_concurrency.py",
