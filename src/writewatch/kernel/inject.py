@@ -292,6 +292,7 @@ class ThreadGroupStop:
                 f"(stop op {info.op} at {info.instruction_pointer:#x})", op="ptrace",
                 hint="retry the attach")
         owed = P.copy_regs(regs)
+        assert isinstance(owed, P.Arm64Regs)
         owed.regs[8] = info.u.entry.nr
         owed.regs[0] = info.u.entry.args[0]
         th.saved = owed  # from here on the thread's own registers are not what it had
