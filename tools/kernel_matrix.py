@@ -141,6 +141,11 @@ KERNELS = {
     "debian-6.12-bpo-arm64": _arm64(
         "debian-6.12-bpo", "bookworm-backports",
         "Debian bookworm-backports' Linux 6.12 for arm64"),
+    # 16 KiB pages (CONFIG_ARM64_16K_PAGES): PMD 32 MiB, contiguous-PTE blocks of 2 MiB;
+    # qemu's `-cpu max` implements the 16 KiB granule
+    "debian-6.12-arm64-16k": KernelSpec(
+        "debian-6.12-arm64-16k", "trixie", "linux-image-arm64-16k",
+        "Debian trixie's Linux 6.12 for arm64 with 16 KiB pages", arch="arm64"),
 }
 
 #: the kernel booted when ``--kernel`` is not given
