@@ -26,6 +26,9 @@
  *   on a pipe with a poll timeout, getppid) and check every result strictly (an
  *   -ERESTART* leak, an EINTR without a handler, a lost register or a lost write all fail).
  *   Prints "PASS <rounds>" and exits 0, or prints "FAIL <why>" and exits 1.
+ *   SECONDS < 0: no time limit; a third thread reads stdin, answers "r" with
+ *   "rounds <n>" and ends the check at "q" or end of file (a test then waits on progress,
+ *   not on a duration that a slow machine might not fit its steps into).
  *
  * Debian 12 headers are Linux 6.1: nothing newer is used here.
  */
@@ -189,6 +192,8 @@ static int interactive(long npages) {
 }
 
 /* -- selfcheck ------------------------------------------------------------------------- */
+static volatile int stop_now;
+
 struct worker {
     volatile uint64_t *base;
     long npages;
@@ -203,9 +208,9 @@ struct worker {
 static void *work(void *arg) {
     struct worker *w = arg;
     long words = ps / 8;
-    double stop = now() + w->seconds;
+    double stop = w->seconds < 0 ? 1e300 : now() + w->seconds;
     uint64_t acc = 0x9e3779b97f4a7c15ULL;
-    while (now() < stop) {
+    while (!stop_now && now() < stop) {
         uint64_t r = (uint64_t)w->rounds;
         for (long i = 0; i < w->npages; i++)
             w->base[i * words + (r % words)] = r * 1000003ULL + i;
@@ -232,6 +237,15 @@ static void *work(void *arg) {
     return NULL;
 }
 
+static void *control(void *arg) {
+    struct worker *w = arg;
+    char line[64];
+    while (fgets(line, sizeof line, stdin) && line[0] != 'q')
+        if (line[0] == 'r') printf("rounds %ld\n", w[0].rounds + w[1].rounds);
+    stop_now = 1;
+    return NULL;
+}
+
 static int selfcheck(long npages, double seconds) {
     volatile uint64_t *buf = map_pages(npages);
     int fds[2];
@@ -243,9 +257,12 @@ static int selfcheck(long npages, double seconds) {
     pthread_t th;
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready %d\n", getpid());
+    pthread_t ctl;
+    if (seconds < 0) pthread_create(&ctl, NULL, control, w);
     pthread_create(&th, NULL, work, &w[1]);
     work(&w[0]);
     pthread_join(th, NULL);
+    if (seconds < 0) pthread_join(ctl, NULL);
     for (int i = 0; i < 2; i++)
         if (w[i].fail) { printf("FAIL %s (thread %d, round %ld)\n", w[i].fail, i, w[i].rounds);
                          return 1; }
