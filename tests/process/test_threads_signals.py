@@ -155,3 +155,42 @@ def test_interrupted_system_call_goes_on_as_the_kernel_would(c_target, call: str
     # done when it would have been without the attach, or right after the detach when that
     # came later; a restart from the beginning takes ms + 2000
     assert ms - 50 <= int(took) < max(ms, detached) + 1500, (took, detached)
+
+
+def test_a_thread_that_exits_while_being_seized_is_skipped(monkeypatch) -> None:
+    """ptrace_attach answers EPERM for a thread that started exiting after it was listed
+    (kernel/ptrace.c: task->exit_state): the stop goes on without it. The same EPERM for a
+    thread that is still alive is a refusal and is raised."""
+    from writewatch import errors
+    from writewatch.kernel import ptrace as P
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); "
+                          "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        ghost = 1 << 30  # listed, then refused, then gone: what a racing exit looks like
+        real_list, real_seize, real_state = P.list_threads, P.seize, P.thread_state
+        monkeypatch.setattr(P, "list_threads", lambda pid: [*real_list(pid), ghost])
+
+        def seize(tid: int, options: int = 0) -> None:
+            if tid == ghost:
+                raise errors.PermissionDenied(f"ptrace(SEIZE, {tid}) failed", errno=1)
+            real_seize(tid, options)
+
+        monkeypatch.setattr(P, "seize", seize)
+        with inject.ThreadGroupStop(p.pid) as st:
+            assert set(st.threads) == {p.pid}
+            assert P.thread_state(p.pid, p.pid) == "t"
+        monkeypatch.setattr(P, "thread_state", lambda pid, tid: "S" if tid == ghost
+                            else real_state(pid, tid))
+        with pytest.raises(errors.PermissionDenied), inject.ThreadGroupStop(p.pid):
+            pass
+        deadline = time.monotonic() + 30
+        while real_state(p.pid, p.pid) in ("t", "T") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert real_state(p.pid, p.pid) not in ("t", "T")  # released both times
+        with open(f"/proc/{p.pid}/status") as f:
+            assert "TracerPid:\t0\n" in f.read()
+    finally:
+        p.kill()
+        p.wait()

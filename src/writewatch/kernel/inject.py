@@ -156,26 +156,41 @@ class ThreadGroupStop:
     def _stop_all(self) -> None:
         deadline = time.monotonic() + STOP_TIMEOUT
         while True:
-            new = []
-            for tid in P.list_threads(self.pid):
-                if tid in self.threads or P.thread_state(self.pid, tid) in ("Z", "X", ""):
-                    continue
-                try:
-                    P.seize(tid, self.options)
-                except errors.NoSuchProcess:
-                    continue  # exited meanwhile
-                self.threads[tid] = _Thread(tid)
-                new.append(tid)
-                try:
-                    P.interrupt(tid)
-                except errors.NoSuchProcess:
-                    pass
+            new: list[int] = []
+            try:
+                self._seize_new(new)
+            finally:
+                # also when seizing one failed: a seized thread is detached by release()
+                # only from a ptrace stop (PTRACE_DETACH of a running tracee is ESRCH)
+                for tid in new:
+                    self._settle(tid, deadline)
             if not new:
                 break  # every live thread is stopped: none can clone any more
-            for tid in new:
-                self._settle(tid, deadline)
         if not self.threads:
             raise errors.NoSuchProcess(self.pid, f"process {self.pid} has no live thread")
+
+    def _seize_new(self, new: list[int]) -> None:
+        """Seize and interrupt every thread not seized yet, appending each to ``new``."""
+        for tid in P.list_threads(self.pid):
+            if tid in self.threads or P.thread_state(self.pid, tid) in ("Z", "X", ""):
+                continue
+            try:
+                P.seize(tid, self.options)
+            except errors.NoSuchProcess:
+                continue  # exited meanwhile
+            except errors.PermissionDenied:
+                # kernel/ptrace.c ptrace_attach: EPERM also for a thread that began to exit
+                # after the check above (task->exit_state); /proc then shows it Z or X, or
+                # no more. Seen with a target ending threads all the time.
+                if tid != self.pid and P.thread_state(self.pid, tid) in ("Z", "X", ""):
+                    continue
+                raise
+            self.threads[tid] = _Thread(tid)
+            new.append(tid)
+            try:
+                P.interrupt(tid)
+            except errors.NoSuchProcess:
+                pass
 
     def _settle(self, tid: int, deadline: float) -> None:
         """Wait for the PTRACE_INTERRUPT stop of a new tracee; hold back signals met first."""
