@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -13,6 +14,46 @@ from memutil import Region, require_uffd_async
 settings.register_profile("repeatable", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("repeatable")
+
+TESTS = Path(__file__).resolve().parent
+
+#: Test files (paths under tests/) whose outcome depends on the running kernel: its
+#: mechanisms, their versions and fixes, its architecture. They get the ``kernel`` marker;
+#: ``-m kernel`` selects them, and .ci/run runs only those in the kernel-matrix guests (the
+#: host runs everything). A kernel-dependent test elsewhere carries
+#: ``@pytest.mark.kernel`` itself.
+KERNEL_DEPENDENT = (
+    # the mechanisms through the kernel-call layer
+    "kernel/test_pagemap_scan.py", "kernel/test_uffd.py", "kernel/test_mthp.py",
+    "backends/test_soft_dirty.py", "backends/test_uffd_sync.py",
+    # the tracker, once per backend the kernel can run
+    "tracker/test_track.py", "tracker/test_lifecycle.py", "tracker/test_concurrency.py",
+    "tracker/test_tracker_errors.py", "tracker/test_privilege.py",
+    # other processes: attach and launch by ptrace syscall injection, process snapshots
+    "process/test_errors.py", "process/test_exact.py", "process/test_launch_soft_dirty.py",
+    "process/test_mappings.py", "process/test_safety.py", "process/test_threads_signals.py",
+    "process/test_tree.py", "process/test_tree_snapshot.py", "snapshot/test_process.py",
+    # the model against the real kernel
+    "model/test_differential.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    gone = [p for p in KERNEL_DEPENDENT if not (TESTS / p).is_file()]
+    if gone:  # a renamed file would silently drop out of the guests' runs
+        raise pytest.UsageError(f"tests/conftest.py KERNEL_DEPENDENT names missing files: "
+                                f"{', '.join(gone)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kernel = pytest.mark.kernel
+    for item in items:
+        try:
+            rel = Path(item.path).resolve().relative_to(TESTS).as_posix()
+        except ValueError:
+            continue
+        if rel in KERNEL_DEPENDENT:
+            item.add_marker(kernel)
 
 
 @pytest.fixture

@@ -84,14 +84,94 @@ def test_module_files_compressed_and_builtin(tmp_path: Path) -> None:
     assert km.parse_builtin(builtin) == {"virtio", "virtio_pci", "vfat"}
 
 
-def test_private_apt_state_per_suite() -> None:
+def test_private_apt_state_per_suite_and_architecture() -> None:
     apt = km.Apt("bookworm-backports")
-    assert apt.root == km.CACHE / "apt" / "bookworm-backports"
+    assert apt.root == km.CACHE / "apt" / "bookworm-backports-amd64"
     opts = dict(o.split("=", 1) for o in apt.options[1::2])
     assert opts["Dir::Etc::SourceList"] == str(apt.root / "sources.list")
     assert opts["Dir::Etc::SourceParts"] == "/dev/null"  # the host's sources are not used
     assert opts["Dir::State::Lists"].startswith(str(apt.root))
+    assert opts["Dir::State::status"] == "/dev/null"  # nor its installed packages
+    assert opts["APT::Architecture"] == "amd64"
+    arm = km.Apt("trixie", "arm64")
+    arm_opts = dict(o.split("=", 1) for o in arm.options[1::2])
+    assert arm.root == km.CACHE / "apt" / "trixie-arm64" != apt.root
+    assert arm_opts["APT::Architecture"] == arm_opts["APT::Architectures"] == "arm64"
     assert {s.suite for s in km.KERNELS.values()} >= {"bookworm", "bookworm-backports"}
+
+
+def test_parse_stanzas_first_alternative_of_depends_and_pre_depends() -> None:
+    text = ("Package: libpython3.11-stdlib\nVersion: 3.11.2-6\n"
+            "Depends: libpython3.11-minimal (= 3.11.2-6), media-types | mime-support, "
+            "libc6 (>= 2.34)\n\n"
+            "Package: python3.11-minimal\nPre-Depends: libc6 (>= 2.35)\n"
+            "Depends: zlib1g:any (>= 1:1.2.0)\n\n"
+            "Package: libc6\nDepends: libgcc-s1\n\n"
+            "Package: libc6\nDepends: something-older\n")
+    assert km.parse_stanzas(text) == {
+        "libpython3.11-stdlib": ["libpython3.11-minimal", "media-types", "libc6"],
+        "python3.11-minimal": ["libc6", "zlib1g"],
+        "libc6": ["libgcc-s1"]}
+
+
+def test_kernel_names_per_architecture() -> None:
+    arm = km.find_kernel("debian-6.12", "arm64")
+    assert (arm.name, arm.arch, arm.suite) == ("debian-6.12-arm64", "arm64", "trixie")
+    assert km.find_kernel("debian-6.12-bpo", "aarch64").name == "debian-6.12-bpo-arm64"
+    assert km.find_kernel("debian-6.12-bpo-arm64").suite == "bookworm-backports"
+    assert km.find_kernel(None, "arm64").name == "debian-6.12-arm64"
+    assert km.find_kernel(None).name == "debian-6.1"
+    assert km.find_kernel("debian-6.12-arm64", "arm64").arch == "arm64"
+    assert km.find_kernel("debian-6.12", "x86_64").arch == "x86_64"
+    for spec in km.KERNELS.values():
+        assert spec.meta_package.startswith(f"linux-image-{km.ARCHES[spec.arch].debian}")
+    assert km.find_kernel("debian-6.12-arm64-16k").meta_package == "linux-image-arm64-16k"
+    with pytest.raises(SystemExit, match="unknown kernel"):
+        km.find_kernel("debian-6.1", "arm64")  # no uffd-wp on arm64 before 6.10
+    with pytest.raises(SystemExit, match="unknown architecture"):
+        km.find_kernel("debian-6.1", "riscv64")
+
+
+def test_foreign_architecture_boots_its_own_root_with_the_tree_mounted() -> None:
+    arm = km.ARCHES["arm64"]
+    layout = km.Layout(arm, Path("/cache/rootfs/arm64"), "/tmp/ci try")
+    argv = km.qemu_argv(Path("/k"), Path("/i"), "4G", 2, "tcg", layout)
+    assert argv[0] == "qemu-system-aarch64"
+    assert argv[argv.index("-cpu") + 1] == "max,pauth=off"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert "console=ttyAMA0" in argv[argv.index("-append") + 1]
+    shares = [argv[i + 1] for i, a in enumerate(argv) if a == "-virtfs"]
+    assert [dict(kv.split("=", 1) for kv in s.split(",")[1:])["mount_tag"] for s in shares] \
+        == ["guestroot", "tree"]
+    assert all("readonly=on" in s for s in shares)
+    assert "path=/cache/rootfs/arm64," in shares[0] and "path=/tmp/ci try," in shares[1]
+    # the scratch is always /tmp in a root of the guest's own; the tree gets mounted after
+    # it, so a tree under /tmp is not hidden by it
+    assert layout.scratch_dir("/tmp/ci try") == "/tmp"
+    mounts = layout.mounts("/tmp/ci try", "1G")
+    assert mounts.index("scratch $R/tmp") < mounts.index("tree $R'/tmp/ci try'")
+    env = km.guest_env("/tmp/ci try", {}, layout)
+    assert env["PYTHONPATH"] == "/tmp/ci try/src"
+    assert env["WRITEWATCH_TEST_TARGETS"].endswith("/targets/aarch64")
+    assert layout.python == f"/usr/bin/{km.ROOTFS_PYTHON}"
+    with pytest.raises(SystemExit, match="sees only the project tree"):
+        layout.check_cwd("/elsewhere")
+    layout.check_cwd("/tmp/ci try/tests")
+    host = km.Layout(km.ARCHES["x86_64"])
+    assert host.rootfs is None and host.python == sys.executable
+    assert "hostroot" in host.virtfs()[1] and "PYTHONPATH" not in km.guest_env("/w", {}, host)
+
+
+def test_matrix_jobs_and_summaries() -> None:
+    job = km.parse_job("debian-6.12-arm64:-m kernel -k 'a or b' tests/x.py::test_y")
+    assert job.spec.arch == "arm64" and job.name == "debian-6.12-arm64"
+    assert job.args == ("-m", "kernel", "-k", "a or b", "tests/x.py::test_y")
+    assert km.parse_job("debian-6.1").args == ()
+    out = "....\n= 3 failed, 120 passed, 7 skipped in 312.50s (0:05:12) =\nkernel_matrix: x"
+    assert km.summary_line(out) == "3 failed, 120 passed, 7 skipped in 312.50s (0:05:12)"
+    assert km.summary_line("Kernel panic\n") == ""
+    assert 1 <= km.parallel_guests(2, "4G") <= 2
+    assert km.parallel_guests(5, "100000G") == 1  # never fewer than one
 
 
 def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -154,6 +234,7 @@ def test_guest_command_line_is_quoted() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.kernel
 def test_boot_returns_the_guest_exit_status() -> None:
     if os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
         pytest.skip("already inside the kernel-matrix guest")
@@ -169,3 +250,24 @@ def test_boot_returns_the_guest_exit_status() -> None:
     # the scratch is /tmp, or /mnt when this tree lives under /tmp (a tmpfs would hide it)
     scratch = km.scratch_dir(os.getcwd())
     assert res.output.splitlines()[-3:] == [res.release, scratch, "cut"]
+
+
+@pytest.mark.slow
+@pytest.mark.kernel
+def test_arm64_guest_runs_in_its_own_root_and_sees_the_tree() -> None:
+    if os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
+        pytest.skip("already inside the kernel-matrix guest")
+    arm = km.ARCHES["arm64"]
+    spec = km.KERNELS["debian-6.12-arm64"]
+    if shutil.which(arm.qemu) is None or km.cross_compiler(arm) is None:
+        pytest.skip(f"{arm.qemu} or {arm.gnu}-gcc not installed")
+    if not (km.CACHE / spec.name / "kernel.json").exists() or \
+            not (km.ROOTFS_CACHE / "arm64" / "rootfs.json").exists():
+        pytest.skip("arm64 kernel or root not cached (tools/kernel_matrix.py fetch --arch arm64)")
+    script = ('uname -m; test -f pyproject.toml && echo tree; '
+              '"$WRITEWATCH_TEST_TARGETS/writer" selfcheck 4 0.2 | tail -n 1 | cut -c1-4; '
+              'python3 -c "import numpy, writewatch; print(writewatch.__name__)"; exit 7')
+    res = km.boot(spec, ["sh", "-c", script], cwd=str(ROOT), timeout=240, echo=False)
+    assert res.status == 7, res.console[-3000:]
+    assert res.release.endswith("-arm64")
+    assert res.output.splitlines()[-4:] == ["aarch64", "tree", "PASS", "writewatch"]

@@ -255,14 +255,42 @@ def test_tracker_killed_while_target_stopped(writer_bin: str) -> None:
         _end(target)
 
 
+def _controlled_selfcheck(writer_bin: str, npages: int) -> subprocess.Popen[str]:
+    """``writer selfcheck NPAGES -1``: checks until told to stop (no duration to outlast)."""
+    target = subprocess.Popen([writer_bin, "selfcheck", str(npages), "-1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              bufsize=1)
+    assert target.stdout.readline().startswith("ready")
+    return target
+
+
+def _rounds(target: subprocess.Popen[str]) -> int:
+    target.stdin.write("r\n")
+    word, n = target.stdout.readline().split()
+    assert word == "rounds", word
+    return int(n)
+
+
+def _checks_on_then_passes(target: subprocess.Popen[str], more: int = 20,
+                           timeout: float = 60.0) -> None:
+    """The target goes on with ``more`` rounds of its self-check after the release, then
+    stops on request and reports PASS."""
+    first = now = _rounds(target)
+    deadline = time.monotonic() + timeout
+    while now < first + more and time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = _rounds(target)
+    out = target.communicate("q\n", timeout=timeout)[0]
+    assert target.returncode == 0 and out.startswith("PASS"), out
+    assert now >= first + more, f"{now - first} rounds in {timeout:.0f} s after the release"
+
+
 def test_close_leaves_target_running_unprotected(writer_bin: str) -> None:
     """After close (and after the tracker object is dropped), the target runs its full
     self-check: nothing stays write-protected or stopped."""
     from writewatch.process import attach
-    target = subprocess.Popen([writer_bin, "selfcheck", "256", "1.5"],
-                              stdout=subprocess.PIPE, text=True)
+    target = _controlled_selfcheck(writer_bin, 256)
     try:
-        assert target.stdout.readline().startswith("ready")
         for _ in range(3):
             t = attach(target.pid)
             t.collect()
@@ -270,8 +298,7 @@ def test_close_leaves_target_running_unprotected(writer_bin: str) -> None:
             assert len(t.collect()) > 0
             t.close()
             assert _released(target.pid)
-        out = target.communicate(timeout=20)[0]
-        assert target.returncode == 0 and out.startswith("PASS"), out
+        _checks_on_then_passes(target)
     finally:
         if target.poll() is None:
             target.kill()
@@ -282,10 +309,8 @@ def test_helper_process_survives_caller_and_restores(writer_bin: str) -> None:
     """The ptrace helper leaves the caller's process group and blocks SIGINT/SIGTERM, so
     ^C on the terminal (SIGINT to the group) cannot stop it half way."""
     from writewatch.kernel import inject
-    target = subprocess.Popen([writer_bin, "selfcheck", "64", "1.0"],
-                              stdout=subprocess.PIPE, text=True)
+    target = _controlled_selfcheck(writer_bin, 64)
     try:
-        assert target.stdout.readline().startswith("ready")
         seen: dict[str, int] = {}
 
         def while_stopped(fd: int) -> None:
@@ -302,8 +327,7 @@ def test_helper_process_survives_caller_and_restores(writer_bin: str) -> None:
         finally:
             os.close(res.fd)
         assert _released(target.pid)
-        out = target.communicate(timeout=20)[0]
-        assert target.returncode == 0 and out.startswith("PASS"), out
+        _checks_on_then_passes(target)
     finally:
         if target.poll() is None:
             target.kill()

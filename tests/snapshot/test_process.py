@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -69,10 +70,17 @@ def test_base_plus_deltas_equal_a_full_read_at_the_same_pause(tmp_path, loaded, 
         for _ in range(5):
             got: dict = {}
             src.on_pause = lambda source, got=got: _full_read(source, got)
+            t0 = time.monotonic()
             info = s.save()
+            took = time.monotonic() - t0
             truth[info.name] = got
             infos.append(info)
-            assert info.pause is not None and info.pause < 5
+            assert info.pause is not None and 0 < info.pause <= took
+            # a bound in seconds says something on real hardware only: the pause holds a
+            # full read of the ~130 MB image (hash mode also hashes it), which takes 8 s in
+            # a loaded TCG guest (tools/kernel_matrix.py sets WRITEWATCH_KERNEL_MATRIX)
+            if not os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
+                assert info.pause < 5
             time.sleep(0.05)
         assert infos[0].kind == "full" and all(i.kind == "delta" for i in infos[1:])
         if mode == "attach":

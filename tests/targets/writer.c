@@ -13,6 +13,11 @@
  *     x             exec this program again (interactive, same NPAGES)     -> (new "base" line)
  *     U N           mmap N pages and register them with a userfaultfd of its own (MISSING
  *                   mode; never touched afterwards)                        -> "uffd 0x<addr> N"
+ *     s MS          nanosleep(2) for MS milliseconds (relative: an interruption restarts
+ *                   through restart_syscall with the time left)  -> "slept <ms> <rc> <errno>"
+ *     p MS          read(2) one byte from a pipe that a thread writes to after MS ms
+ *                   (an interruption restarts the read: -ERESTARTSYS)
+ *                                                           -> "read <ms> <rc> <errno>"
  *     q             exit 0
  *
  * writer selfcheck NPAGES SECONDS
@@ -21,6 +26,9 @@
  *   on a pipe with a poll timeout, getppid) and check every result strictly (an
  *   -ERESTART* leak, an EINTR without a handler, a lost register or a lost write all fail).
  *   Prints "PASS <rounds>" and exits 0, or prints "FAIL <why>" and exits 1.
+ *   SECONDS < 0: no time limit; a third thread reads stdin, answers "r" with
+ *   "rounds <n>" and ends the check at "q" or end of file (a test then waits on progress,
+ *   not on a duration that a slow machine might not fit its steps into).
  *
  * Debian 12 headers are Linux 6.1: nothing newer is used here.
  */
@@ -48,6 +56,22 @@ static void *map_pages(long n) {
     void *p = mmap(NULL, n * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) { perror("mmap"); exit(2); }
     return p;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+struct late_write { int fds[2]; long ms; };
+
+static void *write_late(void *arg) {
+    struct late_write *lw = arg;
+    struct timespec t = {lw->ms / 1000, (lw->ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) && errno == EINTR) {}
+    if (write(lw->fds[1], "x", 1) != 1) perror("write");
+    return NULL;
 }
 
 static int interactive(long npages) {
@@ -135,6 +159,31 @@ static int interactive(long npages) {
             printf("uffd %p %ld\n", (void *)r, n);
             break;
         }
+        case 's': {
+            long ms = strtol(p, NULL, 10);
+            struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+            double t0 = now();
+            int rc = nanosleep(&t, NULL);
+            int err = rc ? errno : 0;
+            printf("slept %.0f %d %d\n", (now() - t0) * 1e3, rc, err);
+            break;
+        }
+        case 'p': {
+            static struct late_write lw;
+            if (pipe(lw.fds)) { perror("pipe"); exit(2); }
+            lw.ms = strtol(p, NULL, 10);
+            pthread_t th;
+            pthread_create(&th, NULL, write_late, &lw);
+            char c;
+            double t0 = now();
+            ssize_t rc = read(lw.fds[0], &c, 1);
+            int err = rc < 0 ? errno : 0;
+            pthread_join(th, NULL);
+            close(lw.fds[0]);
+            close(lw.fds[1]);
+            printf("read %.0f %zd %d\n", (now() - t0) * 1e3, rc, err);
+            break;
+        }
         case 'q':
             return 0;
         }
@@ -143,6 +192,8 @@ static int interactive(long npages) {
 }
 
 /* -- selfcheck ------------------------------------------------------------------------- */
+static volatile int stop_now;
+
 struct worker {
     volatile uint64_t *base;
     long npages;
@@ -154,18 +205,12 @@ struct worker {
 
 #define CHECK(cond, why) do { if (!(cond)) { w->fail = why; return NULL; } } while (0)
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
 static void *work(void *arg) {
     struct worker *w = arg;
     long words = ps / 8;
-    double stop = now() + w->seconds;
+    double stop = w->seconds < 0 ? 1e300 : now() + w->seconds;
     uint64_t acc = 0x9e3779b97f4a7c15ULL;
-    while (now() < stop) {
+    while (!stop_now && now() < stop) {
         uint64_t r = (uint64_t)w->rounds;
         for (long i = 0; i < w->npages; i++)
             w->base[i * words + (r % words)] = r * 1000003ULL + i;
@@ -192,6 +237,15 @@ static void *work(void *arg) {
     return NULL;
 }
 
+static void *control(void *arg) {
+    struct worker *w = arg;
+    char line[64];
+    while (fgets(line, sizeof line, stdin) && line[0] != 'q')
+        if (line[0] == 'r') printf("rounds %ld\n", w[0].rounds + w[1].rounds);
+    stop_now = 1;
+    return NULL;
+}
+
 static int selfcheck(long npages, double seconds) {
     volatile uint64_t *buf = map_pages(npages);
     int fds[2];
@@ -203,9 +257,12 @@ static int selfcheck(long npages, double seconds) {
     pthread_t th;
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready %d\n", getpid());
+    pthread_t ctl;
+    if (seconds < 0) pthread_create(&ctl, NULL, control, w);
     pthread_create(&th, NULL, work, &w[1]);
     work(&w[0]);
     pthread_join(th, NULL);
+    if (seconds < 0) pthread_join(ctl, NULL);
     for (int i = 0; i < 2; i++)
         if (w[i].fail) { printf("FAIL %s (thread %d, round %ld)\n", w[i].fail, i, w[i].rounds);
                          return 1; }

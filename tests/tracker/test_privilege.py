@@ -21,13 +21,14 @@ CHILD = textwrap.dedent("""
     os.setgid(65534); os.setuid(65534)
     import ctypes
     ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: setuid cleared it
-    m = mmap.mmap(-1, 16 * 4096)
+    P = mmap.PAGESIZE
+    m = mmap.mmap(-1, 16 * P)
     with writewatch.track(m) as t:
-        m[4096 * 3] = 1
+        m[P * 3] = 1
         r, w = os.pipe()
         os.write(w, b"abc")
-        os.readv(r, [memoryview(m)[4096 * 7:4096 * 7 + 3]])   # a kernel-mode write
-        got = sorted(int(a - t.targets[0].start) // 4096 for a in t.collect().addresses())
+        os.readv(r, [memoryview(m)[P * 7:P * 7 + 3]])   # a kernel-mode write
+        got = sorted(int(a - t.targets[0].start) // P for a in t.collect().addresses())
     print(got)
 """)
 

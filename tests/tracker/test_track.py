@@ -15,7 +15,7 @@ from memutil import PAGE
 import writewatch
 from writewatch import _uapi as U
 from writewatch.features import pmd_holes_reported
-from writewatch.kernel import _sys
+from writewatch.kernel import _sys, procfs
 from writewatch.kernel.pagemap import decode_entries, open_pagemap, read_entries
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -194,25 +194,28 @@ def test_thp_split_and_zap_stay_exact(region, hole_scan: bool, backend: str) -> 
         pytest.skip("kernel without the 2026 PMD-hole fix: hole_scan=False loses whole-THP "
                     "zaps by design (tests/kernel test_unpopulated_thp_hole shows the kernel "
                     "side)")
-    pmd = 2 << 20
-    r = region(1024, align=pmd)
+    # 2 MiB with 4 KiB pages; 32 MiB with arm64's 16 KiB pages, 512 MiB with 64 KiB
+    pmd = procfs.thp_pmd_size() or 2 << 20
+    n = pmd // PAGE
+    r = region(2 * n, align=pmd)
     _sys.madvise(r.addr, 2 * pmd, U.MADV_HUGEPAGE)
     ctypes.memset(r.addr, 1, 2 * pmd)
     huge = _is_huge(r.addr)
     options = {"hole_scan": hole_scan} if backend == "uffd-async" else {}
+    pages = [1, n * 300 // 512, n + n * 188 // 512]  # two in the first PMD, one in the second
     with writewatch.track(r.span, **options) as t:
-        for i in (1, 300, 700):
+        for i in pages:
             r.write(i, 2)
         got = written(t)
         if backend == "soft-dirty":
-            # one soft-dirty bit per PMD-mapped THP: all 512 pages of a written one
-            assert r.pages([1, 300, 700]) <= got
+            # one soft-dirty bit per PMD-mapped THP: all pages of a written one
+            assert r.pages(pages) <= got
         else:
-            assert got == r.pages([1, 300, 700])  # 4 KiB exact after the split
+            assert got == r.pages(pages)  # page-exact after the split
         # a whole-PMD zap of the second huge page reads written (kernel fix or hole scan;
         # soft-dirty: resident at the last reset and gone now)
         _sys.madvise(r.addr + pmd, pmd, U.MADV_DONTNEED)
-        assert written(t) == r.pages(range(512, 1024))
+        assert written(t) == r.pages(range(n, 2 * n))
         assert written(t) == set()
     if not huge:
         pytest.skip("no THP was obtained (fragmentation); the zap path was checked on 4 KiB")
@@ -312,5 +315,6 @@ def test_zeros_is_page_aligned_and_tracks_exactly() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with writewatch.track(a) as t:
-            a[10, 0] = 1.0  # byte offset 40960: page 10
-            assert {int(x) - a.ctypes.data for x in t.collect().addresses()} == {10 * PAGE}
+            a[10, 0] = 1.0  # byte offset 40960: page 10 with 4 KiB pages, 2 with 16 KiB
+            assert {int(x) - a.ctypes.data for x in t.collect().addresses()} == \
+                {40960 // PAGE * PAGE}

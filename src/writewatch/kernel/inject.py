@@ -15,6 +15,16 @@ stop, which does not take that path, so the restart is done here on the saved re
 way the kernel would (CRIU compel get_task_regs does the same): ``ip -= 2``,
 ``ax = orig_ax`` (or ``__NR_restart_syscall`` for -ERESTART_RESTARTBLOCK).
 
+aarch64 prepares the restart before the stop instead (arch/arm64/kernel/signal.c do_signal:
+"We do this here so that a debugger will see the already changed PC"): the stopped thread's
+``pc`` is back on the ``svc``, ``x0`` holds ``orig_x0`` again and its syscall number is
+NO_SYSCALL (``forget_syscall``), so the saved registers re-execute the call as they are.
+Only -ERESTART_RESTARTBLOCK is finished after the stop, and only if ``pc`` was left alone
+(``setup_restart_syscall``: ``x8 = __NR_restart_syscall``); the return value that tells the
+cases apart is gone by then, and neither ``PTRACE_GET_SYSCALL_INFO`` (``op`` NONE at an
+interrupt stop) nor ``NT_ARM_SYSTEM_CALL`` (-1) shows it. :meth:`ThreadGroupStop._arm64_settle`
+lets the thread take that last step itself and reads which call it makes.
+
 Signals arriving during the injection are held back (the signal-delivery stop is resumed
 without the signal) and sent again with tgkill after detaching.
 
@@ -146,26 +156,41 @@ class ThreadGroupStop:
     def _stop_all(self) -> None:
         deadline = time.monotonic() + STOP_TIMEOUT
         while True:
-            new = []
-            for tid in P.list_threads(self.pid):
-                if tid in self.threads or P.thread_state(self.pid, tid) in ("Z", "X", ""):
-                    continue
-                try:
-                    P.seize(tid, self.options)
-                except errors.NoSuchProcess:
-                    continue  # exited meanwhile
-                self.threads[tid] = _Thread(tid)
-                new.append(tid)
-                try:
-                    P.interrupt(tid)
-                except errors.NoSuchProcess:
-                    pass
+            new: list[int] = []
+            try:
+                self._seize_new(new)
+            finally:
+                # also when seizing one failed: a seized thread is detached by release()
+                # only from a ptrace stop (PTRACE_DETACH of a running tracee is ESRCH)
+                for tid in new:
+                    self._settle(tid, deadline)
             if not new:
                 break  # every live thread is stopped: none can clone any more
-            for tid in new:
-                self._settle(tid, deadline)
         if not self.threads:
             raise errors.NoSuchProcess(self.pid, f"process {self.pid} has no live thread")
+
+    def _seize_new(self, new: list[int]) -> None:
+        """Seize and interrupt every thread not seized yet, appending each to ``new``."""
+        for tid in P.list_threads(self.pid):
+            if tid in self.threads or P.thread_state(self.pid, tid) in ("Z", "X", ""):
+                continue
+            try:
+                P.seize(tid, self.options)
+            except errors.NoSuchProcess:
+                continue  # exited meanwhile
+            except errors.PermissionDenied:
+                # kernel/ptrace.c ptrace_attach: EPERM also for a thread that began to exit
+                # after the check above (task->exit_state); /proc then shows it Z or X, or
+                # no more. Seen with a target ending threads all the time.
+                if tid != self.pid and P.thread_state(self.pid, tid) in ("Z", "X", ""):
+                    continue
+                raise
+            self.threads[tid] = _Thread(tid)
+            new.append(tid)
+            try:
+                P.interrupt(tid)
+            except errors.NoSuchProcess:
+                pass
 
     def _settle(self, tid: int, deadline: float) -> None:
         """Wait for the PTRACE_INTERRUPT stop of a new tracee; hold back signals met first."""
@@ -202,12 +227,8 @@ class ThreadGroupStop:
             if isinstance(orig, P.X86Regs) and orig.cs != P.X86_USER64_CS:
                 raise errors.Unsupported(f"thread {tid} runs 32-bit code (cs={orig.cs:#x})",
                                          feature="syscall injection into compat tasks")
-            if isinstance(orig, P.Arm64Regs) and P.arm64_get_syscallno(tid) >= 0 and \
-                    -ctypes.c_longlong(orig.regs[0]).value in P.RESTART_ERRNOS:
-                raise errors.Unsupported(
-                    "thread is inside an interrupted system call (aarch64: orig_x0 is not "
-                    "visible to ptrace, the call could not be restarted)",
-                    feature="syscall injection", hint="retry the attach")
+            if isinstance(orig, P.Arm64Regs):
+                orig = self._arm64_settle(th, orig)
             th.saved = P.copy_regs(orig)
         regs = P.copy_regs(th.saved)
         a = [*args, 0, 0, 0, 0, 0, 0][:6]
@@ -228,8 +249,22 @@ class ThreadGroupStop:
 
     def _run_syscall(self, th: _Thread, nr: int) -> int:
         deadline = time.monotonic() + STOP_TIMEOUT
-        entered = False
         P.syscall_step(th.tid)
+        while True:
+            info = self._next_syscall_stop(th, deadline)
+            if info.op == P.PTRACE_SYSCALL_INFO_ENTRY and info.u.entry.nr == nr:
+                break
+            P.syscall_step(th.tid)
+        P.syscall_step(th.tid)
+        while True:
+            info = self._next_syscall_stop(th, deadline)
+            if info.op == P.PTRACE_SYSCALL_INFO_EXIT:
+                return int(info.u.exit.rval)
+            P.syscall_step(th.tid)
+
+    def _next_syscall_stop(self, th: _Thread, deadline: float) -> P.PtraceSyscallInfo:
+        """Resume-and-wait until ``th``'s next syscall stop (the caller resumed it with
+        PTRACE_SYSCALL); signals met on the way are held back."""
         while True:
             status = _wait_stop(th.tid, deadline)
             if status is None:
@@ -238,14 +273,51 @@ class ThreadGroupStop:
                                            "injected system call")
             sig = os.WSTOPSIG(status)
             if sig == (signal.SIGTRAP | 0x80):
-                info = P.syscall_info(th.tid)
-                if info.op == P.PTRACE_SYSCALL_INFO_ENTRY:
-                    entered = info.u.entry.nr == nr
-                elif info.op == P.PTRACE_SYSCALL_INFO_EXIT and entered:
-                    return int(info.u.exit.rval)
-            elif _event(status) == 0 and sig != signal.SIGTRAP:
+                return P.syscall_info(th.tid)
+            if _event(status) == 0 and sig != signal.SIGTRAP:
                 th.held.append(sig)  # signal-delivery stop: hold the signal back
             P.syscall_step(th.tid)
+
+    def _arm64_settle(self, th: _Thread, regs: P.Arm64Regs) -> P.Arm64Regs:
+        """The registers to restore on aarch64, with the call the kernel would make next.
+
+        A thread stopped on an ``svc`` with no system call in progress (what an interrupted
+        call looks like here, see the module docstring) is resumed unchanged to the entry
+        stop of the call it makes there: the kernel has by then put ``__NR_restart_syscall``
+        in ``x8`` if the interrupted call returned -ERESTART_RESTARTBLOCK (a relative sleep
+        or futex wait then goes on with the time it had left). The call is skipped
+        (syscall number -1 at the entry stop, arch/arm64/kernel/syscall.c el0_svc_common)
+        and the saved registers send the thread back to the ``svc`` with the number and
+        first argument it entered with: after the detach it makes exactly that call. A
+        thread that was merely about to execute that ``svc`` makes the same call later."""
+        if P.arm64_get_syscallno(th.tid) != -1:
+            return regs  # at a syscall stop (launch: the exit of execve), nothing is owed
+        try:
+            at_pc = P.read_mem(self.pid, regs.pc, 4)
+        except errors.WriteWatchError:
+            return regs
+        if at_pc != P.AARCH64.insn:
+            return regs
+        deadline = time.monotonic() + STOP_TIMEOUT
+        P.syscall_step(th.tid)
+        info = self._next_syscall_stop(th, deadline)
+        if info.op != P.PTRACE_SYSCALL_INFO_ENTRY or info.instruction_pointer != regs.pc + 4:
+            raise errors.KernelError(
+                f"thread {th.tid} did not enter the system call at {regs.pc:#x} "
+                f"(stop op {info.op} at {info.instruction_pointer:#x})", op="ptrace",
+                hint="retry the attach")
+        owed = P.copy_regs(regs)
+        assert isinstance(owed, P.Arm64Regs)
+        owed.regs[8] = info.u.entry.nr
+        owed.regs[0] = info.u.entry.args[0]
+        th.saved = owed  # from here on the thread's own registers are not what it had
+        P.arm64_set_syscallno(th.tid, -1)
+        P.syscall_step(th.tid)
+        info = self._next_syscall_stop(th, deadline)
+        if info.op != P.PTRACE_SYSCALL_INFO_EXIT:
+            raise errors.KernelError(f"thread {th.tid}: no exit stop after a skipped call "
+                                     f"(stop op {info.op})", op="ptrace")
+        return owed
 
     # -- releasing -------------------------------------------------------------------------
     def _restored(self, saved: P.Regs) -> P.Regs:

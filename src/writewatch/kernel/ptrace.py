@@ -79,8 +79,9 @@ NT_ARM_SYSTEM_CALL = 0x404
 #: include/uapi/linux/wait.h: wait for every child, clone or not (threads of a tracee)
 __WALL = 0x40000000
 
-#: include/linux/errno.h (kernel-internal, seen by ptrace in ``rax``/``x0`` of a thread
-#: stopped while inside an interrupted system call)
+#: include/linux/errno.h (kernel-internal, seen by ptrace in ``rax`` of an x86-64 thread
+#: stopped while inside an interrupted system call; aarch64 has put ``orig_x0`` back in ``x0``
+#: before the stop, arch/arm64/kernel/signal.c do_signal)
 ERESTARTSYS = 512
 ERESTARTNOINTR = 513
 ERESTARTNOHAND = 514
