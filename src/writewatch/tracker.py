@@ -6,11 +6,12 @@ import bisect
 import contextlib
 import itertools
 import mmap
+import operator
 import os
 import threading
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -84,12 +85,50 @@ def _byte_bounds(arr: np.ndarray) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+#: no user address reaches this on any Linux architecture (x86-64 with 5-level paging: 2**56)
+ADDRESS_LIMIT = 1 << 57
+
+
+def _integers(obj: Any) -> tuple[int, int] | None:
+    """An ``(address, length)`` pair of integers (Python or numpy), else None."""
+    if not (isinstance(obj, tuple) and len(obj) == 2) or any(isinstance(v, bool) for v in obj):
+        return None
+    try:
+        return operator.index(obj[0]), operator.index(obj[1])
+    except TypeError:
+        return None
+
+
+def check_count(name: str, value: Any) -> int:
+    """A non-negative count argument (``max_pages``...), validated."""
+    if isinstance(value, bool):
+        raise errors.InvalidTarget(f"{name}={value!r} is not a count", hint="give an integer")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise errors.InvalidTarget(f"{name}={value!r} is not an integer",
+                                   hint=f"give {name} as an integer >= 0 (0: no limit)") from None
+    if not 0 <= n < 1 << 63:
+        raise errors.InvalidTarget(f"{name}={n} is out of range",
+                                   hint=f"give {name} >= 0 (0: no limit)")
+    return n
+
+
 def resolve_target(obj: Any, page_size: int) -> Target:
-    """Turn what the user passed into a :class:`Target` (validated, never partially)."""
+    """Turn what the user passed into a :class:`Target` (validated, never partially).
+
+    An explicit ``(address, length)`` span may cover any mapped memory of this process:
+    read-only parts are armed too (a later mprotect to writable is then tracked), and gaps
+    inside it are ignored (what becomes mapped there is reported by what it holds)."""
     if isinstance(obj, Target):
         return obj
-    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(v, int) for v in obj):
-        addr, length = obj
+    pair = _integers(obj)
+    if pair is not None:
+        addr, length = pair
+        if addr + length > ADDRESS_LIMIT or addr >= ADDRESS_LIMIT:
+            raise errors.InvalidTarget(
+                f"span ({addr:#x}, {length:#x}) reaches past the address space",
+                hint="give an address and length inside this process's memory")
         if length <= 0:
             raise errors.InvalidTarget(f"span ({addr:#x}, {length}) is empty",
                                        hint="give a positive length")
@@ -173,6 +212,16 @@ def _warn_partial(targets: list[Target], page_size: int) -> None:
 _live: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
+def unclosed(what: str, close: Callable[[], object]) -> Callable[[], None]:
+    """A finalizer for an object holding descriptors: garbage collected while still open, it
+    closes them and says so with a ResourceWarning (as an unclosed file does)."""
+    def finalize() -> None:
+        warnings.warn(f"unclosed {what}: closed when garbage collected; close it (or use "
+                      "`with`)", ResourceWarning, stacklevel=2)
+        close()
+    return finalize
+
+
 def _disown_all() -> None:
     """In a fork()ed child: every tracker acts on the *parent's* memory. The child must
     neither collect (it would re-arm the parent's pages: the parent would miss those writes)
@@ -199,7 +248,8 @@ class Tracker:
         self._backend = backend
         self._targets: list[Target] = []
         self._shared: _SharedSpans | None = None
-        self._finalizer = weakref.finalize(self, backend.close)
+        self._finalizer = weakref.finalize(self, unclosed("writewatch.Tracker", backend.close))
+        self._close = backend.close
         try:
             self._add(list(targets))
         except BaseException:
@@ -285,9 +335,10 @@ class Tracker:
             max_pages: report (and re-arm) at most this many pages; the rest stay for the next
                 collect. 0 means no limit.
         """
+        max_pages = check_count("max_pages", max_pages)
         with self._lock:
             self._check_open()
-            got: Collected = self._backend.collect(reset=reset, max_pages=max_pages)
+            got: Collected = self._backend.collect(reset=bool(reset), max_pages=max_pages)
             if self._shared is not None:
                 got = self._shared.check(got, self._backend.spans, reset)
             ps = self._page_size
@@ -304,7 +355,8 @@ class Tracker:
         """Stop tracking: unregister every range (the kernel drops the protection) and close
         the descriptors. Idempotent."""
         with self._lock:
-            self._finalizer()
+            if self._finalizer.detach() is not None:
+                self._close()
             self._targets.clear()
 
     def _check_open(self) -> None:
@@ -429,6 +481,9 @@ def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX
                  **options: Any) -> Backend:
     """Instantiate backend ``name`` ("auto" picks the best usable one)."""
     from . import backends  # noqa: F401  (registers the backends)
+    if not isinstance(name, str):
+        raise errors.InvalidTarget(f"backend={name!r} is not a backend name",
+                                   hint=f"one of: auto, {', '.join(sorted(REGISTRY))}")
     name = _pick_backend(name)
     cls = REGISTRY.get(name)
     if cls is None:

@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="writewatch",
         description="Precise page-level write tracking for Linux.")
     parser.add_argument("--version", action="version", version=f"writewatch {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         mod = importlib.import_module(f"{__package__}.{name}")
@@ -25,23 +27,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
+    """Every error becomes one line on stderr and a non-zero status (``--debug``: with the
+    traceback); Ctrl-C at any point ends quietly with 130, as a shell reports SIGINT."""
+    command = "writewatch"
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
+        command = f"writewatch {args.command}"
         return int(args._run(args) or 0)
-    except WriteWatchError as exc:
-        print(f"writewatch {args.command}: error: {exc}", file=sys.stderr)
+    except (WriteWatchError, OSError) as exc:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        if isinstance(exc, BrokenPipeError):
+            return _broken_pipe()
+        what = exc if isinstance(exc, WriteWatchError) else \
+            f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+        print(f"{command}: error: {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error of ours
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
+
+def _broken_pipe() -> int:
+    """stdout closed early (e.g. piped into head): not an error of ours."""
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 if __name__ == "__main__":

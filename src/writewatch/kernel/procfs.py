@@ -164,6 +164,46 @@ def cgroup_dir(path: str) -> str:
                                     "/sys/fs/cgroup/system.slice/foo.service")
 
 
+def frozen_cgroup(pid: int) -> str | None:
+    """The cgroup directory that keeps ``pid`` frozen, or None: the v2 freezer
+    (``cgroup.events``: ``frozen 1``, or ``cgroup.freeze`` 1 while freezing) or v1's
+    (``freezer.state`` FROZEN or FREEZING). A frozen task reaches no ptrace stop until
+    thawed (kernel/cgroup/freezer.c)."""
+    try:
+        lines = read_bytes(f"/proc/{pid}/cgroup").decode(errors="replace").splitlines()
+    except errors.WriteWatchError:
+        return None
+    mounts = read_bytes("/proc/self/mountinfo").decode(errors="replace").splitlines()
+
+    def mount_of(fstype: str, option: str = "") -> str | None:
+        for line in mounts:
+            pre, _, post = line.partition(" - ")
+            f = post.split(" ")
+            if f[0] == fstype and (not option or option in f[-1].split(",")):
+                return pre.split()[4]
+        return None
+
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # the v2 hierarchy
+            root = mount_of("cgroup2")
+            if root is None:
+                continue
+            d = os.path.join(root, path.lstrip("/"))
+            freeze = read_setting(os.path.join(d, "cgroup.freeze"))
+            events = read_setting(os.path.join(d, "cgroup.events")) or ""
+            if freeze == "1" or "frozen 1" in events:
+                return d
+        elif "freezer" in controllers.split(","):
+            root = mount_of("cgroup", "freezer")
+            if root is None:
+                continue
+            d = os.path.join(root, path.lstrip("/"))
+            if read_setting(os.path.join(d, "freezer.state")) in ("FROZEN", "FREEZING"):
+                return d
+    return None
+
+
 def cgroup_pids(path: str) -> set[int]:
     """Every process in cgroup directory ``path`` and the cgroups below it."""
     out: set[int] = set()

@@ -69,6 +69,11 @@ def _dup_cloexec(fd: int) -> int:
 def process_backend(name: str) -> str:
     """The backend "auto" means for another process: uffd-wp-sync tracks its own process
     only, so uffd-async, then soft-dirty (which needs no descriptor inside the target)."""
+    if name not in ("auto", "uffd-async", "soft-dirty"):
+        raise errors.InvalidTarget(
+            f"backend={name!r} cannot track another process",
+            hint='use "auto", "uffd-async" or "soft-dirty" (uffd-wp-sync tracks only the '
+                 "process it runs in)")
     if name != "auto":
         return name
     from ..features import features
@@ -97,6 +102,7 @@ class Member:
         self.events = events  #: UFFD_FEATURE_EVENT_* negotiated on its userfaultfd
         self.backend: Backend | None = None
         self.refused_: dict[tuple[int, int], tuple[MappingInfo, str]] = {}
+        self.busy: set[tuple[int, int]] = set()  # refused because another uffd owns them
         self.exec_count = 0
         self.gone = False
         #: whether arming finished while the target was stopped (False: it resumed first)
@@ -170,6 +176,7 @@ class Member:
 
     def _arm_all(self, backend: Backend) -> None:
         self.refused_.clear()
+        self.busy.clear()
         raw = self.kernel.read_maps(self.pid)
         maps = tuple(MappingInfo.of(m) for m in raw)
         with backend.layout(raw):
@@ -177,6 +184,13 @@ class Member:
                 if trackable(m):
                     self._arm(backend, m, m.start, m.end)
         self.maps = maps
+        if not backend.spans and self.refused_ and set(self.refused_) == self.busy:
+            raise errors.AlreadyTracked(
+                f"every writable mapping of process {self.pid} is owned by another "
+                f"userfaultfd{_uffd_holders(self.pid)}: it is tracked already (another "
+                "writewatch, or the program itself)", op="UFFDIO_REGISTER",
+                hint="stop the other tracker first; a process can be tracked by one at a "
+                     "time")
 
     def _arm(self, backend: Backend, info: MappingInfo, start: int, end: int,
              adopt: bool = False) -> Collected | None:
@@ -194,7 +208,9 @@ class Member:
             got = adopt_fn(span, shared=info.shared)
             return Collected(got.prior, got.conservative)
         except errors.AlreadyTracked as exc:
-            why = f"another userfaultfd (the target's own) owns this range: {exc}"
+            why = f"another userfaultfd owns this range (the target's own, or another " \
+                  f"tracker's): {exc}"
+            self.busy.add((start, end))
         except (errors.InvalidTarget, errors.KernelError, errors.Unsupported) as exc:
             if isinstance(exc, errors.InvalidTarget) and exc.errno is None:
                 raise  # a programming error, not a kernel refusal
@@ -379,6 +395,28 @@ class Member:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def _uffd_holders(pid: int) -> str:
+    """", held by ..." naming the processes with userfaultfd descriptors (an error message:
+    nothing says which context owns which memory, these are the candidates)."""
+    found = []
+    for p in procfs.pids():
+        if p in (os.getpid(), pid):  # the target holds the one being injected right now
+            continue
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{p}/fd/{fd}") == "anon_inode:[userfaultfd]":
+                    comm = procfs.read_setting(f"/proc/{p}/comm") or "?"
+                    found.append(f"pid {p} ({comm})")
+                    break
+            except OSError:
+                continue
+    return f", held by {', '.join(found)}" if found else ""
 
 
 def _moved(removed: list[MappingInfo],

@@ -39,7 +39,7 @@ from .. import errors
 from ..kernel import LINUX, KernelCalls, procfs
 from ..kernel import ptrace as P
 from ..pages import Pages
-from ..tracker import CollectInfo, Tracker, TrackerStats
+from ..tracker import CollectInfo, Tracker, TrackerStats, unclosed
 from .forks import Forked, ForkWatcher, mm_alive
 from .mappings import MappingInfo, by_mapping
 from .member import Member, MemberCollect, process_backend
@@ -242,7 +242,8 @@ class ProcessTracker(Tracker):
         self._views: dict[int, tuple[View, ...]] = {}
         self._views_of: dict[int, tuple[MappingInfo, ...]] = {}
         self._gone = False
-        self._finalizer = weakref.finalize(self, self._tree.close)
+        self._finalizer = weakref.finalize(
+            self, unclosed("writewatch.ProcessTracker", self._tree.close))
         try:
             self._tree.add(self.pid, launch_go=launch_go)
             for pid in pids[1:]:
@@ -253,7 +254,8 @@ class ProcessTracker(Tracker):
             for pid, m in self._tree.members.items():
                 self._views[pid] = views(pid, m.maps)
         except BaseException:
-            self._finalizer()
+            self._finalizer.detach()
+            self._tree.close()
             raise
         self._last = ProcessCollectInfo(Pages.empty(self.page_size),
                                         processes=tuple(self._tree.members))
@@ -361,6 +363,9 @@ class ProcessTracker(Tracker):
 
     # -- collecting ---------------------------------------------------------------------------
     def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
+        from ..tracker import check_count
+        max_pages = check_count("max_pages", max_pages)
+        reset = bool(reset)
         with self._lock:
             self._check_open()
             if self._gone:
@@ -617,7 +622,8 @@ class ProcessTracker(Tracker):
         """Stop tracking: unregister every range (the kernel drops the protection) and close
         the descriptors. The processes themselves are left running. Idempotent."""
         with self._lock:
-            self._finalizer()
+            if self._finalizer.detach() is not None:
+                self._tree.close()
 
     def _forget(self) -> None:
         self._finalizer.detach()
@@ -674,6 +680,17 @@ def _check_target(pid: int) -> None:
         raise errors.PermissionDenied(
             f"process {pid} is already traced by process {tracer}", op="ptrace",
             hint="a process has one tracer: detach the debugger (or strace) first")
+    if status.get("Seccomp", "0") == "1":
+        raise errors.Unsupported(
+            f"process {pid} runs in strict seccomp mode: any system call but read, write, "
+            "_exit and sigreturn kills it, so no userfaultfd can be made inside it",
+            feature="syscall injection under seccomp",
+            hint="track it with a backend that needs no injection (soft-dirty)")
+    frozen = procfs.frozen_cgroup(pid)
+    if frozen:
+        raise errors.InvalidTarget(
+            f"process {pid} is in a frozen cgroup ({frozen}): it cannot stop for the attach",
+            hint=f"thaw it first (echo 0 > {frozen}/cgroup.freeze)")
     if status.get("Seccomp", "0") == "2":
         raise errors.Unsupported(
             f"process {pid} runs under a seccomp filter: injecting userfaultfd() could kill "

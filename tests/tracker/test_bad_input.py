@@ -1,0 +1,59 @@
+"""Bad arguments to track() and collect() are typed errors, and leave nothing behind."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import writewatch
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture
+def buf() -> np.ndarray:
+    return writewatch.zeros(8 * PAGE)
+
+
+@pytest.mark.parametrize("span", [
+    lambda a: (a, 1 << 64), lambda a: (1 << 64, PAGE), lambda a: ((1 << 64) - PAGE, 2 * PAGE),
+    lambda a: (a, (1 << 64) - a), lambda a: (a, 1 << 62), lambda a: (-PAGE, PAGE),
+    lambda a: (a, 0), lambda a: (a, -PAGE), lambda a: (a + 1, PAGE),
+])
+def test_spans_outside_the_address_space(buf: np.ndarray, span) -> None:  # type: ignore[no-untyped-def]
+    addr = buf.__array_interface__["data"][0]
+    with pytest.raises(writewatch.InvalidTarget):
+        writewatch.track(span(addr))
+
+
+def test_numpy_integers_make_a_span(buf: np.ndarray) -> None:
+    addr = buf.__array_interface__["data"][0]
+    with writewatch.track((np.int64(addr), np.uint64(2 * PAGE))) as t:
+        buf[0] = 1
+        assert len(t.collect()) == 1
+
+
+@pytest.mark.parametrize("backend", [["uffd-async"], None, 3, b"auto", "nonsense"])
+def test_backend_must_be_a_name(buf: np.ndarray, backend) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(writewatch.InvalidTarget):
+        writewatch.track(buf, backend=backend)
+
+
+@pytest.mark.parametrize("max_pages", [-1, 1.5, math.nan, math.inf, 1 << 64, "abc", None, True])
+def test_max_pages_must_be_a_count(buf: np.ndarray, max_pages) -> None:  # type: ignore[no-untyped-def]
+    with writewatch.track(buf) as t:
+        buf[0] = 1
+        with pytest.raises(writewatch.InvalidTarget):
+            t.collect(max_pages=max_pages)
+        assert len(t.collect()) == 1  # the page was not taken by the refused call
+
+
+def test_garbage_collected_tracker_warns(buf: np.ndarray) -> None:
+    import gc
+    t = writewatch.track(buf)
+    with pytest.warns(ResourceWarning, match="unclosed writewatch.Tracker"):
+        del t
+        gc.collect()
