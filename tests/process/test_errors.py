@@ -59,6 +59,37 @@ def test_launch_bad_command(argv: list[str]) -> None:
     assert open_fds() == before
 
 
+@pytest.mark.parametrize(("argv", "kw", "match"), [
+    ("true", {}, "list of strings"),
+    (None, {}, "list of strings"),
+    (["/bin/tr\0ue"], {}, "NUL byte"),
+    (["true", "a\0b"], {}, "NUL byte"),
+    (["true", 3], {}, "string or path"),
+    (["true"], {"cwd": "/nonexistent"}, "cwd '/nonexistent' is not a directory"),
+    (["true"], {"env": {"A": "x\0y"}}, "NUL byte"),
+    (["true"], {"env": {"A=B": "x"}}, "has '='"),
+    (["true"], {"env": ["A=B"]}, "env must be a mapping"),
+])
+def test_launch_bad_arguments(argv, kw, match) -> None:  # type: ignore[no-untyped-def]
+    before = open_fds()
+    with pytest.raises(writewatch.InvalidTarget, match=match):
+        launch(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    assert open_fds() == before
+
+
+def test_launch_exec_failure_in_the_child_names_the_step(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file that passes the checks but that execve refuses (ENOEXEC: no #! and no ELF
+    header) fails in the child; the error says exec and why, and the pipes are closed."""
+    prog = tmp_path / "garbage"
+    prog.write_bytes(b"\x00\x01not a program")
+    prog.chmod(0o755)
+    before = open_fds()
+    with pytest.raises(writewatch.InvalidTarget, match="garbage") as e:
+        launch([str(prog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert "ENOEXEC" in str(e.value) or "Exec format" in str(e.value)
+    assert open_fds() == before
+
+
 @pytest.mark.usefixtures("uffd_async")
 def test_no_descriptor_leak(c_target) -> None:  # type: ignore[no-untyped-def]
     """Helpers left behind are caught by conftest's autouse check (which waits for the

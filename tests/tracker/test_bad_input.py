@@ -57,3 +57,54 @@ def test_garbage_collected_tracker_warns(buf: np.ndarray) -> None:
     with pytest.warns(ResourceWarning, match="unclosed writewatch.Tracker"):
         del t
         gc.collect()
+
+
+def _libc():  # type: ignore[no-untyped-def]
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    return libc
+
+
+def test_span_over_read_only_memory_reports_writes_once_writable() -> None:
+    import ctypes
+    import mmap
+
+    libc = _libc()
+    m = mmap.mmap(-1, 8 * PAGE)
+    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.mprotect(a + 4 * PAGE, 4 * PAGE, mmap.PROT_READ) == 0
+    with writewatch.track((a, 8 * PAGE)) as t:
+        assert len(t.collect()) == 0
+        assert libc.mprotect(a + 4 * PAGE, 4 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+        ctypes.memset(a + 5 * PAGE, 1, 1)
+        assert a + 5 * PAGE in t.collect()
+
+
+def test_span_over_a_hole_tracks_what_is_mapped_there_later() -> None:
+    import ctypes
+    import mmap
+
+    libc = _libc()
+    m = mmap.mmap(-1, 8 * PAGE)
+    a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.munmap(a + 4 * PAGE, 4 * PAGE) == 0
+    with writewatch.track((a, 8 * PAGE)) as t:
+        assert len(t.collect()) == 0
+        assert len(t.collect()) == 0  # the hole is not reported as written
+        fixed = 0x10 | 0x20 | 0x02  # MAP_FIXED | MAP_ANONYMOUS | MAP_PRIVATE
+        assert libc.mmap(a + 4 * PAGE, 4 * PAGE, 3, fixed, -1, 0) == a + 4 * PAGE
+        ctypes.memset(a + 6 * PAGE, 1, 1)
+        ctypes.memset(a + PAGE, 1, 1)
+        got = t.collect()
+        assert got.addresses().tolist() == [a + PAGE, a + 6 * PAGE]
+        ctypes.memset(a + 7 * PAGE, 1, 1)
+        assert t.collect().addresses().tolist() == [a + 7 * PAGE]
+    assert libc.munmap(a + 4 * PAGE, 4 * PAGE) == 0
+    with pytest.raises(writewatch.InvalidTarget, match="nothing is mapped"):
+        writewatch.track((a + 4 * PAGE, PAGE))

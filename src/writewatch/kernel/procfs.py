@@ -150,15 +150,26 @@ def children(pid: int) -> set[int]:
 
 def cgroup_dir(path: str) -> str:
     """The directory of cgroup v2 ``path``: an existing directory holding ``cgroup.procs``,
-    or a path inside the cgroup2 mount ("/system.slice/x.service")."""
-    if os.path.isfile(os.path.join(path, "cgroup.procs")):
-        return os.path.abspath(path)
+    or a path inside the cgroup2 mount ("/system.slice/x.service"). The root of the mount is
+    refused: it holds every process of the machine (or of the cgroup namespace)."""
+    roots = []
     for line in read_bytes("/proc/self/mountinfo").decode(errors="replace").splitlines():
         pre, _, post = line.partition(" - ")
         if post.split(" ", 1)[0] == "cgroup2":
-            cand = os.path.join(pre.split()[4], path.lstrip("/"))
-            if os.path.isfile(os.path.join(cand, "cgroup.procs")):
-                return cand
+            roots.append(os.path.realpath(pre.split()[4]))
+    found = None
+    if path and os.path.isfile(os.path.join(path, "cgroup.procs")):
+        found = os.path.realpath(path)
+    for root in roots if path and found is None else ():
+        cand = os.path.join(root, path.lstrip("/"))
+        if os.path.isfile(os.path.join(cand, "cgroup.procs")):
+            found = os.path.realpath(cand)
+            break
+    if found is not None and found in roots:
+        raise errors.InvalidTarget(f"{path} is the root cgroup: it holds every process here",
+                                   hint="give a cgroup below it (a service, a container)")
+    if found is not None:
+        return found
     raise errors.InvalidTarget(f"{path} is not a cgroup v2 directory",
                                hint="give a directory with cgroup.procs, e.g. "
                                     "/sys/fs/cgroup/system.slice/foo.service")

@@ -122,6 +122,7 @@ def running() -> Profile:
         "soft_dirty": f.backends["soft-dirty"].usable,
         "wp_unpopulated": f.mechanisms["WP_UNPOPULATED"].usable,
         "readahead_pages": _readahead_pages(tempfile.gettempdir()),
+        "file_huge_readahead": _tmpfs_huge(tempfile.gettempdir()) != "never",
         "swap": bool(_read("/proc/swaps").strip().count("\n")),
         **{field: _version(release) >= since for field, since in SINCE.items()}}
     async_ = f.mechanisms["WP_ASYNC"].usable
@@ -137,6 +138,26 @@ def running() -> Profile:
         changes["huge_zero_pfnzero"] = _version(release) >= (6, 16) if pfnzero is None \
             else pfnzero
     return PROFILES["6.18" if async_ else "6.1"].replace(**changes)
+
+
+def _tmpfs_huge(path: str) -> str | None:
+    """The huge= option of the tmpfs holding ``path`` ("never" when not given:
+    mm/shmem.c SHMEM_HUGE_NEVER), or None when ``path`` is not on a tmpfs."""
+    best, opts = "", ""
+    real = os.path.realpath(path)
+    for line in _read("/proc/self/mountinfo").splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        if len(fields) > 4 and (real + "/").startswith(fields[4].rstrip("/") + "/") \
+                and len(fields[4]) >= len(best):
+            best, opts = fields[4], post
+    fstype, *rest = opts.split(" ") or [""]
+    if fstype != "tmpfs":
+        return None
+    for opt in (rest[-1] if rest else "").split(","):
+        if opt.startswith("huge="):
+            return opt[5:]
+    return "never"
 
 
 def _readahead_pages(path: str) -> int:

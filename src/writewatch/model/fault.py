@@ -51,7 +51,8 @@ def thp_ok(mm: Mm, v: Vma, addr: int) -> bool:
 
 
 def huge_file(mm: Mm, v: Vma) -> bool:
-    return v.kind == "file" and v.hugepage > 0 and mm.profile.thp != "never"
+    return (v.kind == "file" and v.hugepage > 0 and mm.profile.thp != "never"
+            and mm.profile.file_huge_readahead)
 
 
 def _anon_vma(mm: Mm, v: Vma) -> None:

@@ -61,6 +61,10 @@ class Profile:
     #: the block device's read_ahead_kb / page size: a page-cache miss on a regular file
     #: reads this many pages around it (mm/filemap.c do_sync_mmap_readahead); 128 KiB default
     readahead_pages: int = 32
+    #: a page-cache miss in a VM_HUGEPAGE file mapping reads the aligned PMD-sized block
+    #: (do_sync_mmap_readahead's VM_HUGEPAGE branch, 5.18); False where the file is on a
+    #: tmpfs mounted huge=never (the default): shmem_fault brings in its own page only
+    file_huge_readahead: bool = True
     #: /sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise" or "never"
     thp: str = "madvise"
     #: /sys/kernel/mm/transparent_hugepage/use_zero_page: read faults map the huge zero page

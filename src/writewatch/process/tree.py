@@ -735,7 +735,10 @@ def attach(pid: int | Iterable[int] | None = None, backend: str = "auto", *,
                                    hint="give a PID > 0, or a list of them")
     pids = [] if pid is None else [pid] if isinstance(pid, int) else list(pid)
     if cgroup is not None:
-        cgroup = procfs.cgroup_dir(os.fspath(cgroup))
+        if not isinstance(cgroup, (str, os.PathLike)):
+            raise errors.InvalidTarget(f"cgroup={cgroup!r} is not a path",
+                                       hint="give a cgroup v2 directory or a path in it")
+        cgroup = procfs.cgroup_dir(os.fsdecode(cgroup))
         pids += sorted(procfs.cgroup_pids(cgroup) - set(pids) - {os.getpid()})
     if not pids:
         raise errors.InvalidTarget("no process given" if cgroup is None else
