@@ -117,5 +117,5 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if not feature.usable:
         pytest.skip(f"{name} backend unusable here: {feature.detail}"
                     + (f" ({feature.fix})" if feature.fix else ""))
-    monkeypatch.setattr(tracker, "_pick_backend", lambda b: name if b == "auto" else b)
+    monkeypatch.setattr(tracker, "_pick_backend", lambda b, kernel: name if b == "auto" else b)
     return name

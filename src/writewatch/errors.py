@@ -48,17 +48,16 @@ class WriteWatchError(Exception):
         return " ".join(parts)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        kwargs = {
-            "op": self.op, "start": self.start, "end": self.end,
-            "errno": self.errno, "hint": self.hint,
-        }
-        return (_rebuild, (type(self), self.message, kwargs))
+        # every attribute (a subclass's feature, since, pid, partial...): errors cross from
+        # the helper processes pickled
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
-def _rebuild(cls: type[WriteWatchError], message: str,
-             kwargs: dict[str, object]) -> WriteWatchError:
+def _rebuild(cls: type[WriteWatchError], args: tuple[object, ...],
+             state: dict[str, object]) -> WriteWatchError:
     err = cls.__new__(cls)
-    WriteWatchError.__init__(err, message, **kwargs)  # type: ignore[arg-type]
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
     return err
 
 
@@ -115,7 +114,15 @@ class InvalidTarget(WriteWatchError, ValueError):
     __module__ = "writewatch"
 
 
-class NotRegistered(InvalidTarget):
+class Refused(InvalidTarget):
+    """The kernel refused an operation on the range (``errno`` says how): a mapping that is
+    not writable, a type the mechanism cannot protect, a range no longer registered or no
+    longer readable. Raised from kernel errors only, never from argument checks."""
+
+    __module__ = "writewatch"
+
+
+class NotRegistered(Refused):
     """PAGEMAP_SCAN with ``PM_SCAN_CHECK_WPASYNC`` met a VMA that is not registered for async
     write-protect (EPERM): the memory there was replaced (remapped) while tracked.
 
@@ -162,6 +169,3 @@ class NoSuchProcess(WriteWatchError, ProcessLookupError):
 
     def __str__(self) -> str:
         return WriteWatchError.__str__(self)
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (NoSuchProcess, (self.pid, self.message))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Iterator
 from typing import Any, SupportsIndex
 
@@ -10,6 +11,8 @@ import numpy as np
 __all__ = ["Pages"]
 
 _U64 = np.uint64
+#: the running kernel's page size (the default of every constructor)
+PAGE_SIZE = mmap.PAGESIZE
 
 
 def _coalesce(ranges: np.ndarray) -> np.ndarray:
@@ -61,23 +64,26 @@ class Pages:
 
     ``len(p)`` is the number of pages; ``p.ranges`` the ``(k, 2)`` uint64 array; ``addr in p``
     tests one address; ``|``, ``&`` and ``-`` combine two sets of the same page size.
-    Immutable: the array is read-only and operations return new objects.
+    Immutable: the array is a read-only copy (never the caller's) and operations return new
+    objects.
     """
 
     __slots__ = ("_ranges", "page_size")
 
-    def __init__(self, ranges: Any = (), page_size: int = 4096) -> None:
+    def __init__(self, ranges: Any = (), page_size: int = PAGE_SIZE) -> None:
         arr = np.asarray(ranges, dtype=_U64).reshape(-1, 2) if len(ranges) else \
             np.empty((0, 2), _U64)
         if len(arr) and bool(((arr % _U64(page_size)) != 0).any()):
             raise ValueError("Pages ranges must be page aligned")
-        arr = _coalesce(arr)
-        arr.flags.writeable = False
-        self._ranges = arr
+        out = _coalesce(arr)
+        if isinstance(ranges, np.ndarray) and np.may_share_memory(out, ranges):
+            out = out.copy()  # the caller's array stays the caller's: own a copy
+        out.flags.writeable = False
+        self._ranges = out
         self.page_size = page_size
 
     @classmethod
-    def empty(cls, page_size: int = 4096) -> Pages:
+    def empty(cls, page_size: int = PAGE_SIZE) -> Pages:
         """No pages (cheap: one shared read-only array)."""
         return cls._trusted(_NONE, page_size)
 
@@ -96,14 +102,15 @@ class Pages:
         return p
 
     @classmethod
-    def from_addresses(cls, addresses: Iterable[int] | np.ndarray, page_size: int = 4096) -> Pages:
+    def from_addresses(cls, addresses: Iterable[int] | np.ndarray,
+                       page_size: int = PAGE_SIZE) -> Pages:
         """The pages containing each address."""
         a = np.unique(np.asarray(list(addresses) if not isinstance(addresses, np.ndarray)
                                  else addresses, dtype=_U64) // _U64(page_size)) * _U64(page_size)
         return cls(np.stack([a, a + _U64(page_size)], axis=1), page_size)
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, base: int, page_size: int = 4096) -> Pages:
+    def from_mask(cls, mask: np.ndarray, base: int, page_size: int = PAGE_SIZE) -> Pages:
         """Pages ``base + i * page_size`` for each true ``mask[i]``."""
         m = np.asarray(mask, dtype=bool)
         edges = np.diff(np.concatenate([[0], m.view(np.int8), [0]]).astype(np.int8))

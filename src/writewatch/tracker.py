@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import errors
-from .backends.base import REGISTRY, Backend, Collected, Span
+from .backends import REGISTRY, Backend, Collected, Span
+from .features import features
 from .kernel import LINUX, KernelCalls, forking
 from .pages import Pages
 
@@ -464,39 +465,34 @@ class _SharedSpans:
                   f"({'; '.join(why)}): reported whole")
         return Collected(np.concatenate([got.written, arr]),
                          np.concatenate([got.conservative, arr]), (*got.reasons, reason))
-def _pick_backend(name: str) -> str:
+def _pick_backend(name: str, kernel: KernelCalls) -> str:
     if name != "auto":
         return name
-    from .features import features
-    auto = features().auto
-    if auto is None:
-        f = features()
+    f = features(kernel)
+    if f.auto is None:
         raise errors.Unsupported(
             "no write-tracking mechanism is usable on this kernel",
             hint="; ".join(f"{b}: {r.detail}" for b, r in f.backends.items()))
-    return auto
+    return f.auto
 
 
 def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX,
                  **options: Any) -> Backend:
-    """Instantiate backend ``name`` ("auto" picks the best usable one)."""
-    from . import backends  # noqa: F401  (registers the backends)
+    """Instantiate backend ``name`` ("auto" picks the best usable one on ``kernel``)."""
     if not isinstance(name, str):
         raise errors.InvalidTarget(f"backend={name!r} is not a backend name",
                                    hint=f"one of: auto, {', '.join(sorted(REGISTRY))}")
-    name = _pick_backend(name)
+    name = _pick_backend(name, kernel)
     cls = REGISTRY.get(name)
     if cls is None:
         raise errors.InvalidTarget(f"unknown backend {name!r}",
                                    hint=f"choose one of: auto, {', '.join(sorted(REGISTRY))}")
-    if kernel is LINUX:
-        # a mechanism the kernel lacks may still "work" and report nothing (soft-dirty
-        # compiled out: clear_refs 4 is accepted, bit 55 never set): refuse it
-        from .features import features
-        usable = features().backends.get(name)
-        if usable is not None and not usable.usable:
-            raise errors.Unsupported(f"backend {name!r} is not usable here: {usable.detail}",
-                                     feature=name, since=usable.since, hint=usable.fix)
+    # a mechanism the kernel lacks may still "work" and report nothing (soft-dirty compiled
+    # out: clear_refs 4 is accepted, bit 55 never set): refuse it
+    usable = features(kernel).backends[name]
+    if not usable.usable:
+        raise errors.Unsupported(f"backend {name!r} is not usable here: {usable.detail}",
+                                 feature=name, since=usable.since, hint=usable.fix)
     return cls(pid, kernel, **options)
 
 

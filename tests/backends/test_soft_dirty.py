@@ -24,7 +24,7 @@ from writewatch import _uapi as U
 from writewatch import errors
 from writewatch.backends import soft_dirty as sd
 from writewatch.backends.base import Span
-from writewatch.kernel import _sys
+from writewatch.kernel import LINUX, _sys
 
 SD_BIT = int(U.PagemapBit.SOFT_DIRTY)
 
@@ -80,9 +80,10 @@ def test_registered_and_process_wide() -> None:
 
 
 def test_probe_gives_a_known_answer(usable: bool) -> None:
+    from writewatch.kernel import probes
     ok, reason = sd.probe()
     assert ok == usable
-    assert (ok, reason) in sd._PROBE_REASONS.values()
+    assert (ok, reason) in {(p.ok, p.detail) for p in probes._SOFT_DIRTY_REASONS.values()}
 
 
 def test_probe_reports_config_off_when_bit_55_never_sets(usable: bool) -> None:
@@ -97,32 +98,6 @@ def test_probe_reports_config_off_when_bit_55_never_sets(usable: bool) -> None:
     finally:
         r.unmap()
     assert sd.probe() == (False, "CONFIG_MEM_SOFT_DIRTY is off (pagemap bit 55 never set)")
-
-
-def test_parse_smaps_flags() -> None:
-    text = textwrap.dedent("""\
-        7f0000000000-7f0000002000 rw-p 00000000 00:00 0
-        Size:                  8 kB
-        VmFlags: rd wr mr mw me ac sd
-        7f0000002000-7f0000003000 r--p 00000000 08:01 1234     /usr/lib/x (deleted)
-        Size:                  4 kB
-        VmFlags: rd mr mw me
-        """).encode()
-    got = sd.parse_smaps_flags(text)
-    first = frozenset({"rd", "wr", "mr", "mw", "me", "ac", "sd"})
-    assert got == ((0x7F0000000000, 0x7F0000002000, first),
-                   (0x7F0000002000, 0x7F0000003000, frozenset({"rd", "mr", "mw", "me"})))
-    assert sd.parse_smaps_flags(b"") == ()
-    assert sd.parse_smaps_softdirty(text) == ((0x7F0000000000, 0x7F0000002000),)
-    # an entry without VmFlags (kernels before 3.8) does not borrow the next entry's
-    old = b"7f0000000000-7f0000001000 rw-p 00000000 00:00 0\nSize: 4 kB\n" + text
-    assert sd.parse_smaps_softdirty(old) == ((0x7F0000000000, 0x7F0000002000),)
-    assert len(sd.parse_smaps_flags(old)) == 2
-
-
-def test_parse_stat_state() -> None:
-    assert sd.parse_stat_state(b"42 (a) b) T 1 42 42 0 -1") == "T"
-    assert sd.parse_stat_state(b"7 (python3) S 1 7") == "S"
 
 
 def test_decode_state_and_regions_agree() -> None:
@@ -146,7 +121,7 @@ def test_decode_state_and_regions_agree() -> None:
 def test_scan_and_pagemap_reads_agree_on_presence(region) -> None:
     """Both read paths, through the seam and in-process, decode the same pages (present and
     swapped bits exist on every kernel, soft-dirty or not)."""
-    if not sd.scan_supported():
+    if not LINUX.capabilities().categories & U.PageCategory.SOFT_DIRTY:
         pytest.skip("PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY needs Linux 6.8")
     r = region(40)
     for i in (0, 1, 2, 9, 17, 33, 39):
@@ -157,8 +132,10 @@ def test_scan_and_pagemap_reads_agree_on_presence(region) -> None:
     for method in ("scan", "pagemap"):
         b = sd.SoftDirtyBackend(method=method)
         try:
-            seam = b._read_seam([s])[0]
-            atomic = b._read_atomic([s], clear=False)[0]
+            ranges = [(s.start, s.end)]
+            seam = b._decode([s], b._read_other(ranges))[0]
+            atomic = b._decode([s], LINUX.read_then_clear(b.pagemap, ranges, b._mask,
+                                                          clear=False))[0]
         finally:
             b.close()
         assert atomic.ok

@@ -26,9 +26,10 @@ from writewatch import _uapi as U
 from writewatch import errors
 from writewatch.backends import uffd_sync
 from writewatch.backends.base import Span
-from writewatch.backends.uffd_sync import LiveSnapshot, UffdSyncBackend
+from writewatch.backends.uffd_sync import UffdSyncBackend
 from writewatch.kernel import _sys
 from writewatch.kernel.pagemap import decode_entries, open_pagemap, read_entries
+from writewatch.snapshot.live import LiveSnapshot, live_snapshot
 
 USABLE, WHY = uffd_sync.probe()
 pytestmark = pytest.mark.skipif(not USABLE, reason=f"uffd-wp-sync unusable here: {WHY}")
@@ -492,7 +493,7 @@ def test_live_snapshot_function_returns_bytes(region) -> None:
     r = region(8)
     for i in range(8):
         r.write(i, value=i + 1, n=PAGE)
-    data = uffd_sync.live_snapshot(r.addr, r.length, timeout=TIMEOUT)
+    data = live_snapshot(r.addr, r.length, timeout=TIMEOUT)
     assert isinstance(data, bytes) and len(data) == r.length
     assert [data[i * PAGE] for i in range(8)] == list(range(1, 9))
     ctypes.memset(r.addr, 0, r.length)  # unprotected afterwards

@@ -4,6 +4,8 @@ show_map_vma, fs/proc/array.c)."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from writewatch import _uapi as U
@@ -84,3 +86,27 @@ def test_parse_status() -> None:
     st = procfs.parse_status(b"Name:\tpython3\nVmPTE:\t     148 kB\nThreads:\t1\nbad line\n")
     assert st == {"Name": "python3", "VmPTE": "148 kB", "Threads": "1"}
     assert procfs.status_kib("VmPTE") > 0
+
+
+def test_parse_smaps_flags() -> None:
+    text = textwrap.dedent("""\
+        7f0000000000-7f0000002000 rw-p 00000000 00:00 0
+        Size:                  8 kB
+        VmFlags: rd wr mr mw me ac sd
+        7f0000002000-7f0000003000 r--p 00000000 08:01 1234     /usr/lib/x (deleted)
+        Size:                  4 kB
+        VmFlags: rd mr mw me
+        """).encode()
+    got = procfs.parse_smaps_flags(text)
+    first = frozenset({"rd", "wr", "mr", "mw", "me", "ac", "sd"})
+    assert got == ((0x7F0000000000, 0x7F0000002000, first),
+                   (0x7F0000002000, 0x7F0000003000, frozenset({"rd", "mr", "mw", "me"})))
+    assert procfs.parse_smaps_flags(b"") == ()
+    # an entry without VmFlags (kernels before 3.8) does not borrow the next entry's
+    old = b"7f0000000000-7f0000001000 rw-p 00000000 00:00 0\nSize: 4 kB\n" + text
+    assert procfs.parse_smaps_flags(old) == got
+
+
+def test_parse_stat_state() -> None:
+    assert procfs.parse_stat_state(b"42 (a) b) T 1 42 42 0 -1") == "T"
+    assert procfs.parse_stat_state(b"7 (python3) S 1 7") == "S"

@@ -79,8 +79,8 @@ def test_process_sharing_memory_with_an_untracked_writer(tree_argv: list[str],
     d = TreeDriver.popen([*tree_argv, "32"])
     try:
         child = d.fork()
-        t = writewatch.attach(d.proc.pid)
-        with Snapshotter(t, DirStore(tmp_path / "a", fsync=False)) as snap:
+        with writewatch.attach(d.proc.pid) as t, \
+                Snapshotter(t, DirStore(tmp_path / "a", fsync=False)) as snap:
             with pytest.raises(SharedWithUntracked) as err:
                 snap.save()
             assert child in err.value.pids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,3 +70,11 @@ def test_immutable_and_validated() -> None:
     assert list(p) == [(0, PS)] and bool(p) and not Pages((), PS)
     assert Pages([(0, PS), (PS, 2 * PS)], PS).ranges.tolist() == [[0, 2 * PS]]
     assert hash(p) == hash(Pages([(0, PS)], PS)) and p == Pages([(0, PS)], PS)
+
+
+def test_owns_its_ranges() -> None:
+    a = np.array([[0, PS]], np.uint64)
+    p = Pages(a, PS)
+    a[0, 1] = 8 * PS  # the caller's array changes; the set does not
+    assert len(p) == 1 and a.flags.writeable
+    assert Pages([(0, mmap.PAGESIZE)]).page_size == mmap.PAGESIZE  # the running one

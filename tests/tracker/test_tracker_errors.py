@@ -156,13 +156,30 @@ def test_closed_tracker() -> None:
         t.add(bytearray(PAGE))
 
 
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
 def test_errors_are_picklable_and_rooted() -> None:
+    import writewatch.snapshot  # its errors join the tree
+
     for cls in (writewatch.InvalidTarget, writewatch.AlreadyTracked, writewatch.Unsupported,
                 writewatch.PermissionDenied, writewatch.KernelError, writewatch.TrackerClosed):
         err = cls("msg", op="OP", start=0x1000, end=0x2000, errno=22, hint="do this")
         assert isinstance(err, writewatch.WriteWatchError)
-        again = pickle.loads(pickle.dumps(err))
-        assert type(again) is cls and str(again) == str(err)
         assert "0x1000-0x2000" in str(err) and "EINVAL" in str(err) and "do this" in str(err)
-    e = pickle.loads(pickle.dumps(writewatch.NoSuchProcess(42)))
-    assert e.pid == 42 and isinstance(e, ProcessLookupError)
+    e = pickle.loads(pickle.dumps(writewatch.NoSuchProcess(42, op="stop", hint="h")))
+    assert e.pid == 42 and e.op == "stop" and e.hint == "h" and isinstance(e, ProcessLookupError)
+    u = pickle.loads(pickle.dumps(writewatch.Unsupported("x", feature="F", since="6.7")))
+    assert (u.feature, u.since) == ("F", "6.7")
+    # every class of the tree keeps its type, text and every attribute through pickle (the
+    # way errors cross from the helper processes)
+    for cls in [writewatch.WriteWatchError, *_subclasses(writewatch.WriteWatchError)]:
+        err = cls(42) if cls is writewatch.NoSuchProcess else cls("msg", op="OP", hint="h")
+        err.extra = [1, 2]  # type: ignore[attr-defined]
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is cls and str(again) == str(err), cls
+        assert again.__dict__ == err.__dict__, cls

@@ -15,7 +15,8 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ..kernel import LINUX, KernelCalls, Mapping
+from ..kernel import LINUX, Capabilities, KernelCalls, Mapping
+from ..kernel.probes import Probe
 
 
 class Span(NamedTuple):
@@ -58,8 +59,10 @@ class BackendStats:
 class Backend(abc.ABC):
     """One tracking mechanism over one address space (``pid``: ``"self"`` or a PID)."""
 
-    #: registry name ("uffd-async", "uffd-wp-sync", "soft-dirty", "model")
+    #: registry name ("uffd-async", "uffd-wp-sync", "soft-dirty")
     name: ClassVar[str]
+    #: kernel release that made the mechanism usable (x86-64)
+    since: ClassVar[str | None] = None
     #: True when :meth:`collect` re-arms only the tracked spans (uffd); False when a reset
     #: is process-wide (soft-dirty's clear_refs clears every VMA of the process).
     ranged_reset: ClassVar[bool] = True
@@ -93,6 +96,12 @@ class Backend(abc.ABC):
         if self.given_maps is not None:
             return self.given_maps
         return self.kernel.read_maps(self.pid)
+
+    @staticmethod
+    @abc.abstractmethod
+    def available(caps: Capabilities) -> Probe:
+        """Whether the mechanism works on a kernel with ``caps``, what it uses there, and
+        what would make it usable (pure)."""
 
     @abc.abstractmethod
     def add(self, span: Span) -> None:

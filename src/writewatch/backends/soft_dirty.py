@@ -69,20 +69,10 @@ is used when present (``method="auto"``); older kernels read the classic 64-bit 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno as E
-import functools
-import gc
-import mmap
 import os
-import re
-import signal
 import threading
-import time
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -90,12 +80,12 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, LinuxKernel, _sys, procfs
+from ..kernel import LINUX, Capabilities, KernelCalls, procfs
+from ..kernel.probes import Probe
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
-__all__ = ["PageState", "SoftDirtyBackend", "parse_smaps_flags", "parse_smaps_softdirty",
-           "parse_stat_state", "probe"]
+__all__ = ["PageState", "SoftDirtyBackend", "probe"]
 
 _SD = np.uint64(U.PagemapBit.SOFT_DIRTY)
 _PRESENT = np.uint64(U.PagemapBit.PRESENT)
@@ -105,70 +95,8 @@ _CAT_PRESENT = int(U.PageCategory.PRESENT)
 _CAT_SWAPPED = int(U.PageCategory.SWAPPED)
 _EMPTY = np.empty((0, 2), np.uint64)
 
-#: seconds to wait for another process to reach the stopped state after SIGSTOP
-STOP_TIMEOUT = 10.0
-
-# libc entry points that keep the GIL while they run (ctypes.PyDLL: FUNCFLAG_PYTHONAPI), for the
-# read-and-reset step of this process. errno is per call: only checked through the results.
-_pylibc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_pread = _pylibc.pread64
-_pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
-_pread.restype = ctypes.c_ssize_t
-_write = _pylibc.write
-_write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-_write.restype = ctypes.c_ssize_t
-_ioctl = _pylibc.ioctl
-_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-_ioctl.restype = ctypes.c_int
-_CLEAR_SOFT_DIRTY = b"%d" % U.CLEAR_REFS_SOFT_DIRTY
-_CALL = functools.partial.__call__
-
-
-def _run_holding_gil(calls: Sequence[functools.partial[int]]) -> list[int]:
-    """Call each ``partial`` of a PyDLL function in order, the GIL held from first to last.
-
-    ``list`` drives ``map`` in C and ``partial.__call__`` calls the foreign function in C: no
-    bytecode runs between the calls, so no eval-breaker check can hand the GIL over. The
-    cyclic garbage collector is paused meanwhile: a collection triggered by an allocation would
-    run finalizers, which are bytecode."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return list(map(_CALL, calls))
-    finally:
-        if enabled:
-            gc.enable()
-
-
 # ---------------------------------------------------------------------------------------------
-# Pure parsers
-
-#: one VMA of /proc/PID/smaps: its range, then (lazily, within the entry) its VmFlags line
-_SMAPS_VMA = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) [^\n]*\n(?:(?![0-9a-f]+-)[^\n]*\n)*?"
-                        rb"VmFlags:([^\n]*)", re.MULTILINE)
-
-
-def parse_smaps_flags(data: bytes) -> tuple[tuple[int, int, frozenset[str]], ...]:
-    """``(start, end, VmFlags)`` for each VMA of ``/proc/PID/smaps`` text (pure).
-
-    ``sd`` in VmFlags is ``VM_SOFTDIRTY`` (fs/proc/task_mmu.c show_smap_vma_flags)."""
-    return tuple((int(m[1], 16), int(m[2], 16), frozenset(m[3].decode().split()))
-                 for m in _SMAPS_VMA.finditer(data))
-
-
-def parse_smaps_softdirty(data: bytes) -> tuple[tuple[int, int], ...]:
-    """The ranges of the VMAs flagged ``sd`` (VM_SOFTDIRTY) in smaps text (pure; the flag
-    test is a bytes search, so the many clean VMAs of a process cost little)."""
-    return tuple((int(m[1], 16), int(m[2], 16)) for m in _SMAPS_VMA.finditer(data)
-                 if b" sd" in m[3])
-
-
-def parse_stat_state(data: bytes) -> str:
-    """The state letter of a ``/proc/PID/stat`` or ``/proc/PID/task/TID/stat`` line (pure;
-    the command name in parentheses may itself contain ``)``)."""
-    rest = data[data.rindex(b")") + 2:]
-    return rest[:1].decode()
-
+# Pure decoders
 
 class PageState(NamedTuple):
     """What one read found for one span, one element per page."""
@@ -208,133 +136,6 @@ def state_from_regions(regions: np.ndarray, start: int, npages: int,
 
 
 # ---------------------------------------------------------------------------------------------
-# Availability
-
-#: exit codes of the probe child
-_PROBE_REASONS = {
-    0: (True, "clear_refs 4 clears pagemap bit 55 and a write sets it again"),
-    1: (False, "CONFIG_MEM_SOFT_DIRTY is off (pagemap bit 55 never set)"),
-    2: (False, "writing 4 to /proc/self/clear_refs did not clear pagemap bit 55"),
-    3: (False, "a write after clear_refs 4 did not set pagemap bit 55"),
-    4: (False, "/proc/self/clear_refs or /proc/self/pagemap cannot be used"),
-}
-
-
-def _probe_child() -> int:
-    """In a forked child: write a page, clear_refs 4, check bit 55 clears, write, check it
-    sets (the selftest soft-dirty.c test_simple, once). Returns a :data:`_PROBE_REASONS` key."""
-    ps = mmap.PAGESIZE
-    try:
-        buf = mmap.mmap(-1, ps)
-        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-        pm = os.open("/proc/self/pagemap", os.O_RDONLY)
-        cr = os.open("/proc/self/clear_refs", os.O_WRONLY)
-    except OSError:
-        return 4
-
-    def dirty() -> bool:
-        raw = int.from_bytes(os.pread(pm, 8, addr // ps * 8), "little")
-        return bool(raw & int(U.PagemapBit.SOFT_DIRTY))
-
-    try:
-        buf[0] = 1
-        if not dirty():
-            return 1
-        os.write(cr, _CLEAR_SOFT_DIRTY)
-        if dirty():
-            return 2
-        buf[0] = 2
-        return 0 if dirty() else 3
-    except OSError:
-        return 4
-
-
-def probe() -> tuple[bool, str]:
-    """Whether soft-dirty works here, and why not, from a functional test run in a forked
-    child (the test resets soft-dirty, which would disturb the caller's own state)."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        return False, "no /proc/PID/clear_refs (CONFIG_PROC_PAGE_MONITOR is off)"
-    pid = os.fork()
-    if pid == 0:
-        code = 4
-        try:
-            code = _probe_child()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return _PROBE_REASONS.get(code, (False, f"the probe process failed (status {code})"))
-
-
-@functools.lru_cache(maxsize=1)
-def scan_supported() -> bool:
-    """Whether PAGEMAP_SCAN accepts PAGE_IS_SOFT_DIRTY (6.8+)."""
-    ps = LINUX.page_size
-    try:
-        addr = _sys.mmap(0, ps, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    except errors.WriteWatchError:
-        return False
-    fd = -1
-    try:
-        fd = LINUX.open_pagemap("self")
-        LINUX.pagemap_scan(fd, addr, addr + ps, category_mask=_CAT_SD, return_mask=_CAT_SD,
-                           vec_len=1)
-        return True
-    except errors.WriteWatchError:
-        return False
-    finally:
-        if fd >= 0:
-            LINUX.close(fd)
-        _sys.munmap(addr, ps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stopping another process
-
-def _thread_states(pid: int) -> list[str]:
-    out = []
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        raise errors.NoSuchProcess(pid, op="stop") from None
-    for tid in tids:
-        try:
-            out.append(parse_stat_state(procfs.read_bytes(f"/proc/{pid}/task/{tid}/stat")))
-        except errors.NoSuchProcess:
-            continue  # the thread exited
-    return out
-
-
-_STOPPED = {"T", "t", "Z", "X", "x"}
-
-
-@contextmanager
-def stopped(pid: int, timeout: float = STOP_TIMEOUT) -> Iterator[None]:
-    """Hold ``pid`` stopped (SIGSTOP ... SIGCONT). A process already stopped is left alone."""
-    if all(s in _STOPPED for s in _thread_states(pid)):
-        yield
-        return
-    _sys.os_call("kill SIGSTOP", os.kill, pid, signal.SIGSTOP, pid=pid)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 1e-4
-        while not all(s in _STOPPED for s in _thread_states(pid)):
-            if time.monotonic() > deadline:
-                raise errors.KernelError(
-                    f"process {pid} did not stop within {timeout:.0f} s", op="SIGSTOP",
-                    hint="a thread is in uninterruptible sleep (state D); retry later")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
-        yield
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-
-# ---------------------------------------------------------------------------------------------
 # Backends sharing one process's soft-dirty state
 
 class _Group:
@@ -347,16 +148,34 @@ class _Group:
 
 
 _groups_lock = threading.Lock()
-_groups: dict[tuple[int, int], _Group] = {}
+#: per kernel object, per process: the soft-dirty backends sharing its bits
+_groups: weakref.WeakKeyDictionary[KernelCalls, dict[int, _Group]] = weakref.WeakKeyDictionary()
 
 
 def _group(kernel: KernelCalls, pid: int) -> _Group:
-    key = (id(kernel), pid)
     with _groups_lock:
-        g = _groups.get(key)
+        groups = _groups.setdefault(kernel, {})
+        g = groups.get(pid)
         if g is None:
-            g = _groups[key] = _Group()
+            g = groups[pid] = _Group()
         return g
+
+
+def _leave(kernel: KernelCalls, pid: int, backend: SoftDirtyBackend) -> None:
+    with _groups_lock:
+        groups = _groups.get(kernel, {})
+        g = groups.get(pid)
+        if g is not None:
+            g.members.discard(backend)
+            if not g.members:
+                del groups[pid]
+
+
+def probe(kernel: KernelCalls = LINUX) -> tuple[bool, str]:
+    """Whether soft-dirty works on ``kernel``, and why not (a functional test: see
+    :mod:`writewatch.kernel.probes`)."""
+    got = SoftDirtyBackend.available(kernel.capabilities())
+    return got.ok, got.detail
 
 
 @dataclass
@@ -386,31 +205,29 @@ class SoftDirtyBackend(Backend):
     costs a walk of the whole process's page tables."""
 
     name: ClassVar[str] = "soft-dirty"
+    since: ClassVar[str | None] = "3.11"
     ranged_reset: ClassVar[bool] = False
+
+    @staticmethod
+    def available(caps: Capabilities) -> Probe:
+        return caps.soft_dirty
 
     def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
                  method: str = "auto", vmflags: bool = True) -> None:
         super().__init__(pid, kernel)
-        self._real = isinstance(kernel, LinuxKernel)
         self._self = pid == "self" or pid == os.getpid()
         if method not in ("auto", "scan", "pagemap"):
             raise errors.InvalidTarget(f"unknown soft-dirty method {method!r}",
                                        hint='use "auto", "scan" or "pagemap"')
         if method == "auto":
-            method = "scan" if self._real and scan_supported() else "pagemap"
+            scan = kernel.capabilities().categories & _CAT_SD
+            method = "scan" if scan else "pagemap"
         self.method = method
-        self.vmflags = vmflags and self._real
+        #: PAGEMAP_SCAN categories read per page ("scan"), 0 for classic pagemap entries
+        self._mask = _CAT_SD | _CAT_PRESENT | _CAT_SWAPPED if method == "scan" else 0
+        self.vmflags = vmflags
         self._pid_key = os.getpid() if self._self else int(pid)
         self.pagemap = kernel.open_pagemap("self" if self._self else pid)
-        self._clear_fd = -1
-        if self._real and self._self:
-            try:
-                self._clear_fd = _sys.os_call(
-                    "open /proc/self/clear_refs", os.open, "/proc/self/clear_refs",
-                    os.O_WRONLY | os.O_CLOEXEC)
-            except BaseException:
-                kernel.close(self.pagemap)
-                raise
         self._state: dict[Span, _SpanState] = {}
         self._group = _group(kernel, self._pid_key)
         self._group.members.add(self)
@@ -432,7 +249,7 @@ class SoftDirtyBackend(Backend):
             raise errors.InvalidTarget(
                 f"nothing is mapped at {span.start:#x}-{span.end:#x}", op="track",
                 start=span.start, end=span.end, hint="track mapped memory")
-        if self._real and self._hugetlb(span):
+        if self._hugetlb(span):
             # clear_refs_pte_range() leaves hugetlb entries alone (no write-protect, no
             # clear): a write to them would never be seen (observed on Debian's 6.1)
             raise errors.InvalidTarget(
@@ -448,9 +265,7 @@ class SoftDirtyBackend(Backend):
 
     def _hugetlb(self, span: Span) -> bool:
         """Whether a VMA of the span is hugetlb (``ht`` in smaps VmFlags)."""
-        pid = self._target
-        data = procfs.read_bytes(f"/proc/{pid}/smaps", pid if isinstance(pid, int) else None)
-        return any("ht" in flags for lo, hi, flags in parse_smaps_flags(data)
+        return any("ht" in flags for lo, hi, flags in self.kernel.vma_flags(self._target)
                    if lo < span.end and span.start < hi)
 
     @property
@@ -458,81 +273,46 @@ class SoftDirtyBackend(Backend):
         return "self" if self._self else self.pid
 
     # -- reading -----------------------------------------------------------------------------
-    def _read_atomic(self, spans: Sequence[Span], clear: bool) -> list[PageState]:
-        """Read every span and (with ``clear``) reset, the GIL held throughout (this process,
-        real kernel)."""
-        ps = self.page_size
-        calls: list[functools.partial[int]] = []
-        keep: list[tuple[np.ndarray, ctypes.Array[ctypes.c_char] | None]] = []
-        for s in spans:
-            n = s.length // ps
-            if self.method == "scan":
-                vec = np.empty((n, 3), np.uint64)
-                arg = ctypes.create_string_buffer(U.PM_SCAN_ARG_SIZE)
-                U.PM_SCAN_ARG_STRUCT.pack_into(arg, 0, U.PM_SCAN_ARG_SIZE, 0, s.start, s.end, 0,
-                                               vec.ctypes.data, n, 0, 0, 0, 0,
-                                               _CAT_SD | _CAT_PRESENT | _CAT_SWAPPED)
-                calls.append(functools.partial(_ioctl, self.pagemap, U.PAGEMAP_SCAN,
-                                               ctypes.addressof(arg)))
-                keep.append((vec, arg))
-            else:
-                raw = np.empty(n, np.uint64)
-                calls.append(functools.partial(_pread, self.pagemap, raw.ctypes.data, n * 8,
-                                               s.start // ps * 8))
-                keep.append((raw, None))
-        if clear:
-            calls.append(functools.partial(_write, self._clear_fd, _CLEAR_SOFT_DIRTY,
-                                           len(_CLEAR_SOFT_DIRTY)))
-        results = _run_holding_gil(calls)
-        self.stats.scan_calls += len(spans)
-        if clear and results[-1] != len(_CLEAR_SOFT_DIRTY):
-            _sys.raise_errno(ctypes.get_errno() or E.EIO, "write /proc/self/clear_refs")
-        out = []
-        for s, (buf, _arg), rc in zip(spans, keep, results, strict=False):
-            n = s.length // ps
-            if self.method == "scan":
-                ok = rc >= 0
-                out.append(state_from_regions(buf[:max(rc, 0)], s.start, n, ps)._replace(ok=ok))
-            else:
-                ok = rc == n * 8
-                out.append(decode_state(buf)._replace(ok=ok) if ok else
-                           PageState(*(np.zeros(n, bool),) * 3, ok=False))
-        return out
-
-    def _read_seam(self, spans: Sequence[Span]) -> list[PageState]:
-        """Read every span through the kernel-call seam (another process, or a model)."""
+    def _decode(self, spans: Sequence[Span], got: Sequence[np.ndarray | None]
+                ) -> list[PageState]:
         ps = self.page_size
         out = []
-        for s in spans:
+        for s, raw in zip(spans, got, strict=True):
             n = s.length // ps
-            if self.method == "scan":
-                res = self.kernel.scan_all(self.pagemap, s.start, s.end,
-                               return_mask=_CAT_SD | _CAT_PRESENT | _CAT_SWAPPED, page_size=ps)
-                out.append(state_from_regions(res.regions, s.start, n, ps))
+            if raw is None:
+                out.append(PageState(*(np.zeros(n, bool),) * 3, ok=False))
+            elif self.method == "scan":
+                out.append(state_from_regions(raw, s.start, n, ps))
             else:
-                out.append(decode_state(self.kernel.pagemap_read(self.pagemap, s.start, n)))
+                out.append(decode_state(raw))
         self.stats.scan_calls += len(spans)
         return out
 
     def _read(self, spans: Sequence[Span], clear: bool) -> list[PageState]:
-        if self._real and self._self:
-            return self._read_atomic(spans, clear)
+        """Read every span (and with ``clear`` reset, losing nothing in between): this
+        process in one GIL-held step, another one held stopped."""
+        ranges = [(s.start, s.end) for s in spans]
+        if self._self:
+            return self._decode(spans, self.kernel.read_then_clear(
+                self.pagemap, ranges, self._mask, clear))
         if not clear:
-            return self._read_seam(spans)
-        if self._real:
-            with stopped(int(self.pid)):
-                states = self._read_seam(spans)
-                self.kernel.clear_refs(self.pid, U.CLEAR_REFS_SOFT_DIRTY)
-            return states
-        states = self._read_seam(spans)
-        self.kernel.clear_refs(self.pid, U.CLEAR_REFS_SOFT_DIRTY)
-        return states
+            return self._decode(spans, self._read_other(ranges))
+        with self.kernel.stopped(int(self.pid)):
+            got = self._read_other(ranges)
+            self.kernel.clear_refs(self.pid, U.CLEAR_REFS_SOFT_DIRTY)
+        return self._decode(spans, got)
+
+    def _read_other(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray | None]:
+        ps = self.page_size
+        if self._mask:
+            return [self.kernel.scan_all(self.pagemap, a, b, return_mask=self._mask,
+                                         page_size=ps).regions for a, b in ranges]
+        return [self.kernel.pagemap_read(self.pagemap, a, (b - a) // ps) for a, b in ranges]
 
     def _vm_softdirty(self) -> tuple[tuple[int, int], ...]:
         """VMAs flagged ``sd`` (VM_SOFTDIRTY) in /proc/PID/smaps."""
-        pid = self._target
-        data = procfs.read_bytes(f"/proc/{pid}/smaps", pid if isinstance(pid, int) else None)
-        return parse_smaps_softdirty(data)
+        return tuple((lo, hi) for lo, hi, flags in self.kernel.vma_flags(self._target)
+                     if "sd" in flags)
 
     # -- evaluating --------------------------------------------------------------------------
     def _evaluate(self, span: Span, st: PageState, maps: Sequence[procfs.Mapping],
@@ -665,19 +445,13 @@ class SoftDirtyBackend(Backend):
         return Collected(out, cons_arr, tuple(reasons))
 
     def _forget(self) -> None:
-        self._group.members.discard(self)
+        _leave(self.kernel, self._pid_key, self)
         self.kernel.close(self.pagemap)
-        if self._clear_fd >= 0:
-            _sys.close(self._clear_fd)
-            self._clear_fd = -1
 
     def _release(self) -> None:
-        self._group.members.discard(self)
+        _leave(self.kernel, self._pid_key, self)
         self._state.clear()
         self.kernel.close(self.pagemap)
-        if self._clear_fd >= 0:
-            _sys.close(self._clear_fd)
-            self._clear_fd = -1
 
 
 def _mapped_parts(maps: Sequence[procfs.Mapping], span: Span) -> list[tuple[int, int]]:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import bisect
 import errno as E
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -53,7 +52,8 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, Mapping, procfs
+from ..kernel import LINUX, Capabilities, KernelCalls, Mapping, procfs
+from ..kernel.probes import Probe
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
 
@@ -69,21 +69,13 @@ _EMPTY = np.empty((0, 2), np.uint64)
 WANTED = U.UffdFeature.WP_ASYNC | U.UffdFeature.WP_UNPOPULATED
 OPTIONAL = U.UffdFeature.WP_HUGETLBFS_SHMEM
 
-_probe_lock = threading.Lock()
-_probed: dict[int, U.UffdFeature] = {}
-
-
 def supported_features(kernel: KernelCalls = LINUX) -> U.UffdFeature:
-    """Every userfaultfd feature the kernel offers, asked on a throwaway descriptor (a second
-    UFFDIO_API on one descriptor is EINVAL). Cached per kernel object."""
-    with _probe_lock:
-        if id(kernel) not in _probed:
-            fd = kernel.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
-            try:
-                _probed[id(kernel)] = kernel.uffdio_api(fd, 0).features
-            finally:
-                kernel.close(fd)
-        return _probed[id(kernel)]
+    """Every userfaultfd feature the kernel offers (UFFDIO_API on a throwaway descriptor,
+    probed once per kernel object: a second UFFDIO_API on one descriptor is EINVAL)."""
+    caps = kernel.capabilities()
+    if not caps.userfaultfd.ok:  # raise what userfaultfd() raises (EPERM, ENOSYS...)
+        kernel.close(kernel.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK))
+    return U.UffdFeature(caps.uffd_features)
 
 
 def open_uffd(kernel: KernelCalls = LINUX, fd: int | None = None, events: int = 0) -> int:
@@ -229,6 +221,17 @@ class UffdAsyncBackend(Backend):
     ``UFFD_FEATURE_EVENT_*`` bits to negotiate (EVENT_FORK: :mod:`writewatch.process`)."""
 
     name: ClassVar[str] = "uffd-async"
+    since: ClassVar[str | None] = "6.7"
+
+    @staticmethod
+    def available(caps: Capabilities) -> Probe:
+        if not caps.userfaultfd.ok:
+            return Probe(False, caps.userfaultfd.detail, caps.userfaultfd.fix)
+        if not caps.uffd_features & U.UffdFeature.WP_ASYNC:
+            return Probe(False, "no UFFD_FEATURE_WP_ASYNC", "needs Linux 6.7")
+        if not caps.pagemap_scan.ok:
+            return Probe(False, caps.pagemap_scan.detail, "needs Linux 6.7")
+        return Probe(True, "userfaultfd WP_ASYNC + PAGEMAP_SCAN")
 
     def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
                  uffd: int | None = None, uffd_negotiated: bool = False,
@@ -246,13 +249,10 @@ class UffdAsyncBackend(Backend):
         except BaseException:
             kernel.close(self.uffd)
             raise
-        if hole_scan is None:
-            from ..features import pmd_holes_reported
-            hole_scan = not pmd_holes_reported()
-        self.hole_scan = hole_scan
+        caps = kernel.capabilities()
+        self.hole_scan = not caps.pmd_hole_written if hole_scan is None else hole_scan
         if one_pass is None:
-            from ..features import pte_none_written
-            one_pass = kernel is LINUX and pte_none_written()
+            one_pass = caps.pte_none_written
         #: file and shared spans collected with their residency in one generic-path scan
         self.one_pass = one_pass
         self.batch = batch
@@ -585,7 +585,7 @@ class UffdAsyncBackend(Backend):
         """One generic-path scan of a run holding file or shared spans: it reports and
         re-arms the written pages and shows what is resident, so the residency check costs
         no scan of its own. Only where the generic path reads a zapped PTE as written
-        (:func:`writewatch.features.pte_none_written`). False: collect it span by span."""
+        (``Capabilities.pte_none_written``). False: collect it span by span."""
         try:
             res = self.kernel.scan_all(self.pagemap, run.start, run.end, batch=self.batch,
                                        flags=_SCAN_RESET if reset else _SCAN_PEEK,

@@ -38,7 +38,6 @@ What the helper does so that no write is lost:
 from __future__ import annotations
 
 import errno as E
-import mmap
 import os
 import pickle
 import socket
@@ -52,12 +51,13 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, KernelCalls, Mapping, _sys, procfs
+from ..kernel import LINUX, Capabilities, KernelCalls, Mapping, _sys, procfs
 from ..kernel import uffd as _uffd
+from ..kernel.probes import Probe
 from .base import Backend, Collected, Span, register
+from .uffd_async import supported_features
 
-__all__ = ["HandlerDied", "LiveSnapshot", "UffdSyncBackend", "live_snapshot", "open_uffd",
-           "probe"]
+__all__ = ["HandlerDied", "UffdSyncBackend", "open_uffd", "probe", "start_helper"]
 
 _LEN = struct.Struct("<Q")
 _EMPTY = np.empty((0, 2), np.uint64)
@@ -77,27 +77,30 @@ EXIT_TIMEOUT = 10.0
 HandlerDied = errors.HandlerDied
 
 def _offered(kernel: KernelCalls = LINUX) -> U.UffdFeature:
-    from .uffd_async import supported_features
     return supported_features(kernel)
 
 
-def probe(kernel: KernelCalls = LINUX) -> tuple[bool, str]:
-    """Whether this backend can work here, and what it found (for :func:`writewatch.features`)."""
-    try:
-        have = _offered(kernel)
-    except errors.WriteWatchError as exc:
-        return False, f"no userfaultfd: {exc}"
+def _available(caps: Capabilities) -> Probe:
+    if not caps.userfaultfd.ok:
+        return Probe(False, f"no userfaultfd: {caps.userfaultfd.detail}", caps.userfaultfd.fix)
+    have = F(caps.uffd_features)
     missing = REQUIRED & ~have
     if missing:
-        return False, (f"userfaultfd lacks {missing!r} (write-protect faults need Linux 5.7 "
-                       "and an architecture with a uffd-wp PTE bit)")
+        return Probe(False, f"userfaultfd lacks {missing!r} (write-protect faults need Linux "
+                     "5.7 and an architecture with a uffd-wp PTE bit)", "needs Linux 5.7")
     parts = ["userfaultfd write-protect faults resolved by a handler process"]
     if not have & F.WP_UNPOPULATED:
         parts.append("no WP_UNPOPULATED: unpopulated anonymous pages are populated (zero page) "
                      "before protection")
     if not have & F.WP_HUGETLBFS_SHMEM:
         parts.append("no WP_HUGETLBFS_SHMEM: anonymous private memory only")
-    return True, "; ".join(parts)
+    return Probe(True, "; ".join(parts))
+
+
+def probe(kernel: KernelCalls = LINUX) -> tuple[bool, str]:
+    """Whether this backend can work on ``kernel``, and what it found."""
+    got = _available(kernel.capabilities())
+    return got.ok, got.detail
 
 
 def open_uffd(kernel: KernelCalls = LINUX, unpopulated: bool | None = None
@@ -137,8 +140,8 @@ def open_uffd(kernel: KernelCalls = LINUX, unpopulated: bool | None = None
 
 
 def _package_root() -> str:
-    import writewatch
-    return os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
+    """The directory holding the ``writewatch`` package (for the handler's ``sys.path``)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _Helper:
@@ -259,7 +262,7 @@ class _Helper:
             self.proc.wait()
 
 
-def _start_helper(kernel: KernelCalls, snapshot_fd: int = -1, unpopulated: bool | None = None
+def start_helper(kernel: KernelCalls, snapshot_fd: int = -1, unpopulated: bool | None = None
                   ) -> tuple[_Helper, U.UffdFeature, bool]:
     fd, feats, umo = open_uffd(kernel, unpopulated)
     try:
@@ -279,6 +282,8 @@ class UffdSyncBackend(Backend):
     """
 
     name: ClassVar[str] = "uffd-wp-sync"
+    since: ClassVar[str | None] = "5.7"
+    available = staticmethod(_available)
 
     def __init__(self, pid: int | str = "self", kernel: KernelCalls = LINUX, *,
                  unpopulated: bool | None = None) -> None:
@@ -288,7 +293,7 @@ class UffdSyncBackend(Backend):
                 hint="use writewatch.attach(pid) with the soft-dirty or uffd-async backend")
         super().__init__("self", kernel)
         #: negotiated UFFD_FEATURE_* bits; ``user_mode_only``: UFFD_USER_MODE_ONLY descriptor
-        self._helper, self.features, self.user_mode_only = _start_helper(kernel,
+        self._helper, self.features, self.user_mode_only = start_helper(kernel,
                                                                          unpopulated=unpopulated)
         self.helper_pid = self._helper.pid
         self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
@@ -407,101 +412,3 @@ class UffdSyncBackend(Backend):
         self._helper.close()
 
     _forget = _release  # in a fork()ed child the helper only drops its copy of the socket
-
-
-class LiveSnapshot:
-    """A copy of ``[address, address+length)`` as it was when the constructor returned, taken
-    while threads keep writing (copy-before-write, like QEMU's background snapshot).
-
-    The range is write-protected (populated first without WP_UNPOPULATED), then a helper
-    process copies it page by page into a shared buffer, unprotecting each page after copying
-    it; a write to a page not yet copied stops the writer until the helper has copied the
-    page's old content. ``wait()`` returns when every page is copied; :attr:`data` is then the
-    snapshot. Pages discarded by madvise(MADV_DONTNEED/REMOVE) during the snapshot are copied
-    when the helper reads the discard event, which the kernel sends before zapping but does not
-    wait on after it is read: such a page may read as already discarded
-    (``stats["discarded"]`` counts them).
-
-    ``address`` and ``length`` must be page aligned; the range must be mapped, writable,
-    anonymous private memory (or shmem with WP_HUGETLBFS_SHMEM), and not tracked by another
-    userfaultfd (EBUSY)."""
-
-    def __init__(self, address: int, length: int, *, kernel: KernelCalls = LINUX,
-                 unpopulated: bool | None = None) -> None:
-        ps = kernel.page_size
-        if length <= 0 or address <= 0 or address % ps or length % ps:
-            raise errors.InvalidTarget(
-                f"snapshot range ({address:#x}, {length:#x}) is empty or not page aligned",
-                hint=f"address and length must be positive multiples of {ps}")
-        self.address, self.length = address, length
-        self.stats: dict[str, int] = {}
-        self._done = False
-        self._closed = False
-        fd = _sys.os_call("memfd_create", os.memfd_create, "writewatch-snapshot",
-                          os.MFD_CLOEXEC)
-        try:
-            _sys.os_call("ftruncate", os.ftruncate, fd, length)
-            self._buf = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ)
-            self._helper, self.features, self.user_mode_only = _start_helper(kernel, fd,
-                                                                            unpopulated)
-        finally:
-            _sys.close(fd)
-        try:
-            self._helper.request("snapshot", address, address + length)
-        except BaseException:
-            self._helper.kill()
-            self._buf.close()
-            raise
-
-    def wait(self, timeout: float | None = None) -> LiveSnapshot:
-        """Block until every page is copied (the range is then unprotected and unregistered)."""
-        if not self._done:
-            if self._closed:
-                raise errors.TrackerClosed("the snapshot was closed before it completed")
-            self.stats = dict(self._helper.request("wait", timeout=timeout))
-            self._done = True
-            self._helper.close()
-        return self
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def data(self) -> np.ndarray:
-        """The snapshot as a read-only uint8 array (waits for completion)."""
-        self.wait()
-        arr = np.frombuffer(self._buf, np.uint8)
-        return arr
-
-    def tobytes(self) -> bytes:
-        self.wait()
-        return bytes(self._buf)
-
-    def close(self) -> None:
-        """Stop (unprotecting the range) and free the buffer. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._done:
-            self._helper.close()
-        try:
-            self._buf.close()
-        except BufferError:  # arrays from .data still reference the buffer
-            pass
-
-    def __enter__(self) -> LiveSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def live_snapshot(address: int, length: int, timeout: float | None = None) -> bytes:
-    """The bytes of ``[address, address+length)`` at the time of the call, taken without
-    stopping threads that write there (see :class:`LiveSnapshot`)."""
-    snap = LiveSnapshot(address, length)
-    try:
-        return snap.wait(timeout).tobytes()
-    finally:
-        snap.close()

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import numpy as np
 
 from .._uapi import MS_ASYNC
-from . import _sys, pagemap, procfs, procmem, uffd
+from . import _sys, pagemap, probes, procfs, procmem, softdirty, stop, uffd
 from .pagemap import ScanResult
+from .probes import Capabilities
 from .procfs import Mapping
 from .uffd import ApiResult, UffdMsg
 
-__all__ = ["LINUX", "ApiResult", "KernelCalls", "LinuxKernel", "Mapping", "ScanResult",
-           "UffdMsg"]
+__all__ = ["LINUX", "ApiResult", "Capabilities", "KernelCalls", "LinuxKernel", "Mapping",
+           "ScanResult", "UffdMsg"]
 
 
 class KernelCalls(Protocol):
@@ -48,8 +51,18 @@ class KernelCalls(Protocol):
     def process_vm_readv(self, pid: int, runs: np.ndarray, out: np.ndarray) -> None:
         """Copy the ``(k, 2)`` [start, end) ranges of process ``pid`` into ``out``."""
     def read_maps(self, pid: int | str) -> tuple[Mapping, ...]: ...
+    def vma_flags(self, pid: int | str) -> tuple[tuple[int, int, frozenset[str]], ...]:
+        """``(start, end, VmFlags)`` of every VMA (/proc/PID/smaps)."""
     def is_mapped(self, pid: int | str, start: int, length: int) -> bool: ...
     def clear_refs(self, pid: int | str, value: int) -> None: ...
+    def read_then_clear(self, fd: int, ranges: Sequence[tuple[int, int]], scan_mask: int,
+                        clear: bool) -> list[np.ndarray | None]:
+        """This process's soft-dirty state of each range, then clear_refs 4, with no other
+        thread of this interpreter running in between (:mod:`.softdirty`)."""
+    def stopped(self, pid: int) -> AbstractContextManager[str]:
+        """Hold every thread of ``pid`` stopped (:func:`.stop.stopped`)."""
+    def capabilities(self, refresh: bool = False) -> Capabilities:
+        """What this kernel offers (:mod:`.probes`)."""
     def close(self, fd: int) -> None: ...
 
 
@@ -60,6 +73,15 @@ class LinuxKernel:
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._capabilities: Capabilities | None = None
+
+    def capabilities(self, refresh: bool = False) -> Capabilities:
+        """Probed at the first call (a few ms), then kept; ``refresh`` probes again."""
+        with self._lock:
+            if refresh or self._capabilities is None:
+                self._capabilities = probes.probe(self)
+            return self._capabilities
 
     userfaultfd = staticmethod(uffd.userfaultfd)
     uffdio_api = staticmethod(uffd.api)
@@ -70,7 +92,9 @@ class LinuxKernel:
     read_uffd_msgs = staticmethod(uffd.read_msgs)
     open_pagemap = staticmethod(pagemap.open_pagemap)
     read_maps = staticmethod(procfs.read_maps)
+    vma_flags = staticmethod(procfs.vma_flags)
     clear_refs = staticmethod(procfs.clear_refs)
+    stopped = staticmethod(stop.stopped)
     close = staticmethod(_sys.close)
 
     def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
@@ -80,7 +104,6 @@ class LinuxKernel:
         """:func:`pagemap.scan_all` into one growing per-thread buffer."""
         return self._scanner().scan_all(fd, start, end, **kw)
 
-    pagemap_scan_all = scan_all  # the name pagemap.scan_all() looks for
     process_vm_readv = staticmethod(procmem.process_vm_readv)
 
     def _scanner(self) -> pagemap.Scanner:
@@ -91,6 +114,10 @@ class LinuxKernel:
 
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
         return pagemap.read_entries(fd, start, npages, self.page_size)
+
+    def read_then_clear(self, fd: int, ranges: Sequence[tuple[int, int]], scan_mask: int,
+                        clear: bool) -> list[np.ndarray | None]:
+        return softdirty.read_then_clear(fd, ranges, self.page_size, scan_mask, clear)
 
     def is_mapped(self, pid: int | str, start: int, length: int) -> bool:
         """Whether every page of the range is mapped in ``pid``.

@@ -254,6 +254,51 @@ def read_stat(pid: int) -> Stat | None:
         return None
 
 
+def parse_stat_state(data: bytes) -> str:
+    """The state letter of a ``/proc/PID/stat`` or ``/proc/PID/task/TID/stat`` line (pure;
+    the command name in parentheses may itself contain ``)``)."""
+    return data[data.rindex(b")") + 2:][:1].decode()
+
+
+def thread_state(pid: int, tid: int) -> str:
+    """The state letter of /proc/PID/task/TID/stat (R, S, D, T, t, Z, X...), "" when gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            return parse_stat_state(f.read())
+    except (OSError, ValueError):
+        return ""
+
+
+def thread_states(pid: int) -> list[str]:
+    """The state letter of every thread of ``pid`` (threads that exit meanwhile are left
+    out); :class:`NoSuchProcess` when the process is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        raise errors.NoSuchProcess(pid) from None
+    states = (thread_state(pid, int(t)) for t in tids)
+    return [s for s in states if s]
+
+
+#: one VMA of /proc/PID/smaps: its range, then (lazily, within the entry) its VmFlags line
+_SMAPS_VMA = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) [^\n]*\n(?:(?![0-9a-f]+-)[^\n]*\n)*?"
+                        rb"VmFlags:([^\n]*)", re.MULTILINE)
+
+
+def parse_smaps_flags(data: bytes) -> tuple[tuple[int, int, frozenset[str]], ...]:
+    """``(start, end, VmFlags)`` for each VMA of ``/proc/PID/smaps`` text (pure). ``sd`` is
+    VM_SOFTDIRTY, ``ht`` hugetlb, ``uw`` uffd-wp registered (fs/proc/task_mmu.c
+    show_smap_vma_flags)."""
+    return tuple((int(m[1], 16), int(m[2], 16), frozenset(m[3].decode().split()))
+                 for m in _SMAPS_VMA.finditer(data))
+
+
+def vma_flags(pid: int | str) -> tuple[tuple[int, int, frozenset[str]], ...]:
+    """The VmFlags of every VMA of ``pid`` (a walk of its page tables: smaps counts pages)."""
+    return parse_smaps_flags(read_bytes(f"/proc/{pid}/smaps",
+                                        pid if isinstance(pid, int) else None))
+
+
 def parse_status(data: bytes) -> dict[str, str]:
     """``/proc/PID/status`` as a dict of its fields (pure)."""
     out = {}

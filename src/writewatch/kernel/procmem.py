@@ -32,7 +32,7 @@ _READ_ERRORS: _sys.ErrMap = {
     E.EPERM: (errors.PermissionDenied,
               "process_vm_readv needs PTRACE_MODE_ATTACH_REALCREDS on the target: same uid "
               "(yama ptrace_scope 0) or CAP_SYS_PTRACE"),
-    E.EFAULT: (errors.InvalidTarget, "a range is not readable in the target (unmapped or "
+    E.EFAULT: (errors.Refused, "a range is not readable in the target (unmapped or "
                "VM_IO)"),
 }
 

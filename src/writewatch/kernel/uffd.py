@@ -16,22 +16,22 @@ from .. import errors
 from . import _sys
 
 _REGISTER_ERRORS: _sys.ErrMap = {
-    E.EPERM: (errors.InvalidTarget,
+    E.EPERM: (errors.Refused,
               "the mapping is not writable (no VM_MAYWRITE: e.g. MAP_SHARED of a file opened "
               "O_RDONLY); track writable memory only"),
     E.EBUSY: (errors.AlreadyTracked,
               "another userfaultfd (another tracker, or the program itself) already owns this "
               "range; close it first"),
-    E.EINVAL: (errors.InvalidTarget,
+    E.EINVAL: (errors.Refused,
                "the range must be page aligned, non-empty and mapped (hugetlb: aligned to the "
                "huge page size), and the mapping type must support write-protect here"),
 }
 
 _WP_ERRORS: _sys.ErrMap = {
-    E.ENOENT: (errors.InvalidTarget,
+    E.ENOENT: (errors.Refused,
                "part of the range is not registered with this userfaultfd (it was remapped or "
                "unmapped while tracked)"),
-    E.EINVAL: (errors.InvalidTarget, "the range is not page (or huge page) aligned"),
+    E.EINVAL: (errors.Refused, "the range is not page (or huge page) aligned"),
 }
 
 

@@ -4,15 +4,14 @@ Same methods, arguments, results and exceptions as the real bindings
 (:data:`writewatch.kernel.LINUX`), so backend code runs unchanged on a model process. Errors are
 raised through :func:`writewatch.kernel._sys.raise_errno` with the real modules' errno maps.
 
-Semantics follow fs/userfaultfd.c and fs/proc/task_mmu.c as summarised in
-../shared/reference/kernel-interfaces.md (sections 1.3-1.9 and 2); profile fields select the
-behaviours that differ between kernels. Beyond the seam's methods, ``scan_all`` (the whole
-range in one call, as :func:`writewatch.kernel.pagemap.scan_all` loops over ``walk_end``) and
-``process_vm_readv`` are here for the seam's next methods.
+Semantics follow fs/userfaultfd.c and fs/proc/task_mmu.c; profile fields select the
+behaviours that differ between kernels, and :meth:`ModelKernel.capabilities` reports them as
+the real probes would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from ..kernel import _sys
 from ..kernel import pagemap as _pm
 from ..kernel import uffd as _uffd
 from ..kernel.pagemap import ScanResult
+from ..kernel.probes import Capabilities, Probe
 from ..kernel.procfs import Mapping
 from ..kernel.uffd import ApiResult, UffdMsg
 from . import scan as S
@@ -343,7 +343,66 @@ class ModelKernel:
         kw.pop("page_size", None)
         return self.pagemap_scan(fd, start, end, vec_len=1 << 62, **kw)
 
-    pagemap_scan_all = scan_all  # what writewatch.kernel.pagemap.scan_all looks for
+    # -- soft-dirty, stopping, capabilities -----------------------------------------------------
+    def vma_flags(self, pid: int | str) -> tuple[tuple[int, int, frozenset[str]], ...]:
+        """smaps VmFlags of each VMA: rd wr mr mw (prot), sh (shared), sd (VM_SOFTDIRTY),
+        uw (VM_UFFD_WP), hg/nh (MADV_[NO]HUGEPAGE) (fs/proc/task_mmu.c
+        show_smap_vma_flags)."""
+        mm = self._proc(pid, f"open /proc/{pid}/smaps")
+        out = []
+        for v in mm.vmas:
+            flags = {"mr", "mw", "me"}
+            flags |= {"rd"} if v.prot & 1 else set()
+            flags |= {"wr"} if v.prot & 2 else set()
+            flags |= {"sh", "ms"} if v.shared else set()
+            flags |= {"sd"} if v.softdirty and self.profile.soft_dirty else set()
+            flags |= {"uw"} if v.uffd is not None else set()
+            flags |= {"hg"} if v.hugepage > 0 else {"nh"} if v.hugepage < 0 else set()
+            out.append((v.start, v.end, frozenset(flags)))
+        return tuple(out)
+
+    def read_then_clear(self, fd: int, ranges: Any, scan_mask: int,
+                        clear: bool) -> list[np.ndarray | None]:
+        """The soft-dirty read and reset of :mod:`writewatch.kernel.softdirty`: nothing runs
+        in the model between two calls, so a loop is the same step."""
+        out: list[np.ndarray | None] = []
+        for start, end in ranges:
+            if scan_mask:
+                out.append(self.scan_all(fd, start, end, return_mask=scan_mask).regions)
+            else:
+                out.append(self.pagemap_read(fd, start, (end - start) // PAGE))
+        if clear:
+            self.clear_refs(self._pagemap_mm(fd, "clear_refs").pid, U.CLEAR_REFS_SOFT_DIRTY)
+        return out
+
+    def stopped(self, pid: int) -> contextlib.AbstractContextManager[str]:
+        """A model process runs only when called: it is always held."""
+        self._proc(pid, "stop")
+        return contextlib.nullcontext("model")
+
+    def capabilities(self, refresh: bool = False) -> Capabilities:
+        """What the profile's kernel offers, as :func:`writewatch.kernel.probes.probe` would
+        find it there."""
+        p = self.profile
+        cats = sum(int(c) for c in U.PageCategory)
+        if not p.category_soft_dirty:
+            cats &= ~int(U.PageCategory.SOFT_DIRTY)
+        if not p.category_guard:
+            cats &= ~int(U.PageCategory.GUARD)
+        scan = p.wp_async  # PAGEMAP_SCAN and WP_ASYNC came together (6.7)
+        return Capabilities(
+            release=p.release, machine="model", page_size=PAGE,
+            userfaultfd=Probe(True, f"model of Linux {p.release}"),
+            uffd_features=p.uffd_features,
+            pagemap_scan=Probe(True, "model") if scan else
+            Probe(False, "ioctl refused: ENOTTY", "needs Linux 6.7 or newer"),
+            categories=cats if scan else 0,
+            pte_none_written=scan and p.scan_pte_none_written,
+            pmd_hole_written=scan and p.scan_pmd_hole_written and p.thp != "never",
+            soft_dirty=Probe(True, "model") if p.soft_dirty else
+            Probe(False, "CONFIG_MEM_SOFT_DIRTY is off (pagemap bit 55 never set)"),
+            thp=p.thp, nr_hugepages="0", ptrace_scope=None, unprivileged_userfaultfd="1",
+            cap_eff=~0, euid=0)
 
 
 def _pagemap_bits(seg: np.ndarray, st: np.ndarray, fl: np.ndarray, huge: bool,

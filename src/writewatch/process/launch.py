@@ -218,7 +218,7 @@ def launch(argv: Sequence[str], backend: str = "auto", *, follow_forks: bool = T
     ``subprocess.PIPE`` (then ``t.process.stdin``... are file objects, text ones with
     ``text=True``), ``subprocess.DEVNULL``, a descriptor or a file object."""
     args, exe, env, cwd = check_command(argv, env, cwd)
-    name = process_backend(backend)
+    name = process_backend(backend, kernel)
     streams: list[Any] = [stdin, stdout, stderr]
     pipes: list[tuple[int, int] | None] = [None, None, None]
     for i, spec in enumerate(streams):

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..backends.base import Backend, Collected, Span
-from ..kernel import KernelCalls, _sys, procfs
+from ..backends import REGISTRY, Backend, Collected, Span
+from ..features import features
+from ..kernel import LINUX, KernelCalls, _sys, procfs
 from ..kernel import inject as _inject
 from ..pages import Pages
 from .mappings import MappingInfo, contains, overlaps, trackable
@@ -66,9 +67,12 @@ def _dup_cloexec(fd: int) -> int:
     return int(_sys.os_call("F_DUPFD_CLOEXEC", fcntl.fcntl, fd, fcntl.F_DUPFD_CLOEXEC, 0))
 
 
-def process_backend(name: str) -> str:
+def process_backend(name: str, kernel: KernelCalls = LINUX) -> str:
     """The backend "auto" means for another process: uffd-wp-sync tracks its own process
     only, so uffd-async, then soft-dirty (which needs no descriptor inside the target)."""
+    if name != "auto" and name not in REGISTRY:
+        raise errors.InvalidTarget(f"unknown backend {name!r}",
+                                   hint='use "auto", "uffd-async" or "soft-dirty"')
     if name not in ("auto", "uffd-async", "soft-dirty"):
         raise errors.InvalidTarget(
             f"backend={name!r} cannot track another process",
@@ -76,8 +80,7 @@ def process_backend(name: str) -> str:
                  "process it runs in)")
     if name != "auto":
         return name
-    from ..features import features
-    f = features()
+    f = features(kernel)
     name = next((b for b in ("uffd-async", "soft-dirty") if f.backends[b].usable), "")
     if not name:
         raise errors.Unsupported(
@@ -120,9 +123,8 @@ class Member:
     def attach(self, launch_go: int | None = None) -> None:
         """Make a backend for the process and arm every writable mapping (injecting a
         userfaultfd for uffd-async)."""
-        name = process_backend(self.backend_name)
-        from ..features import features
-        feat = features().backends.get(name)
+        name = process_backend(self.backend_name, self.kernel)
+        feat = features(self.kernel).backends.get(name)
         if feat is not None and not feat.usable:
             raise errors.Unsupported(f"the {name} backend is not usable here: {feat.detail}",
                                      feature=name, hint=feat.fix or "use backend='auto'")
@@ -211,9 +213,7 @@ class Member:
             why = f"another userfaultfd owns this range (the target's own, or another " \
                   f"tracker's): {exc}"
             self.busy.add((start, end))
-        except (errors.InvalidTarget, errors.KernelError, errors.Unsupported) as exc:
-            if isinstance(exc, errors.InvalidTarget) and exc.errno is None:
-                raise  # a programming error, not a kernel refusal
+        except (errors.Refused, errors.KernelError, errors.Unsupported) as exc:
             why = str(exc)
         self.refused_[(start, end)] = (info, why)
         return None

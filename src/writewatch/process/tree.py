@@ -127,7 +127,7 @@ class _Tree:
     def __init__(self, kernel: KernelCalls, backend: str, options: dict[str, Any],
                  follow_forks: bool, reattach_on_exec: bool) -> None:
         self.kernel = kernel
-        self.backend = process_backend(backend)
+        self.backend = process_backend(backend, kernel)
         self.options = options
         self.follow_forks = follow_forks
         self.reattach_on_exec = reattach_on_exec

@@ -34,16 +34,6 @@ class CorruptSnapshot(SnapshotError):
                               "--verify` lists every damaged one")
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (_rebuild_corrupt, (self.message, self.snapshot, self.chunk))
-
-
-def _rebuild_corrupt(message: str, snapshot: str | None, chunk: str | None) -> CorruptSnapshot:
-    err = CorruptSnapshot.__new__(CorruptSnapshot)
-    err.snapshot, err.chunk = snapshot, chunk
-    WriteWatchError.__init__(err, message)
-    return err
-
 
 class NoSuchSnapshot(SnapshotError, KeyError):
     """The store has no snapshot of that name."""
