@@ -48,6 +48,12 @@ def tree_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
     return _build(tmp_path_factory, "tree")
 
 
+@pytest.fixture(scope="session")
+def states_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/targets/states.c: a target that puts itself in a given state (seccomp...)."""
+    return _build(tmp_path_factory, "states")
+
+
 @pytest.fixture(params=["c", "python"])
 def tree_argv(request: pytest.FixtureRequest, tree_bin: str) -> list[str]:
     """How to start the tree target (tests/targets/tree.c, or its Python twin pytree.py);

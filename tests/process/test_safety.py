@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from writewatch.kernel import procfs
 from writewatch.kernel import ptrace as P
 
 pytestmark = pytest.mark.usefixtures("uffd_async")
@@ -141,7 +142,7 @@ def _released(pid: int, timeout: float = 30.0) -> bool:
     while time.monotonic() < end:
         st = _status(pid)
         threads = P.list_threads(pid)
-        stopped = [t for t in threads if P.thread_state(pid, t) in ("t", "T")]
+        stopped = [t for t in threads if procfs.thread_state(pid, t) in ("t", "T")]
         tracers = [t for t in threads
                    if _status_of_thread(pid, t).get("TracerPid", "0") != "0"]
         if st.get("TracerPid") == "0" and not stopped and not tracers and not _uffds(pid):
@@ -243,7 +244,7 @@ def test_tracker_killed_while_target_stopped(writer_bin: str) -> None:
         assert target.stdout.readline().startswith("ready")
         tr.proc.stdin.write(f"{target.pid}\n")
         tr.expect("stopped")
-        states = {P.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
+        states = {procfs.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
         assert states == {"t"}, states  # really stopped, all threads
         tr.proc.kill()
         tr.proc.wait()
@@ -315,7 +316,7 @@ def test_helper_process_survives_caller_and_restores(writer_bin: str) -> None:
 
         def while_stopped(fd: int) -> None:
             # every thread of the target is in a ptrace stop now
-            states = {P.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
+            states = {procfs.thread_state(target.pid, t) for t in P.list_threads(target.pid)}
             seen["states"] = len(states - {"t"})
             seen["fd"] = fd
 

@@ -16,12 +16,6 @@ import writewatch
 pytestmark = pytest.mark.usefixtures("uffd_async")
 
 
-@pytest.fixture(scope="module")
-def states_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from conftest import _build
-    return _build(tmp_path_factory, "states")
-
-
 def _start(binary: str, mode: str) -> subprocess.Popen:
     p = subprocess.Popen([binary, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert p.stdout is not None and p.stdout.readline() == b"ready\n"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from writewatch.kernel import inject
+from writewatch.kernel import inject, procfs
 from writewatch.process import attach
 
 pytestmark = pytest.mark.usefixtures("uffd_async")
@@ -169,7 +169,7 @@ def test_a_thread_that_exits_while_being_seized_is_skipped(monkeypatch) -> None:
     try:
         assert p.stdout.readline().strip() == "ready"
         ghost = 1 << 30  # listed, then refused, then gone: what a racing exit looks like
-        real_list, real_seize, real_state = P.list_threads, P.seize, P.thread_state
+        real_list, real_seize, real_state = P.list_threads, P.seize, procfs.thread_state
         monkeypatch.setattr(P, "list_threads", lambda pid: [*real_list(pid), ghost])
 
         def seize(tid: int, options: int = 0) -> None:
@@ -180,8 +180,8 @@ def test_a_thread_that_exits_while_being_seized_is_skipped(monkeypatch) -> None:
         monkeypatch.setattr(P, "seize", seize)
         with inject.ThreadGroupStop(p.pid) as st:
             assert set(st.threads) == {p.pid}
-            assert P.thread_state(p.pid, p.pid) == "t"
-        monkeypatch.setattr(P, "thread_state", lambda pid, tid: "S" if tid == ghost
+            assert procfs.thread_state(p.pid, p.pid) == "t"
+        monkeypatch.setattr(procfs, "thread_state", lambda pid, tid: "S" if tid == ghost
                             else real_state(pid, tid))
         with pytest.raises(errors.PermissionDenied), inject.ThreadGroupStop(p.pid):
             pass

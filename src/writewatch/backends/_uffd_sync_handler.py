@@ -20,18 +20,22 @@ one. Replies are sent without blocking (a queue flushed when the socket is writa
 the tracked process may be unable to read them until a blocked writer there is released.
 
 Protocol: requests and replies are pickled tuples prefixed by their length (8 bytes, little
-endian); the reply to ``(op, *args)`` is ``("ok", value)`` or ``("err", exception)``.
+endian); the reply to ``(op, *args)`` (an :class:`Op`) is ``("ok", value)`` or
+``("err", exception)``.
 """
 
 from __future__ import annotations
 
+import enum
 import errno as E
+import mmap
 import os
 import pickle
 import select
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,6 +50,20 @@ _UFFD_WP_BIT = np.uint64(int(U.PagemapBit.UFFD_WP))
 _PRESENT = np.uint64(int(U.PagemapBit.PRESENT))
 #: pages copied per background step of a snapshot, between two looks at pending faults
 SNAPSHOT_BATCH = 16
+
+
+class Op(enum.Enum):
+    """The requests the tracked process sends (:meth:`_Helper.request
+    <writewatch.backends.uffd_sync._Helper.request>`)."""
+
+    ARM = "arm"  #: (start, end) -> ioctls: register and protect a span
+    REARM = "rearm"  #: (start, end) -> reasons: the span's mappings changed
+    DISARM = "disarm"  #: (start, end): unregister
+    COLLECT = "collect"  #: (spans, reset, max_pages) -> (written, conservative, reasons)
+    STATS = "stats"  #: () -> counters
+    CLOSE = "close"  #: (): unregister everything and exit
+    SNAPSHOT = "snapshot"  #: (start, end): start a live snapshot
+    WAIT = "wait"  #: (): reply once the live snapshot is complete (deferred reply)
 
 
 def _runs(pages: np.ndarray, ps: int) -> list[tuple[int, int]]:
@@ -95,14 +113,14 @@ class Handler:
         self.out = bytearray()
         self.inbuf = bytearray()
         self.running = True
-        # live snapshot state
-        self.snap: tuple[int, int] | None = None
         self.snap_fd = snapshot_fd
-        self.snap_view: memoryview | None = None
-        self.snap_copied: np.ndarray | None = None
-        self.snap_next = 0
+        self.snap: _LiveCopy | None = None
         self.snap_waiting = False
         self.snap_stats = {"on_fault": 0, "background": 0, "discarded": 0}
+        self._ops: dict[Op, Callable[..., Any]] = {
+            Op.ARM: self.arm, Op.REARM: self.rearm, Op.DISARM: self.disarm,
+            Op.COLLECT: self.collect, Op.STATS: self.stats, Op.CLOSE: self.close,
+            Op.SNAPSHOT: self.snapshot, Op.WAIT: self.wait}
 
     # -- kernel steps ------------------------------------------------------------------------
     def _writeprotect(self, start: int, end: int, mode: int) -> None:
@@ -243,7 +261,8 @@ class Handler:
                     page = m.b - m.b % self.ps
                     self.faults += 1
                     if self.snap is not None:
-                        self._snap_fault(page)
+                        self.snap.on_fault(page)
+                        self._writeprotect(page, page + self.ps, 0)
                     else:
                         self.log.add(page)
                         self._release(page)
@@ -253,7 +272,7 @@ class Handler:
                 elif m.event == U.UffdEvent.REMOVE:
                     self.removed.append((m.a, m.b))
                     if self.snap is not None:
-                        self._snap_removed(m.a, m.b)
+                        self.snap.on_removed(m.a, m.b)
             if not until_empty and len(msgs) < 64:
                 return
 
@@ -272,7 +291,7 @@ class Handler:
                 pass
 
     # -- requests ----------------------------------------------------------------------------
-    def op_arm(self, start: int, end: int) -> int:
+    def arm(self, start: int, end: int) -> int:
         ioctls = uffd.register(self.uffd, start, end - start, int(U.UffdRegisterMode.WP))
         try:
             self._protect([(start, end)])
@@ -282,7 +301,7 @@ class Handler:
         self.spans.append((start, end))
         return ioctls
 
-    def op_rearm(self, start: int, end: int) -> list[str]:
+    def rearm(self, start: int, end: int) -> list[str]:
         """The span's mappings changed: register what is there now and protect it. A part the
         kernel refuses stays unprotected (reported at every collect); returns why."""
         refused = []
@@ -298,7 +317,7 @@ class Handler:
         self._forget(start, end)
         return refused
 
-    def op_disarm(self, start: int, end: int) -> None:
+    def disarm(self, start: int, end: int) -> None:
         """Unregister: the kernel drops the uffd-wp bits and wakes waiters on the range
         (userfaultfd_unregister -> userfaultfd_clear_vma, wake_userfault)."""
         self.drain()
@@ -321,7 +340,7 @@ class Handler:
         keep = (self.carry_cons < start) | (self.carry_cons >= end)
         self.carry_cons = self.carry_cons[keep]
 
-    def op_collect(self, spans: list[tuple[int, int]], reset: bool,
+    def collect(self, spans: list[tuple[int, int]], reset: bool,
                    max_pages: int) -> tuple[bytes, bytes, tuple[str, ...]]:
         """Pages written in ``spans`` since the last reset: faults resolved, plus pages that
         lost protection without a fault (conservative). With ``reset`` they are protected
@@ -370,99 +389,41 @@ class Handler:
                 for p in _pages(lo, hi, self.ps)[(self._entries(lo, hi) & _PRESENT) != 0]]
         return np.array(keep, np.uint64)
 
-    def op_stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int]:
         return {"faults": self.faults, **self.snap_stats}
 
-    def op_close(self) -> None:
+    def close(self) -> None:
         self.drain()
         for s, e in list(self.spans):
-            self.op_disarm(s, e)
+            self.disarm(s, e)
         if self.snap is not None:
             self._snap_finish()
         self.running = False
 
     # -- live snapshot -----------------------------------------------------------------------
-    def op_snapshot(self, start: int, end: int) -> None:
+    def snapshot(self, start: int, end: int) -> None:
         """Arm a copy-before-write snapshot of ``[start, end)`` into the shared snapshot
         buffer: from now on a page is copied before its first write is let through, and the
         others are copied in the background."""
-        import mmap
-        n = (end - start) // self.ps
-        buf = mmap.mmap(self.snap_fd, end - start, mmap.MAP_SHARED,
-                        mmap.PROT_READ | mmap.PROT_WRITE)
-        self.snap_view = memoryview(buf)
-        self.snap_copied = np.zeros(n, bool)
-        self.op_arm(start, end)
-        self.snap = (start, end)
-        self.snap_next = 0
+        snap = _LiveCopy(start, end, self.snap_fd, self.mem, self.ps, self.snap_stats)
+        self.arm(start, end)
+        self.snap = snap
 
-    def op_wait(self) -> None:
+    def wait(self) -> None:
         """Reply when every page was copied (a deferred reply: see :meth:`_snap_step`)."""
         self.snap_waiting = True
         self._snap_check_done()
-        return None
-
-    def _snap_copy(self, first: int, n: int) -> None:
-        assert self.snap is not None and self.snap_view is not None
-        start = self.snap[0]
-        off = first * self.ps
-        view = self.snap_view[off:off + n * self.ps]
-        pos = 0
-        while pos < len(view):
-            got = _sys.os_call("read /proc/PID/mem", os.preadv, self.mem, [view[pos:]],
-                               start + off + pos, start=start + off + pos)
-            if got <= 0:
-                raise errors.KernelError("short read of /proc/PID/mem", op="snapshot copy")
-            pos += got
-
-    def _snap_fault(self, page: int) -> None:
-        assert self.snap is not None and self.snap_copied is not None
-        start, end = self.snap
-        if start <= page < end:
-            i = (page - start) // self.ps
-            if not self.snap_copied[i]:
-                self._snap_copy(i, 1)
-                self.snap_copied[i] = True
-                self.snap_stats["on_fault"] += 1
-        self._writeprotect(page, page + self.ps, 0)
-
-    def _snap_removed(self, lo: int, hi: int) -> None:
-        """MADV_DONTNEED/REMOVE while snapshotting: the discard follows this event, so copy
-        what is still there now (best effort; counted)."""
-        assert self.snap is not None and self.snap_copied is not None
-        start, end = self.snap
-        a, b = max(lo, start), min(hi, end)
-        for i in range((a - start) // self.ps, (b - start) // self.ps if a < b else 0):
-            if not self.snap_copied[i]:
-                self._snap_copy(i, 1)
-                self.snap_copied[i] = True
-                self.snap_stats["discarded"] += 1
-
-    def _snap_pending(self) -> bool:
-        return self.snap is not None and self.snap_copied is not None and \
-            self.snap_next < len(self.snap_copied)
 
     def _snap_step(self) -> None:
-        """Copy the next batch of not yet copied pages, then unprotect them."""
-        assert self.snap is not None and self.snap_copied is not None
-        copied = self.snap_copied
-        i = self.snap_next
-        while i < len(copied) and copied[i]:
-            i += 1
-        j = i
-        while j < len(copied) and j - i < SNAPSHOT_BATCH and not copied[j]:
-            j += 1
-        if j > i:
-            self._snap_copy(i, j - i)
-            copied[i:j] = True
-            self.snap_stats["background"] += j - i
-            a = self.snap[0] + i * self.ps
-            self._writeprotect(a, a + (j - i) * self.ps, 0)
-        self.snap_next = j
+        """Copy the next batch of pages not yet copied, then unprotect them."""
+        assert self.snap is not None
+        got = self.snap.step()
+        if got is not None:
+            self._writeprotect(*got, 0)
         self._snap_check_done()
 
     def _snap_check_done(self) -> None:
-        if self.snap_waiting and not self._snap_pending():
+        if self.snap_waiting and not (self.snap is not None and self.snap.pending()):
             self.snap_waiting = False
             self._snap_finish()
             self._reply(("ok", dict(self.snap_stats)))
@@ -470,13 +431,10 @@ class Handler:
     def _snap_finish(self) -> None:
         if self.snap is None:
             return
-        s, e = self.snap
-        self.snap = None
-        if (s, e) in self.spans:
-            self.op_disarm(s, e)
-        if self.snap_view is not None:
-            self.snap_view.release()
-            self.snap_view = None
+        snap, self.snap = self.snap, None
+        if (snap.start, snap.end) in self.spans:
+            self.disarm(snap.start, snap.end)
+        snap.release()
 
     # -- transport ---------------------------------------------------------------------------
     def _reply(self, msg: Any) -> None:
@@ -516,15 +474,16 @@ class Handler:
             self._dispatch(req)
 
     def _dispatch(self, req: tuple[Any, ...]) -> None:
-        op, *args = req
+        name, *args = req
         try:
-            result = getattr(self, f"op_{op}")(*args)
+            op = Op(name)  # on the wire by value: this module runs as __main__ here
+            result = self._ops[op](*args)
         except Exception as exc:  # sent back and raised in the tracked process
             if not isinstance(exc, errors.WriteWatchError):
-                exc = errors.KernelError(f"{op} failed in the handler: {exc!r}", op=op)
+                exc = errors.KernelError(f"{name} failed in the handler: {exc!r}", op=name)
             self._reply(("err", exc))
             return
-        if op != "wait":
+        if op is not Op.WAIT:
             self._reply(("ok", result))
 
     def run(self) -> None:
@@ -535,7 +494,7 @@ class Handler:
         sock_fd = self.sock.fileno()
         while self.running:
             poller.register(sock_fd, select.POLLIN | (select.POLLOUT if self.out else 0))
-            timeout = 0 if self._snap_pending() else None
+            timeout = 0 if self.snap is not None and self.snap.pending() else None
             try:
                 events = poller.poll(timeout)
             except InterruptedError:
@@ -551,7 +510,7 @@ class Handler:
                         self._flush()
                     if ev & (select.POLLIN | select.POLLHUP | select.POLLERR):
                         self._requests()
-            if not events and self._snap_pending():
+            if not events and self.snap is not None and self.snap.pending():
                 self._snap_step()
         self.sock.setblocking(True)
         self.sock.settimeout(5)
@@ -560,6 +519,75 @@ class Handler:
                 del self.out[:self.sock.send(self.out)]
         except OSError:
             pass
+
+
+class _LiveCopy:
+    """A live snapshot's copy of ``[start, end)``: which pages are copied into the shared
+    buffer, copying a page on its first write fault (before the writer is let through) or in
+    background batches."""
+
+    def __init__(self, start: int, end: int, buf_fd: int, mem: int, ps: int,
+                 stats: dict[str, int]) -> None:
+        self.start, self.end = start, end
+        self.mem, self.ps = mem, ps
+        self.view = memoryview(mmap.mmap(buf_fd, end - start, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE))
+        self.copied = np.zeros((end - start) // ps, bool)
+        self.next = 0
+        self.stats = stats
+
+    def _copy(self, first: int, n: int) -> None:
+        off = first * self.ps
+        view = self.view[off:off + n * self.ps]
+        pos = 0
+        while pos < len(view):
+            got = _sys.os_call("read /proc/PID/mem", os.preadv, self.mem, [view[pos:]],
+                               self.start + off + pos, start=self.start + off + pos)
+            if got <= 0:
+                raise errors.KernelError("short read of /proc/PID/mem", op="snapshot copy")
+            pos += got
+
+    def _copy_once(self, i: int, counter: str) -> None:
+        if not self.copied[i]:
+            self._copy(i, 1)
+            self.copied[i] = True
+            self.stats[counter] += 1
+
+    def on_fault(self, page: int) -> None:
+        """A write fault on ``page``: copy it first (the caller then unprotects it)."""
+        if self.start <= page < self.end:
+            self._copy_once((page - self.start) // self.ps, "on_fault")
+
+    def on_removed(self, lo: int, hi: int) -> None:
+        """MADV_DONTNEED/REMOVE while snapshotting: the discard follows this event, so copy
+        what is still there now (best effort; counted)."""
+        a, b = max(lo, self.start), min(hi, self.end)
+        for i in range((a - self.start) // self.ps, (b - self.start) // self.ps if a < b else 0):
+            self._copy_once(i, "discarded")
+
+    def pending(self) -> bool:
+        return self.next < len(self.copied)
+
+    def step(self) -> tuple[int, int] | None:
+        """Copy the next batch of pages not yet copied; the range to unprotect, if any."""
+        copied = self.copied
+        i = self.next
+        while i < len(copied) and copied[i]:
+            i += 1
+        j = i
+        while j < len(copied) and j - i < SNAPSHOT_BATCH and not copied[j]:
+            j += 1
+        self.next = j
+        if j == i:
+            return None
+        self._copy(i, j - i)
+        copied[i:j] = True
+        self.stats["background"] += j - i
+        a = self.start + i * self.ps
+        return a, a + (j - i) * self.ps
+
+    def release(self) -> None:
+        self.view.release()
 
 
 def main(argv: list[str]) -> int:

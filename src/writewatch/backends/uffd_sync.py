@@ -54,6 +54,7 @@ from .. import errors
 from ..kernel import LINUX, Capabilities, KernelCalls, Mapping, _sys, procfs
 from ..kernel import uffd as _uffd
 from ..kernel.probes import Probe
+from ._uffd_sync_handler import Op
 from .base import Backend, Collected, Span, register
 from .uffd_async import supported_features
 
@@ -221,7 +222,7 @@ class _Helper:
             raise value
         return value
 
-    def request(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+    def request(self, op: Op, *args: Any, timeout: float | None = None) -> Any:
         if os.getpid() != self.owner:
             raise errors.InvalidTarget(
                 "this tracker belongs to the parent process (inherited through fork)",
@@ -230,7 +231,7 @@ class _Helper:
             if self.dead:
                 raise errors.TrackerClosed("the uffd-wp-sync handler process is gone",
                                            hint="track again")
-            data = pickle.dumps((op, *args), protocol=pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps((op.value, *args), protocol=pickle.HIGHEST_PROTOCOL)
             try:
                 self.sock.settimeout(None)
                 self.sock.sendall(_LEN.pack(len(data)) + data)
@@ -246,7 +247,7 @@ class _Helper:
             return
         try:
             if not self.dead and self.proc.poll() is None:
-                self.request("close", timeout=EXIT_TIMEOUT)
+                self.request(Op.CLOSE, timeout=EXIT_TIMEOUT)
         except errors.WriteWatchError:
             pass
         finally:
@@ -347,11 +348,11 @@ class UffdSyncBackend(Backend):
         done: list[tuple[int, int]] = []
         try:
             for lo, hi in parts:
-                self._helper.request("arm", lo, hi)
+                self._helper.request(Op.ARM, lo, hi)
                 done.append((lo, hi))
         except BaseException:
             for lo, hi in done:
-                self._helper.request("disarm", lo, hi)
+                self._helper.request(Op.DISARM, lo, hi)
             raise
         self._layout[span] = parts
         self.spans.append(span)
@@ -359,7 +360,7 @@ class UffdSyncBackend(Backend):
     def remove(self, span: Span) -> None:
         self.spans.remove(span)
         self._layout.pop(span, None)
-        self._helper.request("disarm", span.start, span.end)
+        self._helper.request(Op.DISARM, span.start, span.end)
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Collected:
         if self.closed:
@@ -376,10 +377,10 @@ class UffdSyncBackend(Backend):
                                "mappings replaced, moved or unmapped; reported whole")
                 if reset:
                     self.stats.rearms += 1
-                    reasons.extend(self._helper.request("rearm", span.start, span.end))
+                    reasons.extend(self._helper.request(Op.REARM, span.start, span.end))
                     self._layout[span] = parts
         spans = [p for s in self.spans for p in self._layout[s]]
-        raw, raw_cons, why = self._helper.request("collect", spans, reset, max_pages)
+        raw, raw_cons, why = self._helper.request(Op.COLLECT, spans, reset, max_pages)
         pages = np.frombuffer(raw, np.uint64)
         cons_pages = np.frombuffer(raw_cons, np.uint64)
         written = np.stack([pages, pages + np.uint64(ps)], axis=1) if len(pages) else _EMPTY
@@ -397,7 +398,7 @@ class UffdSyncBackend(Backend):
 
     def handler_stats(self) -> dict[str, int]:
         """Counters kept by the helper (``faults``: write faults resolved)."""
-        return dict(self._helper.request("stats"))
+        return dict(self._helper.request(Op.STATS))
 
     def close(self) -> None:
         if self.closed:

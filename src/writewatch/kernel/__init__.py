@@ -127,13 +127,8 @@ class LinuxKernel:
         for MS_ASYNC since 2.6.19). Elsewhere: /proc/PID/maps."""
         if pid == "self" or pid == os.getpid():
             return _sys.msync(start, length, MS_ASYNC) == 0
-        pos, end = start, start + length
-        for m in procfs.read_maps(pid):
-            if m.start <= pos < m.end:
-                pos = m.end
-                if pos >= end:
-                    return True
-        return pos >= end
+        return procfs.coverage(procfs.read_maps(pid), start, start + length) == \
+            [(start, start + length)]
 
 
 #: The running kernel (its scan buffers are per thread).

@@ -83,7 +83,7 @@ def _wait_stop(tid: int, deadline: float) -> int | None:
         if time.monotonic() > deadline:
             raise errors.KernelError(
                 f"thread {tid} did not stop within {STOP_TIMEOUT:.0f} s "
-                f"(state {P.thread_state(tid, tid) or '?'})", op="ptrace stop",
+                f"(state {procfs.thread_state(tid, tid) or '?'})", op="ptrace stop",
                 hint="the thread may be in an uninterruptible wait (D) or a vfork; retry")
         time.sleep(delay)
         delay = min(0.005, delay + 0.0002)
@@ -172,7 +172,7 @@ class ThreadGroupStop:
     def _seize_new(self, new: list[int]) -> None:
         """Seize and interrupt every thread not seized yet, appending each to ``new``."""
         for tid in P.list_threads(self.pid):
-            if tid in self.threads or P.thread_state(self.pid, tid) in ("Z", "X", ""):
+            if tid in self.threads or procfs.thread_state(self.pid, tid) in ("Z", "X", ""):
                 continue
             try:
                 P.seize(tid, self.options)
@@ -182,7 +182,7 @@ class ThreadGroupStop:
                 # kernel/ptrace.c ptrace_attach: EPERM also for a thread that began to exit
                 # after the check above (task->exit_state); /proc then shows it Z or X, or
                 # no more. Seen with a target ending threads all the time.
-                if tid != self.pid and P.thread_state(self.pid, tid) in ("Z", "X", ""):
+                if tid != self.pid and procfs.thread_state(self.pid, tid) in ("Z", "X", ""):
                     continue
                 raise
             self.threads[tid] = _Thread(tid)
@@ -385,19 +385,6 @@ def _check_uffd(fd: int) -> None:
         _sys.close(fd)
         raise errors.KernelError(f"the descriptor taken from the target is {link}, "
                                  "not a userfaultfd", op="pidfd_getfd")
-
-
-def steal_userfaultfd_inline(st: ThreadGroupStop, flags: int = UFFD_FLAGS) -> int:
-    """Create a userfaultfd in the stopped target, take a copy, close the target's."""
-    n = st.syscall(P._nr().userfaultfd, flags)
-    if n < 0:
-        _sys.raise_errno(-n, "userfaultfd (in the target)", errmap=_ERRMAP_UFFD, pid=st.pid)
-    try:
-        fd = _grab(st.pid, n)
-    finally:
-        st.syscall(P._nr().close, n)
-    _check_uffd(fd)
-    return fd
 
 
 # -- the helper process ---------------------------------------------------------------------

@@ -233,10 +233,6 @@ def detach(tid: int, sig: int = 0) -> None:
     ptrace("DETACH", PTRACE_DETACH, tid, 0, sig)
 
 
-def traceme() -> None:
-    ptrace("TRACEME", PTRACE_TRACEME, 0)
-
-
 def _regs_type() -> type[X86Regs] | type[Arm64Regs]:
     return X86Regs if _nr() is X86_64 else Arm64Regs
 
@@ -279,12 +275,6 @@ def syscall_info(tid: int) -> PtraceSyscallInfo:
     ptrace("GET_SYSCALL_INFO", PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info),
            ctypes.addressof(info))
     return info
-
-
-def geteventmsg(tid: int) -> int:
-    msg = ctypes.c_ulong()
-    ptrace("GETEVENTMSG", PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(msg))
-    return msg.value
 
 
 def waitpid(tid: int, options: int = 0) -> tuple[int, int]:
@@ -351,13 +341,3 @@ def list_threads(pid: int) -> list[int]:
     return sorted(int(t) for t in _sys.os_call(
         f"list /proc/{pid}/task", os.listdir, f"/proc/{pid}/task",
         errmap={E.ENOENT: (errors.NoSuchProcess, None)}, pid=pid))
-
-
-def thread_state(pid: int, tid: int) -> str:
-    """The state letter of /proc/PID/task/TID/stat (R, S, D, T, t, Z, X...), "" when gone."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return ""
-    return data[data.rfind(b")") + 2:][:1].decode()

@@ -73,8 +73,6 @@ __all__ = [
 class RaceExplorerError(WriteWatchError, ValueError):
     """An unknown design or scenario name, or a malformed scenario."""
 
-    __module__ = "writewatch"
-
 
 class Kind:
     """What one page's entry holds, in the explorer (the PTE's kind)."""

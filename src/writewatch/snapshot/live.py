@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .. import errors
+from ..backends._uffd_sync_handler import Op
 from ..backends.uffd_sync import start_helper
 from ..kernel import LINUX, KernelCalls, _sys
 
@@ -55,7 +56,7 @@ class LiveSnapshot:
         finally:
             _sys.close(fd)
         try:
-            self._helper.request("snapshot", address, address + length)
+            self._helper.request(Op.SNAPSHOT, address, address + length)
         except BaseException:
             self._helper.kill()
             self._buf.close()
@@ -66,7 +67,7 @@ class LiveSnapshot:
         if not self._done:
             if self._closed:
                 raise errors.TrackerClosed("the snapshot was closed before it completed")
-            self.stats = dict(self._helper.request("wait", timeout=timeout))
+            self.stats = dict(self._helper.request(Op.WAIT, timeout=timeout))
             self._done = True
             self._helper.close()
         return self
