@@ -178,7 +178,8 @@ def test_snapshotter(tmp_path_factory: pytest.TempPathFactory, store: Any, chunk
         with s:
             s.snapshot()
         return s
-    _call(run)
+    with contextlib.chdir(base):  # relative store names land in the scratch directory
+        _call(run)
 
 
 flags = st.sampled_from(["-d", "-i", "--json", "--count", "--keep", "--store", "--out", "-f",
@@ -207,7 +208,7 @@ def test_cli(tmp_path_factory: pytest.TempPathFactory, command: str, args: list[
     (base / "FILE").write_text("x")
     argv = [command] + [_word(a, base) for a in args] + tail
     err = io.StringIO()
-    with _leaves_nothing(), contextlib.redirect_stderr(err), \
+    with _leaves_nothing(), contextlib.chdir(base), contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(io.StringIO()):
         try:
             code = cli_main(argv)

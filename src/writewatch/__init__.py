@@ -6,18 +6,19 @@ PAGEMAP_SCAN ioctl on Linux 6.7+; synchronous uffd-wp and soft-dirty on older ke
 
 The layers, each importing only from those below it (``tests/test_layers.py`` checks):
 
-0. values: ``_uapi`` (kernel ABI constants), ``errors``, ``pages``
-1. ``kernel/``: the :class:`~writewatch.kernel.KernelCalls` seam, its Linux implementation,
-   /proc parsers, probes, ptrace injection
-2. ``model/``: an executable model of the kernel behind the same seam
-3. ``backends/``: the tracking mechanisms
-4. ``features``: what a kernel supports and which backend ``auto`` picks
-5. ``tracker`` (this process) and ``process/`` (other processes and trees)
-6. applications: ``snapshot/``, ``monitor/``, ``lab/`` (the model lab)
-7. ``cli/``: one module per subcommand, parsing arguments and calling the public API
+0. values: ``errors`` (the exception tree) and ``pages`` (``Pages``)
+1. ``_uapi``: kernel ABI constants and struct layouts, as in the headers
+2. ``kernel/``: the :class:`~writewatch.kernel.KernelCalls` seam and its Linux implementation
+   (syscalls, ioctls, /proc, probes, ptrace injection); ``model/``, an executable model of
+   the kernel behind the same seam, stands on it
+3. ``backends/``: the tracking mechanisms, one interface
+4. the public API: ``features`` (what a kernel supports), ``tracker`` (this process),
+   ``process/`` (other processes and trees), and this package, the facade
+5. applications: ``snapshot/``, ``monitor/``, ``lab/`` (experiments on the model)
+6. ``cli/``: one module per subcommand, parsing arguments and calling the public API
 
-This package is the facade: applications are imported when first used, so ``import
-writewatch`` loads only layers 0-5 (and numpy).
+The facade imports the applications when first used, so ``import writewatch`` loads layers
+0-4 and numpy only.
 """
 
 from __future__ import annotations

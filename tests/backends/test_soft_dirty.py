@@ -7,6 +7,7 @@ through ``python tools/kernel_matrix.py pytest tests/backends/test_soft_dirty.py
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -42,6 +44,18 @@ def need_soft_dirty(usable: bool) -> None:
 
 def span(r: Region, label: str = "r") -> Span:
     return Span(r.addr, r.addr + r.length, label)
+
+
+@contextlib.contextmanager
+def tracked(*spans: Span, **options: object) -> Iterator[sd.SoftDirtyBackend]:
+    """A soft-dirty backend of this process tracking ``spans``, closed afterwards."""
+    b = sd.SoftDirtyBackend(**options)  # type: ignore[arg-type]
+    try:
+        for s in spans:
+            b.add(s)
+        yield b
+    finally:
+        b.close()
 
 
 def written(b: sd.SoftDirtyBackend, **kw: int) -> set[int]:
@@ -149,17 +163,13 @@ def test_bad_input_is_typed(region) -> None:
     with pytest.raises(errors.InvalidTarget):
         sd.SoftDirtyBackend(method="bogus")
     r = region(4)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         with pytest.raises(errors.InvalidTarget):
             b.add(Span(r.addr + PAGE, r.addr + 2 * PAGE))  # overlaps
         with pytest.raises(errors.InvalidTarget):
             b.add(Span(r.addr + 1, r.addr + PAGE))  # unaligned
         with pytest.raises(errors.InvalidTarget):
             b.collect(max_pages=-1)
-    finally:
-        b.close()
     with pytest.raises(errors.TrackerClosed):
         b.collect()
     with pytest.raises(errors.NoSuchProcess):
@@ -175,9 +185,7 @@ pytestmark_sd = pytest.mark.usefixtures("need_soft_dirty")
 def test_exactly_the_written_pages(region) -> None:
     r = region(64)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         assert written(b) == set()
         for i in (3, 10, 11, 63):
             r.write(i, 1)
@@ -187,8 +195,6 @@ def test_exactly_the_written_pages(region) -> None:
         assert written(b) == set()
         r.write(10, 2)
         assert written(b) == r.pages([10])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
@@ -201,40 +207,30 @@ def test_both_read_paths_report_the_written_pages(region, method: str) -> None:
     r = region(64)
     for i in range(0, 64, 2):
         r.write(i)  # present, half of them
-    b = sd.SoftDirtyBackend(method=method)
-    try:
-        b.add(span(r))
+    with tracked(span(r), method=method) as b:
         assert written(b) == set()
         for i in (1, 2, 30, 31, 63):  # never-touched and populated pages
             r.write(i, 7)
         got = b.collect()
         assert pages_of(got) == r.pages([1, 2, 30, 31, 63]) and got.reasons == ()
         assert written(b) == set()
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_never_touched_pages_are_reported_on_first_write(region) -> None:
     r = region(32)  # not populated: holes, clean after the reset of add()
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         assert written(b) == set()
         r.read(4)  # a read fault maps the zero page: not a write
         r.write(5)
         assert written(b) == r.pages([5])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_peek_does_not_reset(region) -> None:
     r = region(8)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         r.write(2)
         assert written(b, reset=False) == r.pages([2])
         r.write(6)
@@ -242,8 +238,6 @@ def test_peek_does_not_reset(region) -> None:
         assert bit55(r.page(2))
         assert written(b) == r.pages([2, 6])
         assert written(b) == set()
-    finally:
-        b.close()
 
 
 @pytestmark_sd
@@ -278,9 +272,7 @@ def test_new_vma_at_a_reused_address_reads_dirty(region) -> None:
     # or not (VM_SOFTDIRTY). A false positive of the mechanism: reported, and counted as such.
     r = region(16)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         assert written(b) == set()
         _sys.munmap(r.addr, r.length)
         assert _sys.mmap(r.addr, r.length, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
@@ -292,24 +284,18 @@ def test_new_vma_at_a_reused_address_reads_dirty(region) -> None:
         # the reset cleared VM_SOFTDIRTY: exact again
         r.write(3)
         assert written(b) == r.pages([3])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_vmflags_classify_a_fully_populated_new_vma(region) -> None:
     # no hole to tell it by: /proc/self/smaps VmFlags "sd" does
     r = region(8)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         _sys.mmap(r.addr, r.length, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
         populate(r)
         got = b.collect()
         assert pages_of(got) == r.pages(range(8))
         assert conservative(got) == r.pages(range(8))
-    finally:
-        b.close()
 
 
 @pytestmark_sd
@@ -319,17 +305,13 @@ def test_merged_vma_reads_dirty_as_a_false_positive(region) -> None:
     r = region(16)
     populate(r)
     _sys.munmap(r.page(8), 8 * PAGE)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(Span(r.addr, r.page(8), "first half"))
+    with tracked(Span(r.addr, r.page(8), "first half")) as b:
         assert written(b) == set()
         _sys.mmap(r.page(8), 8 * PAGE, RW, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
         got = b.collect()
         assert pages_of(got) == r.pages(range(8))
         assert conservative(got) == r.pages(range(8))
         assert written(b) == set()
-    finally:
-        b.close()
 
 
 @pytestmark_sd
@@ -338,26 +320,20 @@ def test_mprotect_ro_rw_toggle_does_not_redirty(region) -> None:
     # rewrite (vma_soft_dirty_enabled, 6.0)
     r = region(4)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         _sys.mprotect(r.page(1), PAGE, mmap.PROT_READ)
         assert written(b, reset=False) == set()
         _sys.mprotect(r.page(1), PAGE, RW)
         assert written(b) == set()
         r.write(1)
         assert written(b) == r.pages([1])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_max_pages_loses_nothing(region) -> None:
     r = region(32)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         want = r.pages([1, 3, 5, 7, 9, 11, 13, 15, 17, 19])
         for a in want:
             ctypes.memset(a, 3, 1)
@@ -370,54 +346,40 @@ def test_max_pages_loses_nothing(region) -> None:
         rest = written(b)
         assert seen | rest == want | r.pages([30])
         assert written(b) == set()
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_munmap_reports_the_span_once(region) -> None:
     r = region(8)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         _sys.munmap(r.page(2), 2 * PAGE)
         got = b.collect()
         assert pages_of(got) == r.pages(range(8)) and got.reasons
         r.write(0)
         assert written(b) == r.pages([0])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_dontneed_zap_is_reported(region) -> None:
     r = region(8)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         _sys.madvise(r.page(4), 2 * PAGE, U.MADV_DONTNEED)
         got = b.collect()
         assert pages_of(got) == r.pages([4, 5]) == conservative(got)
         assert written(b) == set()
-    finally:
-        b.close()
 
 
 @pytestmark_sd
 def test_probe_does_not_disturb_the_caller(region) -> None:
     r = region(4)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         r.write(2)
         assert sd.probe()[0]
         assert bit55(r.page(2))
         assert written(b) == r.pages([2])
-    finally:
-        b.close()
 
 
 @pytestmark_sd
@@ -554,9 +516,7 @@ def test_random_writes_against_ground_truth(region) -> None:
     rng = random.Random(1234)
     r = region(200)
     populate(r)
-    b = sd.SoftDirtyBackend()
-    try:
-        b.add(span(r))
+    with tracked(span(r)) as b:
         truth: set[int] = set()
         for _ in range(40):
             for i in rng.sample(range(200), rng.randint(0, 30)):
@@ -572,5 +532,3 @@ def test_random_writes_against_ground_truth(region) -> None:
             else:
                 assert written(b) == truth
                 truth = set()
-    finally:
-        b.close()

@@ -366,14 +366,21 @@ def test_base_memfd_private(pm: Pm, mem) -> None:
 
 
 NUM_HPAGES = 10
+SIZE = HPAGE * NUM_HPAGES
+VEC_SIZE = SIZE // PAGE
 
 
-def test_hpage_new_written_and_cleared(pm: Pm, mem) -> None:
-    size = HPAGE * NUM_HPAGES
-    vec_size = size // PAGE
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
+@pytest.fixture
+def armed_thp(pm: Pm, mem) -> Mem:  # type: ignore[no-untyped-def]
+    """NUM_HPAGES THPs, registered and write-protected (every hpage test starts so)."""
+    m = thp(pm, mem, SIZE)
+    pm.wp_init(m.addr, SIZE)
+    pm.wp_addr_range(m.addr, SIZE)
+    return m
+
+
+def test_hpage_new_written_and_cleared(pm: Pm, armed_thp: Mem) -> None:
+    m, size, vec_size = armed_thp, SIZE, VEC_SIZE
     # "all new huge page must not be written (dirty)"
     assert len(pm.written(m.addr, size, vec_size, WP)) == 0
     # "all the huge page must not be written"
@@ -388,12 +395,8 @@ def test_hpage_new_written_and_cleared(pm: Pm, mem) -> None:
     assert int(vec[0, 2]) == WRITTEN
 
 
-def test_hpage_only_middle_page_written(pm: Pm, mem) -> None:
-    size = HPAGE * NUM_HPAGES
-    vec_size = size // PAGE
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
+def test_hpage_only_middle_page_written(pm: Pm, armed_thp: Mem) -> None:
+    m, size, vec_size = armed_thp, SIZE, VEC_SIZE
     m.pages()[vec_size // 2, 0] += 1
     vec = pm.written(m.addr, size, vec_size)
     assert len(vec) == 1 and lens(vec)[0] > 0
@@ -401,12 +404,8 @@ def test_hpage_only_middle_page_written(pm: Pm, mem) -> None:
     assert int(vec[0, 0]) == m.page(vec_size // 2) and lens(vec) == [1]
 
 
-def test_hpage_clear_first_half(pm: Pm, mem) -> None:
-    size = HPAGE * NUM_HPAGES
-    vec_size = size // PAGE
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
+def test_hpage_clear_first_half(pm: Pm, armed_thp: Mem) -> None:
+    m, size, vec_size = armed_thp, SIZE, VEC_SIZE
     m.bytes()[:] = 0
     pm.wp_addr_range(m.addr, size // 2)
     vec = pm.written(m.addr, size, vec_size)
@@ -414,12 +413,8 @@ def test_hpage_clear_first_half(pm: Pm, mem) -> None:
     assert int(vec[0, 0]) == m.addr + size // 2
 
 
-def test_hpage_clear_first_half_limited_buffer(pm: Pm, mem) -> None:
-    size = HPAGE * NUM_HPAGES
-    vec_size = size // PAGE
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
+def test_hpage_clear_first_half_limited_buffer(pm: Pm, armed_thp: Mem) -> None:
+    m, size, vec_size = armed_thp, SIZE, VEC_SIZE
     m.bytes()[:] = 0
     pm.written(m.addr, size, vec_size, WP, max_pages=vec_size // 2)
     vec = pm.written(m.addr, size, vec_size)
@@ -427,25 +422,18 @@ def test_hpage_clear_first_half_limited_buffer(pm: Pm, mem) -> None:
     assert int(vec[0, 0]) == m.addr + size // 2
 
 
-def test_hpage_clear_second_half(pm: Pm, mem) -> None:
-    size = HPAGE * NUM_HPAGES
-    vec_size = size // PAGE
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
+def test_hpage_clear_second_half(pm: Pm, armed_thp: Mem) -> None:
+    m, size, vec_size = armed_thp, SIZE, VEC_SIZE
     m.bytes()[:] = 0xFF
     pm.written(m.addr + size // 2, size // 2, vec_size, WP, max_pages=vec_size // 2)
     vec = pm.written(m.addr, size, vec_size)
     assert len(vec) == 1 and lens(vec) == [vec_size // 2] and int(vec[0, 0]) == m.addr
 
 
-def test_hpage_get_half_huge_page(pm: Pm, mem) -> None:
+def test_hpage_get_half_huge_page(pm: Pm, armed_thp: Mem) -> None:
     # "get half huge page" x2: max_pages truncates inside the first THP, which is split
-    size = HPAGE * NUM_HPAGES
+    m, size = armed_thp, SIZE
     half = HPAGE // (2 * PAGE)
-    m = thp(pm, mem, size)
-    pm.wp_init(m.addr, size)
-    pm.wp_addr_range(m.addr, size)
     m.bytes()[:] = 0xFF
     vec = pm.written(m.addr, size, 1, WP, max_pages=half)
     assert len(vec) == 1 and lens(vec) == [half]

@@ -43,9 +43,10 @@ What the kernel alone could miss, and what this backend does about it:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno as E
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -272,16 +273,22 @@ class UffdAsyncBackend(Backend):
         self.own = pid in ("self", os.getpid())
 
     # -- arming ------------------------------------------------------------------------------
-    def add(self, span: Span) -> None:
+    @contextlib.contextmanager
+    def _adding(self, span: Span) -> Iterator[None]:
+        """Register ``span``, arm it in the body, note its residency; undone on failure."""
         self._register_span(span)
         try:
-            self._arm(span.start, span.end)
+            yield
             if span in self._file_backed:
                 self._resident_changes(span, update=True)
         except BaseException:
             self._drop(span)
             raise
         self._adopted(span)
+
+    def add(self, span: Span) -> None:
+        with self._adding(span):
+            self._arm(span.start, span.end)
 
     def add_many(self, spans: Sequence[Span]) -> None:
         """:meth:`add` for many spans: each run of touching spans is registered and armed in
@@ -328,15 +335,8 @@ class UffdAsyncBackend(Backend):
         path reads a ``pte_none`` entry as not written and leaves it unarmed (its category
         has no WRITTEN): a second, WRITTEN fast-path scan then arms those and reports them,
         conservatively (nothing shows they hold anything)."""
-        self._register_span(span)
-        try:
+        with self._adding(span):
             got = self._arm_classified(span, shared)
-            if span in self._file_backed:
-                self._resident_changes(span, update=True)
-        except BaseException:
-            self._drop(span)
-            raise
-        self._adopted(span)
         return got
 
     def _arm_classified(self, span: Span, shared: bool) -> Adopted:

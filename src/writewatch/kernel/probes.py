@@ -10,10 +10,12 @@ users read, and the backends decide from them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -106,33 +108,39 @@ def _probe_uffd(kernel: LinuxKernel) -> tuple[Probe, int]:
 def _probe_pagemap_scan(kernel: LinuxKernel) -> tuple[Probe, int]:
     ps = kernel.page_size
     try:
-        addr = _sys.mmap(0, ps, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    except errors.WriteWatchError as exc:
-        return Probe(False, f"no scratch mapping: {exc}"), 0
-    fd = -1
-    try:
-        fd = open_pagemap("self")
-        scan = Scanner(1)
-        try:
-            scan(fd, addr, addr + ps, return_mask=int(U.PageCategory.PRESENT))
-        except errors.WriteWatchError as exc:
-            return Probe(False, f"ioctl refused: {exc}", "needs Linux 6.7 or newer"), 0
-        accepted = 0
-        for cat in U.PageCategory:
+        with _scratch(kernel, ps) as (addr, fds):
+            fds.append(open_pagemap("self"))
+            scan = Scanner(1)
             try:
-                scan(fd, addr, addr + ps, return_mask=int(cat))
-                accepted |= int(cat)
-            except errors.WriteWatchError:
-                pass
-        names = ",".join(c.name or "" for c in U.PageCategory if c & accepted)
-        return Probe(True, f"categories {names}"), accepted
+                scan(fds[0], addr, addr + ps, return_mask=int(U.PageCategory.PRESENT))
+            except errors.WriteWatchError as exc:
+                return Probe(False, f"ioctl refused: {exc}", "needs Linux 6.7 or newer"), 0
+            accepted = 0
+            for cat in U.PageCategory:
+                try:
+                    scan(fds[0], addr, addr + ps, return_mask=int(cat))
+                    accepted |= int(cat)
+                except errors.WriteWatchError:
+                    pass
     except errors.WriteWatchError as exc:
         return Probe(False, str(exc), exc.hint), 0
+    names = ",".join(c.name or "" for c in U.PageCategory if c & accepted)
+    return Probe(True, f"categories {names}"), accepted
+
+
+@contextlib.contextmanager
+def _scratch(kernel: LinuxKernel, length: int) -> Iterator[tuple[int, list[int]]]:
+    """A private anonymous mapping of ``length`` bytes and a list of descriptors, both
+    released afterwards."""
+    addr = _sys.mmap(0, length, mmap.PROT_READ | mmap.PROT_WRITE,
+                     mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    fds: list[int] = []
+    try:
+        yield addr, fds
     finally:
-        if fd >= 0:
+        for fd in fds:
             kernel.close(fd)
-        _sys.munmap(addr, ps)
+        _sys.munmap(addr, length)
 
 
 def _arm_async(kernel: LinuxKernel, addr: int, length: int) -> int:
@@ -158,35 +166,26 @@ def _pmd_hole_written(kernel: LinuxKernel) -> bool:
     if procfs.thp_mode() in (None, "never"):
         return False
     try:
-        raw = _sys.mmap(0, 2 * pmd, mmap.PROT_READ | mmap.PROT_WRITE,
-                        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        with _scratch(kernel, 2 * pmd) as (raw, fds):
+            addr = -(-raw // pmd) * pmd
+            _sys.madvise(addr, pmd, U.MADV_HUGEPAGE)
+            ctypes.memset(addr, 1, pmd)
+            pm = open_pagemap("self")
+            fds.append(pm)
+            scan = Scanner(8)
+            huge = scan(pm, addr, addr + pmd, return_mask=int(U.PageCategory.HUGE))
+            if not (len(huge.regions) and huge.regions[0, 2]):
+                return False
+            fds.append(_arm_async(kernel, addr, pmd))
+            wp = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
+            scan_all(scan, pm, addr, addr + pmd, flags=wp, category_mask=_WRITTEN,
+                     return_mask=_WRITTEN)
+            _sys.madvise(addr, pmd, U.MADV_DONTNEED)
+            got = scan_all(scan, pm, addr, addr + pmd, category_mask=_WRITTEN,
+                           return_mask=_WRITTEN).regions
+            return int((got[:, 1] - got[:, 0]).sum()) == pmd
     except errors.WriteWatchError:
         return False
-    addr = -(-raw // pmd) * pmd
-    uffd = pm = -1
-    try:
-        _sys.madvise(addr, pmd, U.MADV_HUGEPAGE)
-        ctypes.memset(addr, 1, pmd)
-        pm = open_pagemap("self")
-        scan = Scanner(8)
-        huge = scan(pm, addr, addr + pmd, return_mask=int(U.PageCategory.HUGE))
-        if not (len(huge.regions) and huge.regions[0, 2]):
-            return False
-        uffd = _arm_async(kernel, addr, pmd)
-        wp = int(U.PmScanFlag.WP_MATCHING | U.PmScanFlag.CHECK_WPASYNC)
-        scan_all(scan, pm, addr, addr + pmd, flags=wp, category_mask=_WRITTEN,
-                 return_mask=_WRITTEN)
-        _sys.madvise(addr, pmd, U.MADV_DONTNEED)
-        got = scan_all(scan, pm, addr, addr + pmd, category_mask=_WRITTEN,
-                       return_mask=_WRITTEN).regions
-        return int((got[:, 1] - got[:, 0]).sum()) == pmd
-    except errors.WriteWatchError:
-        return False
-    finally:
-        for fd in (uffd, pm):
-            if fd >= 0:
-                kernel.close(fd)
-        _sys.munmap(raw, 2 * pmd)
 
 
 def _pte_none_written(kernel: LinuxKernel) -> bool:
@@ -197,28 +196,20 @@ def _pte_none_written(kernel: LinuxKernel) -> bool:
     ``return_mask = WRITTEN | PRESENT``."""
     ps = kernel.page_size
     try:
-        addr = _sys.mmap(0, 2 * ps, mmap.PROT_READ | mmap.PROT_WRITE,
-                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        with _scratch(kernel, 2 * ps) as (addr, fds):
+            ctypes.memset(addr, 1, 2 * ps)
+            pm = open_pagemap("self")
+            fds.append(pm)
+            uffd = _arm_async(kernel, addr, 2 * ps)
+            fds.append(uffd)
+            kernel.uffdio_writeprotect(uffd, addr, 2 * ps, U.UffdWriteprotectMode.WP)
+            _sys.madvise(addr, ps, U.MADV_DONTNEED)
+            got = Scanner(8)(pm, addr, addr + 2 * ps,
+                             return_mask=_WRITTEN | int(U.PageCategory.PRESENT)).regions
+            first = got[(got[:, 0] <= addr) & (got[:, 1] > addr)]
+            return bool(len(first) and int(first[0, 2]) & _WRITTEN)
     except errors.WriteWatchError:
         return False
-    uffd = pm = -1
-    try:
-        ctypes.memset(addr, 1, 2 * ps)
-        pm = open_pagemap("self")
-        uffd = _arm_async(kernel, addr, 2 * ps)
-        kernel.uffdio_writeprotect(uffd, addr, 2 * ps, U.UffdWriteprotectMode.WP)
-        _sys.madvise(addr, ps, U.MADV_DONTNEED)
-        got = Scanner(8)(pm, addr, addr + 2 * ps,
-                         return_mask=_WRITTEN | int(U.PageCategory.PRESENT)).regions
-        first = got[(got[:, 0] <= addr) & (got[:, 1] > addr)]
-        return bool(len(first) and int(first[0, 2]) & _WRITTEN)
-    except errors.WriteWatchError:
-        return False
-    finally:
-        for fd in (uffd, pm):
-            if fd >= 0:
-                kernel.close(fd)
-        _sys.munmap(addr, 2 * ps)
 
 
 #: exit codes of the soft-dirty probe child
