@@ -88,8 +88,13 @@ def _no_leaked_children(request: pytest.FixtureRequest) -> Iterator[None]:
         except OSError:
             return set()
 
+    def tracer() -> str:
+        with open("/proc/self/status") as f:
+            return next(line.split()[1] for line in f if line.startswith("TracerPid:"))
+
     before = children()
     yield
+    assert tracer() == "0", f"{request.node.nodeid} left the test runner traced"
     for _ in range(50):  # a helper may need a moment to be reaped
         left = children() - before
         if not left:

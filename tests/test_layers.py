@@ -137,7 +137,7 @@ def test_no_import_cycles_in_the_core() -> None:
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if seen.get(dep) == 1:
-                cycle = stack[stack.index(dep):] + [dep]
+                cycle = [*stack[stack.index(dep):], dep]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if dep not in seen:
                 visit(dep)
@@ -157,6 +157,6 @@ def test_the_core_import_is_numpy_only() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    third_party = {m for m in eval(out)  # noqa: S307 (our own output)
+    third_party = {m for m in eval(out)
                    if not m.startswith("_") and m not in ("writewatch", "numpy")}
     assert not third_party, f"import writewatch loads {third_party}"

@@ -49,7 +49,15 @@ from .process import (
     attach,
     launch,
 )
-from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track, zeros
+from .tracker import (
+    CollectInfo,
+    MemoryTracker,
+    PartialPageWarning,
+    Target,
+    Tracker,
+    track,
+    zeros,
+)
 
 if TYPE_CHECKING:
     from .snapshot import Snapshotter
@@ -81,6 +89,7 @@ __all__ = [
     "LaunchedProcess",
     "LiveSnapshot",
     "MappingInfo",
+    "MemoryTracker",
     "NoSuchProcess",
     "NotRegistered",
     "Pages",

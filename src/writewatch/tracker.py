@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import bisect
 import contextlib
 import itertools
@@ -13,7 +14,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from .features import features
 from .kernel import LINUX, KernelCalls, forking
 from .pages import Pages
 
-__all__ = ["CollectInfo", "PartialPageWarning", "Target", "Tracker", "track", "zeros"]
+__all__ = ["CollectInfo", "MemoryTracker", "PartialPageWarning", "Target", "Tracker", "track",
+           "zeros"]
 
 
 class PartialPageWarning(UserWarning):
@@ -236,50 +238,128 @@ def _disown_all() -> None:
 forking.in_child(_disown_all)
 
 
-class Tracker:
-    """Tracks writes to a set of targets. Create with :func:`track` (own memory),
-    :func:`writewatch.attach` or :func:`writewatch.launch` (another process).
+_T = TypeVar("_T", bound="Tracker")
+
+
+class Tracker(abc.ABC):
+    """What every tracker is: :func:`track` makes a :class:`MemoryTracker` (memory of this
+    process), :func:`writewatch.attach` and :func:`writewatch.launch` a
+    :class:`~writewatch.ProcessTracker` (other processes).
 
     ``collect()`` returns the pages written since tracking started or since the last
-    collect, and re-arms them in the same kernel call. Safe to call from several threads.
-    """
+    collect, and re-arms them in the same kernel call. Safe to call from several threads;
+    usable only by the process that created it (a ``fork()`` child gets
+    :class:`TrackerForked`). ``close()`` releases everything (so does garbage collection,
+    with a ``ResourceWarning``)."""
+
+    def __init__(self, page_size: int, release: Callable[[], None]) -> None:
+        """``release``: undo every arming and close every descriptor (called once)."""
+        self._lock = threading.RLock()
+        self._owner = os.getpid()
+        self._page_size = page_size
+        self._last = CollectInfo(Pages.empty(page_size))
+        self._release = release
+        self._finalizer = weakref.finalize(
+            self, unclosed(f"writewatch.{type(self).__name__}", release))
+        _live.add(self)
+
+    # -- what each kind of tracker says ------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def backend(self) -> str:
+        """The mechanism in use: "uffd-async", "uffd-wp-sync" or "soft-dirty"."""
+
+    @property
+    @abc.abstractmethod
+    def spans(self) -> tuple[Span, ...]:
+        """The page-aligned address ranges armed in the kernel."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> TrackerStats: ...
+
+    @abc.abstractmethod
+    def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
+        """Pages written since tracking started or since the last reset.
+
+        Args:
+            reset: re-arm the reported pages in the same kernel call (get + write-protect
+                atomically: a concurrent write lands in this result or the next, never lost).
+                ``reset=False`` only peeks.
+            max_pages: report (and re-arm) at most this many pages; the rest stay for the next
+                collect. 0 means no limit.
+        """
+
+    @abc.abstractmethod
+    def _forget_resources(self) -> None:
+        """In a fork()ed child: close this process's copies of the descriptors, touching no
+        memory (the parent's) and telling no helper."""
+
+    # -- common -----------------------------------------------------------------------------
+    @property
+    def page_size(self) -> int:
+        return self._page_size
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    @property
+    def last(self) -> CollectInfo:
+        """Conservative pages and their reasons from the last collect."""
+        return self._last
+
+    def close(self) -> None:
+        """Stop tracking: unregister every range (the kernel drops the protection) and close
+        the descriptors. Idempotent."""
+        with self._lock:
+            if self._finalizer.detach() is not None:
+                self._release()
+
+    def _forget(self) -> None:
+        """In a fork()ed child (see :func:`_disown_all`). A tracker closed before the fork owns
+        no descriptor any more: the numbers it had may belong to something else now."""
+        if self._finalizer.detach() is not None:
+            self._forget_resources()
+
+    def _check_open(self) -> None:
+        if os.getpid() != self._owner:
+            raise errors.TrackerForked(
+                f"this tracker belongs to process {self._owner}: it was inherited through "
+                "fork and acts on that process's memory", hint="create a new tracker here")
+        if self.closed:
+            raise errors.TrackerClosed("this tracker is closed",
+                                       hint="create a new tracker")
+
+    def __enter__(self: _T) -> _T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryTracker(Tracker):
+    """Tracks writes to memory of this process: the targets given to :func:`track` (and
+    :meth:`add`), over one backend."""
 
     def __init__(self, backend: Backend, targets: Iterable[Target] = ()) -> None:
-        self._setup(backend.page_size)
+        super().__init__(backend.page_size, backend.close)
         self._backend = backend
         self._targets: list[Target] = []
         self._shared: _SharedSpans | None = None
-        self._finalizer = weakref.finalize(self, unclosed("writewatch.Tracker", backend.close))
-        self._close = backend.close
         try:
             self._add(list(targets))
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, page_size: int) -> None:
-        """State every tracker has: its lock, its owner process, its last result."""
-        self._lock = threading.RLock()
-        self._owner = os.getpid()
-        self._page_size = page_size
-        self._last = CollectInfo(Pages((), page_size))
-        _live.add(self)
-
-    def _forget(self) -> None:
-        """In a fork()ed child: close the descriptors, touch no memory (see
-        :func:`_after_fork_in_child`)."""
-        self._finalizer.detach()
+    def _forget_resources(self) -> None:
         self._backend.forget()
 
     # -- properties --------------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """The mechanism in use: "uffd-async", "uffd-wp-sync", "soft-dirty" or "model"."""
         return self._backend.name
-
-    @property
-    def page_size(self) -> int:
-        return self._page_size
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -287,17 +367,11 @@ class Tracker:
 
     @property
     def spans(self) -> tuple[Span, ...]:
-        """The page-aligned address ranges armed in the kernel."""
         return tuple(self._backend.spans)
 
     @property
     def closed(self) -> bool:
-        return self._backend.closed
-
-    @property
-    def last(self) -> CollectInfo:
-        """Conservative pages and their reasons from the last collect."""
-        return self._last
+        return self._backend.closed or super().closed
 
     @property
     def stats(self) -> TrackerStats:
@@ -327,15 +401,6 @@ class Tracker:
                 self._shared = shared if self._shared is None else self._shared.merge(shared)
 
     def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
-        """Pages written since tracking started or since the last reset.
-
-        Args:
-            reset: re-arm the reported pages in the same kernel call (get + write-protect
-                atomically: a concurrent write lands in this result or the next, never lost).
-                ``reset=False`` only peeks.
-            max_pages: report (and re-arm) at most this many pages; the rest stay for the next
-                collect. 0 means no limit.
-        """
         max_pages = check_count("max_pages", max_pages)
         with self._lock:
             self._check_open()
@@ -353,31 +418,13 @@ class Tracker:
             return pages
 
     def close(self) -> None:
-        """Stop tracking: unregister every range (the kernel drops the protection) and close
-        the descriptors. Idempotent."""
         with self._lock:
-            if self._finalizer.detach() is not None:
-                self._close()
+            super().close()
             self._targets.clear()
-
-    def _check_open(self) -> None:
-        if os.getpid() != self._owner:
-            raise errors.TrackerForked(
-                f"this tracker belongs to process {self._owner}: it was inherited through "
-                "fork and acts on that process's memory", hint="create a new tracker here")
-        if self.closed:
-            raise errors.TrackerClosed("this tracker is closed",
-                                       hint="create a new tracker")
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._backend.spans)} span(s)"
-        return f"<Tracker {self.backend} {state}>"
+        return f"<MemoryTracker {self.backend} {state}>"
 
 
 def zeros(shape: int | tuple[int, ...], dtype: Any = np.uint8, *,
@@ -497,7 +544,7 @@ def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX
 
 
 def track(*targets: Any, backend: str = "auto", kernel: KernelCalls = LINUX,
-          **options: Any) -> Tracker:
+          **options: Any) -> MemoryTracker:
     """Track writes to memory of this process.
 
     Args:
@@ -512,13 +559,13 @@ def track(*targets: Any, backend: str = "auto", kernel: KernelCalls = LINUX,
         options: passed to the backend.
 
     Returns:
-        A :class:`Tracker`, armed: writes from now on are reported by ``collect()``.
+        A :class:`MemoryTracker`, armed: writes from now on are reported by ``collect()``.
     """
     if not targets:
         raise errors.InvalidTarget("nothing to track", hint="pass at least one buffer or span")
     page_size = kernel.page_size
     resolved = [resolve_target(t, page_size) for t in targets]
     check_overlap(resolved)  # before touching the kernel
-    tracker = Tracker(make_backend(backend, "self", kernel, **options), resolved)
+    tracker = MemoryTracker(make_backend(backend, "self", kernel, **options), resolved)
     _warn_partial(resolved, page_size)
     return tracker

@@ -246,6 +246,36 @@ def test_in_process_fork_cannot_steal_the_parents_writes() -> None:
         assert t.page_size * 3 + t.targets[0].start in t.collect()
 
 
+@pytest.mark.parametrize("kind", ["track", "launch"])
+def test_fork_leaves_descriptors_of_closed_trackers_alone(kind: str) -> None:
+    """A tracker closed before a fork owns no descriptor: the child must not close the
+    numbers it had (they are reused: here by a pipe the child reads)."""
+    if kind == "track":
+        buf = writewatch.zeros(4 * 4096)
+        t = writewatch.track(buf)
+    else:
+        t = writewatch.launch(["sleep", "30"])
+    fds = set(os.listdir("/proc/self/fd"))
+    t.close()
+    if kind == "launch":
+        t.process.kill()
+        t.process.wait()
+    freed = len(fds - set(os.listdir("/proc/self/fd")))
+    assert freed
+    pipes = [os.pipe() for _ in range(freed)]
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            ok = all(os.write(w, b"x") == 1 and os.read(r, 1) == b"x" for r, w in pipes)
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)
+
+
 def test_in_process_child_writes_to_shared_memory_are_flagged() -> None:
     buf = writewatch.zeros(16 * 4096, shared=True)
     with writewatch.track(buf) as t:

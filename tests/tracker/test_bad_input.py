@@ -54,7 +54,7 @@ def test_max_pages_must_be_a_count(buf: np.ndarray, max_pages) -> None:  # type:
 def test_garbage_collected_tracker_warns(buf: np.ndarray) -> None:
     import gc
     t = writewatch.track(buf)
-    with pytest.warns(ResourceWarning, match="unclosed writewatch.Tracker"):
+    with pytest.warns(ResourceWarning, match="unclosed writewatch.MemoryTracker"):
         del t
         gc.collect()
 

@@ -156,6 +156,8 @@ class Backend(abc.ABC):
     def forget(self) -> None:
         """In a fork()ed child: close this process's copies of the descriptors without
         touching the memory they act on (the parent's) and without telling any helper."""
+        if self.closed:
+            return
         self.closed = True
         self.spans.clear()
         self._forget()

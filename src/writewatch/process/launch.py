@@ -280,8 +280,6 @@ def _start(name: str, proc: LaunchedProcess, exe: str, cwd: str | None, go_w: in
     data = os.read(err_r, 64)  # EOF: exec succeeded (err_w is close-on-exec)
     if data:
         raise _child_error(data, exe, cwd)
-    tracker = ProcessTracker([proc.pid], name, **kw)
-    tracker._root.whole_once = (
-        f"{tracker.backend} was armed after {exe} started: every writable mapping is "
-        "reported whole once (written before it could be armed)")
-    return tracker
+    return ProcessTracker([proc.pid], name, late=(
+        f"{name} was armed after {exe} started: every writable mapping is reported whole "
+        "once (written before it could be armed)"), **kw)

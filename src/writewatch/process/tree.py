@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from .. import errors
 from ..kernel import LINUX, KernelCalls, procfs
 from ..kernel import ptrace as P
 from ..pages import Pages
-from ..tracker import CollectInfo, Tracker, TrackerStats, unclosed
+from ..tracker import CollectInfo, Tracker, TrackerStats
 from .forks import Forked, ForkWatcher, mm_alive
 from .mappings import MappingInfo, by_mapping
 from .member import Member, MemberCollect, process_backend
@@ -227,7 +226,9 @@ class ProcessTracker(Tracker):
                  kernel: KernelCalls = LINUX, process: Any = None,
                  launch_go: int | None = None, reattach_on_exec: bool = True,
                  tree: bool = False, follow_forks: bool = False, cgroup: str | None = None,
-                 **options: Any) -> None:
+                 late: str | None = None, **options: Any) -> None:
+        """``late``: the root was armed after it started running (why, reported with every
+        writable mapping at the first collect)."""
         pids = list(pids)
         self.pid = pids[0]
         self.process = process
@@ -235,17 +236,15 @@ class ProcessTracker(Tracker):
         self.follow_forks = follow_forks
         #: cgroup v2 directory whose processes (now and later) are tracked
         self.cgroup = cgroup
-        self._setup(kernel.page_size)
         self._tree = _Tree(kernel, backend, options, follow_forks, reattach_on_exec)
+        super().__init__(kernel.page_size, self._tree.close)
         self._sharers = SharerScan()
         self._pending_notes: list[_Notes] = []
         self._views: dict[int, tuple[View, ...]] = {}
         self._views_of: dict[int, tuple[MappingInfo, ...]] = {}
         self._gone = False
-        self._finalizer = weakref.finalize(
-            self, unclosed("writewatch.ProcessTracker", self._tree.close))
         try:
-            self._tree.add(self.pid, launch_go=launch_go)
+            self._tree.add(self.pid, launch_go=launch_go, late=late)
             for pid in pids[1:]:
                 if pid not in self._tree.members:
                     self._tree.add(pid)
@@ -287,10 +286,6 @@ class ProcessTracker(Tracker):
     def spans(self) -> tuple[Any, ...]:
         m = self._tree.members.get(self.pid)
         return tuple(m.backend.spans) if m is not None and m.backend is not None else ()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
 
     @property
     def last(self) -> ProcessCollectInfo:
@@ -356,10 +351,6 @@ class ProcessTracker(Tracker):
                                      for p in self._tree.members}, notes)
             self._pending_notes.append(notes)
             return tuple(p for p in self._tree.members if p not in before)
-
-    def add(self, *targets: Any) -> None:
-        raise errors.InvalidTarget("a process tracker tracks every writable mapping already",
-                                   hint="use writewatch.track() for memory of this process")
 
     # -- collecting ---------------------------------------------------------------------------
     def collect(self, reset: bool = True, max_pages: int = 0) -> Pages:
@@ -618,19 +609,8 @@ class ProcessTracker(Tracker):
             member_mappings=tuple((p, r.mappings) for p, r in results.items()))
 
     # -- closing ------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Stop tracking: unregister every range (the kernel drops the protection) and close
-        the descriptors. The processes themselves are left running. Idempotent."""
-        with self._lock:
-            if self._finalizer.detach() is not None:
-                self._tree.close()
-
-    def _forget(self) -> None:
-        self._finalizer.detach()
+    def _forget_resources(self) -> None:
         self._tree.forget()
-
-    def __enter__(self) -> ProcessTracker:
-        return self
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._tree.members)} process(es)"
