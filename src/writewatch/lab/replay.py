@@ -36,9 +36,10 @@ import numpy as np
 
 from .. import errors
 from ..model.kernel import ModelKernel
-from ..model.mm import Mm, ModelError
+from ..model.mm import Mm
 from ..model.profiles import Profile
 from ..model.pte import PAGE, PAGE_SHIFT, PMD_SHIFT, PT_PAGE_BYTES
+from ..model.space import ModelError
 from ..model.trace import Trace
 from . import costs as C
 from . import designs as D
