@@ -575,7 +575,7 @@ class Runner:
         m.faults = c.faults
         m.events = {k: v for k, v in c.as_dict().items() if k not in ("pt_pages", "pt_peak")}
         m.events["entries_walked"] = self.kernel.entries_walked
-        m.duplicates += self.duplicates
+        m.duplicates += self.duplicates + (self.design.duplicates if self.design else 0)
         m.walked_per_collect = self._walked_total / max(m.collects, 1)
         m.collect_us = float(np.mean([s.modelled_us for s in m.series])) if m.series else 0.0
         m.fault_us = self.costs.fault_us(c.as_dict())
