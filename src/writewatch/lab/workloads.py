@@ -58,7 +58,7 @@ def merge(seed: int = 1, scale: int = 1) -> Trace:
     n = 256
     a = BASE
     b.tracked(a, n * PAGE, n * PAGE)
-    for r in range(8 * scale):
+    for _ in range(8 * scale):
         p = b.rng.randrange(1, n - 1)
         b.op("munmap", addr=a + p * PAGE, len=PAGE)
         b.mmap(a + p * PAGE, PAGE, prot="r")  # new: VM_SOFTDIRTY; does not merge (prot)
@@ -73,7 +73,6 @@ def merge(seed: int = 1, scale: int = 1) -> Trace:
         b.write(a + b.rng.randrange(n) * PAGE)
         b.op("collect")
         b.op("munmap", addr=a + n * PAGE, len=16 * PAGE)
-        _ = r
     return b.trace()
 
 
