@@ -24,7 +24,7 @@ from . import designs as _designs
 from . import profiles as _profiles
 from . import workloads as _workloads
 from .costs import Costs
-from .replay import Metrics
+from .metrics import Metrics
 from .replay import compare as compare_trace
 
 
