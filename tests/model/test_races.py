@@ -11,6 +11,7 @@ import math
 import pytest
 
 from writewatch import WriteWatchError
+from writewatch.lab.explorer.machine import Machine
 from writewatch.model import races
 from writewatch.model.races import (
     DESIGNS,
@@ -33,7 +34,7 @@ def _brute_force(design: str, scenario: str | Scenario) -> tuple[int, int]:
     """Every schedule walked one by one, no memo: (schedules, losing)."""
     d = DESIGNS[design]
     s = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
-    ex = races._Explorer(d, s)
+    ex = Machine(d, s)
     total = losing = 0
     stack = [(ex.initial(), False)]
     while stack:
