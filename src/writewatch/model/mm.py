@@ -77,7 +77,9 @@ class Mm:
         return self.space.content_page(addr)
 
     def stats(self) -> dict[str, int]:
-        return self.space.stats()
+        c = self.c
+        return {"vmas": len(self.vmas), "pt_pages": c.pt_pages, "pt_peak": c.pt_peak,
+                "faults": c.faults, "tracking_faults": c.tracking_faults}
 
     # -- system calls ----------------------------------------------------------------------
     def get_unmapped_area(self, length: int) -> int:

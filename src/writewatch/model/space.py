@@ -196,10 +196,5 @@ class AddressSpace:
             return int(v.file.ver[i]) if i < len(v.file.ver) else 0
         return 0
 
-    def stats(self) -> dict[str, int]:
-        return {"vmas": len(self.vmas), "pt_pages": self.c.pt_pages,
-                "pt_peak": self.c.pt_peak, "faults": self.c.faults,
-                "tracking_faults": self.c.tracking_faults}
-
 
 __all__ = ["AddressSpace", "ModelError", "Observer", "World"]
