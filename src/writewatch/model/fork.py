@@ -58,10 +58,7 @@ def _fork_ctx(ctx: UffdCtx | None, child: AddressSpace,
 
 def _copy_range(parent: AddressSpace, child: AddressSpace, v: Vma, keep_wp: bool) -> None:
     """copy_page_range(): anon PTEs read-only on both sides (COW)."""
-    for k, i, j in parent.chunks(v.start, v.end):
-        t = parent.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in parent.tables(v.start, v.end):
         ct = child.pt.alloc(k)
         if t.huge:
             ct.huge = True

@@ -133,16 +133,18 @@ class ModelKernel:
         ctx.initialized = True
         return ApiResult(U.UffdFeature(supported), _API_IOCTLS)
 
-    def _range(self, op: str, start: int, length: int, errmap: _sys.ErrMap) -> int:
+    def _ctx_range(self, fd: int, op: str, start: int, length: int,
+                   errmap: _sys.ErrMap) -> tuple[UffdCtx, int]:
+        """The context of ``fd`` and the end of a page-aligned, non-empty range (EINVAL)."""
+        ctx = self._ctx(fd, op)
         if start % PAGE or length <= 0 or length % PAGE:
             _sys.raise_errno(E.EINVAL, op, start=start, end=start + length, errmap=errmap)
-        return start + length
+        return ctx, start + length
 
     def uffdio_register(self, fd: int, start: int, length: int, mode: int) -> int:
         op, em = "UFFDIO_REGISTER", _uffd._REGISTER_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         if not ctx.initialized or not mode or mode & ~7 or \
                 mode & ~int(U.UffdRegisterMode.WP):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
@@ -166,9 +168,8 @@ class ModelKernel:
 
     def uffdio_unregister(self, fd: int, start: int, length: int) -> None:
         op, em = "UFFDIO_UNREGISTER", _uffd._REGISTER_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         vmas = mm.vmas_in(start, end)
         if not vmas:
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
@@ -180,9 +181,8 @@ class ModelKernel:
 
     def uffdio_writeprotect(self, fd: int, start: int, length: int, mode: int) -> None:
         op, em = "UFFDIO_WRITEPROTECT", _uffd._WP_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         wp = bool(mode & U.UffdWriteprotectMode.WP)
         if mode & ~3 or (wp and mode & U.UffdWriteprotectMode.DONTWAKE):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)

@@ -117,13 +117,11 @@ def mprotect(mm: AddressSpace, addr: int, length: int, prot: str) -> None:
              if v.prot != p]
     for lo, hi in parts:
         if not p & 2:
-            for k, i, j in mm.chunks(lo, hi):
-                t = mm.pt.get(k)
-                if t is not None:
-                    if t.huge and not (i == 0 and j == 512):
-                        mm.split_huge(k)  # change_huge_pmd covers whole PMDs only
-                    t.fl[i:j] &= _NOT_RW
-                    mm.c.ptl += 1
+            for k, i, j, t in mm.tables(lo, hi):
+                if t.huge and not (i == 0 and j == 512):
+                    mm.split_huge(k)  # change_huge_pmd covers whole PMDs only
+                t.fl[i:j] &= _NOT_RW
+                mm.c.ptl += 1
             mm.c.tlb_flushes += 1
         mm.vma_list.modify(lo, hi, change)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import errors
 from .memory import File
-from .pagetable import Counters, PageTables, chunks
+from .pagetable import Counters, PageTables, Table, chunks
 from .pte import ANON, PAGE, PAGE_SHIFT, PMD_SHIFT, PRESENT, SWAP, ZERO
 from .vma import Vma, VmaList
 
@@ -137,6 +137,15 @@ class AddressSpace:
         return v
 
     # -- page tables -------------------------------------------------------------------------
+    def tables(self, start: int, end: int) -> Iterator[tuple[int, int, int, Table]]:
+        """(table key, first index, end index, table) of each page-table page of [start, end)
+        that exists: the walk skips holes with no table (pmd_none)."""
+        get = self.pt.get
+        for k, i, j in chunks(start, end):
+            t = get(k)
+            if t is not None:
+                yield k, i, j, t
+
     def split_huge(self, k: int) -> None:
         if self.pt.split_huge(k, self.profile.thp_split_mkdirty):
             self.c.ptl += 1

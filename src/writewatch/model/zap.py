@@ -54,10 +54,7 @@ def zap(mm: AddressSpace, v: Vma, start: int, end: int, *, discard: bool = True,
     # state kept for file/shmem, whose content stays
     dmark = discard and ctx is not None and ctx.rules.discard_marker and ctx.armed
     c = mm.c
-    for k, i, j in mm.chunks(start, end):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(start, end):
         c.ptl += 1
         if t.huge:
             if i == 0 and j == 512 and not markers and not dmark:
@@ -106,10 +103,7 @@ def remove(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
 
 def lazyfree(mm: AddressSpace, start: int, end: int) -> None:
     """MADV_FREE: clean anon pages become discardable; swap entries are freed."""
-    for k, i, j in mm.chunks(start, end):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(start, end):
         if t.huge and not (i == 0 and j == 512):
             mm.split_huge(k)
         st, fl = t.st[i:j], t.fl[i:j]
@@ -129,10 +123,7 @@ def reclaim(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
     ctx = v.uffd
     markers = ctx is not None and ctx.rules.markers
     c = mm.c
-    for k, i, j in mm.chunks(lo, hi):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(lo, hi):
         if t.huge:
             huge_anon = bool(t.fl[0] & ANON)
             mm.split_huge(k)  # THPs are split to be swapped
