@@ -125,7 +125,8 @@ class _Batch:
 
 
 class Runner:
-    """One design replaying one trace on a fresh model machine (the designs' :class:`Host`)."""
+    """One design replaying one trace on a fresh model machine (a design's
+    :class:`~.designs.base.Host`)."""
 
     def __init__(self, design: D.Design | None, profile: Profile, workload: str = "",
                  costs: C.Costs | None = None, batch: bool = True) -> None:
