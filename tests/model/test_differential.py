@@ -41,6 +41,15 @@ def op(draw: st.DrawFn) -> tuple:
 ops = st.lists(op(), min_size=1, max_size=14)
 
 
+def _modelled(kind: str, thp: bool, seq: list[tuple]) -> list[tuple]:
+    """``seq`` without what the model does not model exactly: page-cache folio sizes of a
+    regular file with THP (docs/model.md, "Deliberate simplifications"): no faults in the
+    moved, unregistered VMA, and no MADV_PAGEOUT (which reclaims whole folios)."""
+    if kind == "file" and thp:
+        return [o for o in seq if not o[0].endswith("_moved") and o[0] != "pageout"]
+    return seq
+
+
 @pytest.fixture
 def scan_kernel() -> None:
     require_uffd_async()
@@ -51,12 +60,7 @@ def scan_kernel() -> None:
 @given(kind=st.sampled_from(F.KINDS), thp=st.booleans(), seq=ops)
 @pytest.mark.usefixtures("scan_kernel")
 def test_model_matches_kernel(kind: str, thp: bool, seq: list[tuple]) -> None:
-    if kind == "file" and thp:
-        # page-cache folio sizes of a regular file are not modelled exactly (docs/model.md,
-        # "Deliberate simplifications"): no faults in the moved, unregistered VMA, and no
-        # MADV_PAGEOUT (which reclaims whole folios)
-        seq = [o for o in seq if not o[0].endswith("_moved") and o[0] != "pageout"]
-    bad = F.run(kind, thp, seq)
+    bad = F.run(kind, thp, _modelled(kind, thp, seq))
     assert not bad, f"{kind} thp={thp}: {bad[0]}"
 
 
@@ -68,9 +72,7 @@ def test_model_matches_kernel_pagemap_bits(kind: str, thp: bool, seq: list[tuple
     soft-dirty's clear_refs as arm and collect, and the classic pagemap bits (present,
     swapped, file/shared, soft-dirty 55, uffd-wp 57) compared page by page. Where the kernel
     has no soft-dirty, both sides read bit 55 clear and the rest is still compared."""
-    if kind == "file" and thp:
-        seq = [o for o in seq if not o[0].endswith("_moved") and o[0] != "pageout"]
-    bad = F.run(kind, thp, seq, mode="pagemap")
+    bad = F.run(kind, thp, _modelled(kind, thp, seq), mode="pagemap")
     assert not bad, f"{kind} thp={thp}: {bad[0]}"
 
 
@@ -117,7 +119,5 @@ def test_debate_points(kind: str, thp: bool) -> None:
          ("fork",), ("read_moved", 701, 8)],
     ]
     for s in seqs:
-        if kind == "file" and thp:
-            s = [o for o in s if not o[0].endswith("_moved") and o[0] != "pageout"]
-        bad = F.run(kind, thp, s)
+        bad = F.run(kind, thp, _modelled(kind, thp, s))
         assert not bad, f"{kind} thp={thp}: {bad[0]}"

@@ -123,30 +123,32 @@ def test_remove_remap_unmap_messages_match_the_kernel() -> None:
     assert not len(bad), (bad[:4], real_cats[bad[:4]], model_cats[bad[:4]])
 
 
-def test_event_fork_gives_the_child_its_context_and_keeps_the_bits() -> None:
+@pytest.mark.parametrize(("feat", "keeps"), [(F.WP_ASYNC | F.EVENT_FORK, True),
+                                             (F.WP_ASYNC, False)])
+def test_event_fork_gives_the_child_its_context_and_keeps_the_bits(feat: F,
+                                                                   keeps: bool) -> None:
     """Model semantics (dup_userfaultfd / copy_page_range with a uffd-wp child VMA): the
     child's VMAs are registered with a new context, announced by UFFD_EVENT_FORK with its
     fd; without the feature the child loses both."""
-    for feat, keeps in ((F.WP_ASYNC | F.EVENT_FORK, True), (F.WP_ASYNC, False)):
-        mm = Mm(PROFILES["6.18"])
-        k = ModelKernel(mm)
-        a = mm.mmap(None, 16 * PAGE, "shmem", shared=True)
-        mm.write(a, 16 * PAGE)
-        fd = k.userfaultfd(0)
-        k.uffdio_api(fd, int(feat))
-        k.uffdio_register(fd, a, 16 * PAGE, U.UffdRegisterMode.WP)
-        k.uffdio_writeprotect(fd, a, 16 * PAGE, U.UffdWriteprotectMode.WP)
-        child = mm.fork()
-        msgs = k.read_uffd_msgs(fd)
-        assert bool(msgs) is keeps
-        cv = child.find(a)
-        assert cv is not None and (cv.uffd is not None) is keeps
-        ct = child.pt.get(a >> 21)
-        wp = ct is not None and bool((ct.fl & 8).any())
-        assert wp is keeps
-        if keeps:
-            assert msgs[0].event == U.UffdEvent.FORK and msgs[0].a in k._fds
-            child.write(a, PAGE)  # the child's own context resolves its fault
-            cpm = k.open_pagemap(child.pid)
-            got = k.pagemap_scan(cpm, a, a + 2 * PAGE, return_mask=int(U.PageCategory.WRITTEN))
-            assert got.regions[0].tolist() == [a, a + PAGE, int(U.PageCategory.WRITTEN)]
+    mm = Mm(PROFILES["6.18"])
+    k = ModelKernel(mm)
+    a = mm.mmap(None, 16 * PAGE, "shmem", shared=True)
+    mm.write(a, 16 * PAGE)
+    fd = k.userfaultfd(0)
+    k.uffdio_api(fd, int(feat))
+    k.uffdio_register(fd, a, 16 * PAGE, U.UffdRegisterMode.WP)
+    k.uffdio_writeprotect(fd, a, 16 * PAGE, U.UffdWriteprotectMode.WP)
+    child = mm.fork()
+    msgs = k.read_uffd_msgs(fd)
+    assert bool(msgs) is keeps
+    cv = child.find(a)
+    assert cv is not None and (cv.uffd is not None) is keeps
+    ct = child.pt.get(a >> 21)
+    wp = ct is not None and bool((ct.fl & 8).any())
+    assert wp is keeps
+    if keeps:
+        assert msgs[0].event == U.UffdEvent.FORK and msgs[0].a in k._fds
+        child.write(a, PAGE)  # the child's own context resolves its fault
+        cpm = k.open_pagemap(child.pid)
+        got = k.pagemap_scan(cpm, a, a + 2 * PAGE, return_mask=int(U.PageCategory.WRITTEN))
+        assert got.regions[0].tolist() == [a, a + PAGE, int(U.PageCategory.WRITTEN)]

@@ -9,8 +9,11 @@ import json
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from writewatch import WriteWatchError
+from writewatch.lab.explorer.machine import Machine
 from writewatch.model import races
 from writewatch.model.races import (
     DESIGNS,
@@ -33,7 +36,7 @@ def _brute_force(design: str, scenario: str | Scenario) -> tuple[int, int]:
     """Every schedule walked one by one, no memo: (schedules, losing)."""
     d = DESIGNS[design]
     s = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
-    ex = races._Explorer(d, s)
+    ex = Machine(d, s)
     total = losing = 0
     stack = [(ex.initial(), False)]
     while stack:
@@ -268,13 +271,6 @@ def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 # ---------------------------------------------------------------- random small scenarios
 
-try:
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - hypothesis is a test dependency
-    given = None
-
-
 def _scenarios(sync_safe: bool):  # type: ignore[no-untyped-def]
     """Random scenarios of 1-2 pages, 2 threads of 1-2 ops, 0-1 concurrent collects.
 
@@ -298,25 +294,25 @@ def _scenarios(sync_safe: bool):  # type: ignore[no-untyped-def]
     return build()
 
 
-if given is not None:
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(scen=_scenarios(sync_safe=True))
-    def test_random_scenarios_markers_and_async_lose_nothing(scen: Scenario) -> None:
-        for design in ("uffd-sync-unpop", "uffd-async", "vma-flag-sync"):
-            r = explore(design, scen, limit=1)
-            assert r.deadlocks == 0
-            assert r.losing_count == 0, (design, scen, format_schedule(
-                r.losing[0], r.threads, r.reasons[0]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scen=_scenarios(sync_safe=True))
+def test_random_scenarios_markers_and_async_lose_nothing(scen: Scenario) -> None:
+    for design in ("uffd-sync-unpop", "uffd-async", "vma-flag-sync"):
+        r = explore(design, scen, limit=1)
+        assert r.deadlocks == 0
+        assert r.losing_count == 0, (design, scen, format_schedule(
+            r.losing[0], r.threads, r.reasons[0]))
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(scen=_scenarios(sync_safe=False))
-    def test_random_scenarios_async_and_counts(scen: Scenario) -> None:
-        for design in ("uffd-async", "uffd-async-nounpop"):
-            assert explore(design, scen, limit=1).losing_count == 0, (design, scen)
-        for design in ("fault-time-sync", "soft-dirty"):
-            r = explore(design, scen, limit=0)
-            if r.schedules <= 20_000:
-                assert _brute_force(design, scen) == (r.schedules, r.losing_count)
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scen=_scenarios(sync_safe=False))
+def test_random_scenarios_async_and_counts(scen: Scenario) -> None:
+    for design in ("uffd-async", "uffd-async-nounpop"):
+        assert explore(design, scen, limit=1).losing_count == 0, (design, scen)
+    for design in ("fault-time-sync", "soft-dirty"):
+        r = explore(design, scen, limit=0)
+        if r.schedules <= 20_000:
+            assert _brute_force(design, scen) == (r.schedules, r.losing_count)
 
 
 def test_shortest_losing_schedule_is_shortest_and_loses() -> None:

@@ -5,6 +5,7 @@ Only parses arguments and calls the lab (:mod:`writewatch.lab`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -166,9 +167,8 @@ def _compare(args: argparse.Namespace) -> int:
     out: list[Any] = []
     for w in args.workload or list(workloads.WORKLOADS):
         trace = workloads.load(w, args.seed, args.scale)
-        results = lab.compare(trace, names, prof, costs=costs)
-        for m in results:
-            m.workload = w
+        results = [dataclasses.replace(m, workload=w)
+                   for m in lab.compare(trace, names, prof, costs=costs)]
         out.extend(results)
         if args.json:
             continue

@@ -2,9 +2,11 @@
 the public API (layer 5 of DESIGN.md: an application).
 
 * :mod:`.designs`: the designs, one class each, one registry for both engines;
-* :mod:`.replay`: replay a trace under a design, against ground truth (:func:`compare`);
+* :mod:`.replay`: replay a trace under a design (:func:`compare`), against the ground truth
+  of :mod:`.truth`, measured in :mod:`.metrics`;
 * :mod:`.workloads`: built-in workloads and seeded random traces;
-* :mod:`.races`: the concurrency explorer (every interleaving of the same designs' rules);
+* :mod:`.races`: the concurrency explorer (every interleaving of the same designs' rules;
+  its parts in :mod:`.explorer`);
 * :mod:`.fidelity`: the differential check against the running kernel;
 * :mod:`.costs`: counted events priced with costs calibrated on this machine;
 * :mod:`.profiles`: the profile of the running kernel (probed);
@@ -24,7 +26,7 @@ from . import designs as _designs
 from . import profiles as _profiles
 from . import workloads as _workloads
 from .costs import Costs
-from .replay import Metrics
+from .metrics import Metrics
 from .replay import compare as compare_trace
 
 

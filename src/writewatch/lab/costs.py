@@ -16,14 +16,14 @@ replays are priced the same everywhere unless given their own calibration.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import functools
 import json
 import mmap
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -72,121 +72,133 @@ class Costs:
 DEFAULT = Costs()
 
 
-def _scan_all(kernel: Any, pm: int, start: int, end: int, **kw: int) -> Any:
-    """The seam's whole-range PAGEMAP_SCAN (``scan_all``), or the loop over ``walk_end``."""
-    fn = getattr(kernel, "scan_all", None)
-    if fn is not None:
-        return fn(pm, start, end, **kw)
-    from ..kernel.pagemap import scan_all
-    return scan_all(kernel.pagemap_scan, pm, start, end, **kw)
-
-
 def _median_ns(fn: Callable[[], float], repeat: int) -> tuple[float, float]:
     """Median and spread (max - min) over ``repeat`` runs of ``fn`` (ns per event each)."""
     xs = [fn() for _ in range(repeat)]
     return statistics.median(xs), max(xs) - min(xs)
 
 
+class _Bench:
+    """Microbenchmarks on real memory: ``pages`` anonymous pages, armed for async uffd-wp
+    where a measurement needs it. Each returns nanoseconds per event."""
+
+    def __init__(self, pages: int) -> None:
+        from ..kernel import LINUX
+        self.k = LINUX
+        self.ps = LINUX.page_size
+        self.pages = pages
+        self.size = pages * self.ps
+        self.store = 0.0  #: the store loop's own time per page, subtracted from faults
+
+    @contextlib.contextmanager
+    def mapping(self, size: int) -> Iterator[int]:
+        from ..kernel import _sys
+        a = _sys.mmap(0, size, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            yield a
+        finally:
+            _sys.munmap(a, size)
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[tuple[int, int]]:
+        """A written mapping, registered and write-protected by one get+WP scan: (address,
+        pagemap fd)."""
+        from .. import _uapi as U
+        from ..backends.uffd_async import open_uffd
+        with self.mapping(self.size) as a:
+            uffd = open_uffd()
+            pm = self.k.open_pagemap("self")
+            try:
+                self.touch(a)
+                self.k.uffdio_register(uffd, a, self.size, U.UffdRegisterMode.WP)
+                self.scan(pm, a, protect=True)
+                yield a, pm
+            finally:
+                self.k.close(pm)
+                self.k.close(uffd)
+
+    def touch(self, addr: int, pages: int | None = None) -> None:
+        for p in range(self.pages if pages is None else pages):
+            ctypes.memset(addr + p * self.ps, 1, 1)
+
+    def scan(self, pm: int, addr: int, protect: bool) -> None:
+        """PAGEMAP_SCAN of the mapping for WRITTEN pages, get+WP when ``protect``."""
+        from .. import _uapi as U
+        written = int(U.PageCategory.WRITTEN)
+        self.k.scan_all(pm, addr, addr + self.size, category_mask=written, return_mask=written,
+                        flags=int(U.PmScanFlag.WP_MATCHING) if protect else 0)
+
+    def timed(self, fn: Callable[[], object], events: int) -> float:
+        t0 = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - t0) / events
+
+    # -- the measurements --------------------------------------------------------------------
+    def store_loop(self) -> float:
+        with self.mapping(self.size) as a:
+            self.touch(a)
+            return self.timed(lambda: self.touch(a), self.pages)
+
+    def fault(self) -> float:
+        with self.mapping(self.size) as a:
+            return self.timed(lambda: self.touch(a), self.pages) - self.store
+
+    def tracking_fault(self) -> float:
+        with self.armed() as (a, _):
+            return self.timed(lambda: self.touch(a), self.pages) - self.store
+
+    def entry_walked(self) -> float:
+        with self.armed() as (a, pm):
+            return self.timed(lambda: self.scan(pm, a, protect=False), self.pages)
+
+    def entry_protected(self) -> float:
+        """Entries walked and protected (the walk is subtracted by :func:`calibrate`)."""
+        with self.armed() as (a, pm):
+            self.touch(a)
+            return self.timed(lambda: self.scan(pm, a, protect=True), self.pages)
+
+    def ioctl(self) -> float:
+        from .. import _uapi as U
+        written = int(U.PageCategory.WRITTEN)
+        with self.armed() as (a, pm):
+            def calls() -> None:
+                for _ in range(256):
+                    self.k.pagemap_scan(pm, a, a + self.ps, category_mask=written,
+                                        return_mask=written)
+            return self.timed(calls, 256)
+
+    def tlb_flush(self) -> float:
+        """An mprotect of one page and back: a protection change and its flush, twice."""
+        from ..kernel import _sys
+        rw = mmap.PROT_READ | mmap.PROT_WRITE
+        with self.mapping(16 * self.ps) as a:
+            self.touch(a, 16)
+
+            def toggles() -> None:
+                for _ in range(256):
+                    _sys.mprotect(a, self.ps, mmap.PROT_READ)
+                    _sys.mprotect(a, self.ps, rw)
+            return self.timed(toggles, 512)
+
+
+#: the costs :func:`calibrate` measures, each by the :class:`_Bench` method of its name
+_MEASURED = ("fault", "tlb_flush", "tracking_fault", "entry_walked", "entry_protected",
+             "ioctl")
+
+
 def calibrate(pages: int = 4096, repeat: int = 5) -> tuple[Costs, dict[str, Any]]:
     """Measure the per-event costs on this machine's kernel. Returns the costs and the
     details (median and spread per measurement). Needs WP_ASYNC + PAGEMAP_SCAN (6.7)."""
-    from .. import _uapi as U
-    from ..backends.uffd_async import open_uffd
-    from ..kernel import LINUX, _sys
-
-    ps = LINUX.page_size
-    size = pages * ps
-    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    written = int(U.PageCategory.WRITTEN)
-    wpm = int(U.PmScanFlag.WP_MATCHING)
-    details: dict[str, Any] = {}
-
-    def touch(addr: int) -> None:
-        for p in range(pages):
-            ctypes.memset(addr + p * ps, 1, 1)
-
-    def store_loop() -> float:
-        a = _sys.mmap(0, size, prot, flags)
-        try:
-            touch(a)
-            t0 = time.perf_counter_ns()
-            touch(a)
-            return (time.perf_counter_ns() - t0) / pages
-        finally:
-            _sys.munmap(a, size)
-
-    store, _ = _median_ns(store_loop, repeat)
-
-    def fault() -> float:
-        a = _sys.mmap(0, size, prot, flags)
-        try:
-            t0 = time.perf_counter_ns()
-            touch(a)
-            return (time.perf_counter_ns() - t0) / pages - store
-        finally:
-            _sys.munmap(a, size)
-
-    def armed(fn: Callable[[int, int, int], float]) -> float:
-        a = _sys.mmap(0, size, prot, flags)
-        uffd = open_uffd()
-        pm = LINUX.open_pagemap("self")
-        try:
-            touch(a)
-            LINUX.uffdio_register(uffd, a, size, U.UffdRegisterMode.WP)
-            _scan_all(LINUX, pm, a, a + size, flags=wpm, category_mask=written,
-                           return_mask=written)
-            return fn(a, uffd, pm)
-        finally:
-            LINUX.close(pm)
-            LINUX.close(uffd)
-            _sys.munmap(a, size)
-
-    def wp_fault(a: int, uffd: int, pm: int) -> float:
-        t0 = time.perf_counter_ns()
-        touch(a)
-        return (time.perf_counter_ns() - t0) / pages - store
-
-    def walk(a: int, uffd: int, pm: int) -> float:
-        t0 = time.perf_counter_ns()
-        _scan_all(LINUX, pm, a, a + size, category_mask=written, return_mask=written)
-        return (time.perf_counter_ns() - t0) / pages
-
-    def protect(a: int, uffd: int, pm: int) -> float:
-        touch(a)
-        t0 = time.perf_counter_ns()
-        _scan_all(LINUX, pm, a, a + size, flags=wpm, category_mask=written,
-                       return_mask=written)
-        return (time.perf_counter_ns() - t0) / pages
-
-    def ioctl(a: int, uffd: int, pm: int) -> float:
-        t0 = time.perf_counter_ns()
-        for _ in range(256):
-            LINUX.pagemap_scan(pm, a, a + ps, category_mask=written, return_mask=written)
-        return (time.perf_counter_ns() - t0) / 256
-
-    def flush() -> float:
-        a = _sys.mmap(0, 16 * ps, prot, flags)
-        try:
-            touch_16 = [ctypes.memset(a + p * ps, 1, 1) for p in range(16)]
-            del touch_16
-            t0 = time.perf_counter_ns()
-            for _ in range(256):
-                _sys.mprotect(a, ps, mmap.PROT_READ)
-                _sys.mprotect(a, ps, prot)
-            return (time.perf_counter_ns() - t0) / 512
-        finally:
-            _sys.munmap(a, 16 * ps)
-
+    bench = _Bench(pages)
+    bench.store, _ = _median_ns(bench.store_loop, repeat)
     vals: dict[str, float] = {}
-    for name, fn in (("fault", fault), ("tlb_flush", flush)):
-        vals[name], spread = _median_ns(fn, repeat)
-        details[name] = {"median_ns": vals[name], "spread_ns": spread}
-    for name, fn2 in (("tracking_fault", wp_fault), ("entry_walked", walk),
-                      ("entry_protected", protect), ("ioctl", ioctl)):
-        vals[name], spread = _median_ns(functools.partial(armed, fn2), repeat)
+    details: dict[str, Any] = {}
+    for name in _MEASURED:
+        vals[name], spread = _median_ns(getattr(bench, name), repeat)
         details[name] = {"median_ns": vals[name], "spread_ns": spread}
     vals["entry_protected"] = max(vals["entry_protected"] - vals["entry_walked"], 0.0)
-    details["store_ns"] = store
+    details["store_ns"] = bench.store
     details["pages"], details["repeat"] = pages, repeat
     src = f"calibrated on {os.uname().nodename}, Linux {os.uname().release}"
     return Costs(**vals, pt_page=DEFAULT.pt_page, source=src), details
@@ -198,32 +210,21 @@ def check(costs: Costs, pages: int = 16384, written: int = 1024,
     measured on this kernel (median over ``repeat``) and priced by the model with ``costs``
     (the same operations replayed on a model process). Microseconds."""
     from .. import _uapi as U
-    from ..backends.uffd_async import open_uffd
-    from ..kernel import LINUX, _sys
     from ..model import process
 
-    ps = LINUX.page_size
-    size = pages * ps
-    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-    wr, wpm = int(U.PageCategory.WRITTEN), int(U.PmScanFlag.WP_MATCHING)
+    bench = _Bench(pages)
+    ps = bench.ps
     step = max(pages // written, 1)
     times = []
     for _ in range(repeat):
-        a = _sys.mmap(0, size, prot, flags)
-        uffd, pm = open_uffd(), LINUX.open_pagemap("self")
-        try:
-            ctypes.memset(a, 1, size)
-            LINUX.uffdio_register(uffd, a, size, U.UffdRegisterMode.WP)
-            _scan_all(LINUX, pm, a, a + size, flags=wpm, category_mask=wr, return_mask=wr)
+        with bench.armed() as (a, pm):
             for p in range(0, pages, step):
                 ctypes.memset(a + p * ps, 2, 1)
             t0 = time.perf_counter_ns()
-            _scan_all(LINUX, pm, a, a + size, flags=wpm, category_mask=wr, return_mask=wr)
+            bench.scan(pm, a, protect=True)
             times.append((time.perf_counter_ns() - t0) / 1000)
-        finally:
-            LINUX.close(pm)
-            LINUX.close(uffd)
-            _sys.munmap(a, size)
+    size = pages * ps
+    wr, wpm = int(U.PageCategory.WRITTEN), int(U.PmScanFlag.WP_MATCHING)
     mm, k = process("6.18")
     a = mm.mmap(None, size)
     mm.write(a, size)

@@ -12,7 +12,8 @@ from ..model.pte import PAGE
 from ..model.trace import Trace, TraceHeader
 from . import designs as D
 from . import races as R
-from .replay import Metrics, run_trace
+from .metrics import Metrics
+from .replay import run_trace
 
 BASE = 0x7F0000000000
 

@@ -115,8 +115,10 @@ class _Side:
         self.uffd = self.pm = -1
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mismatch:
+    """One page whose categories (or pagemap bits) differ between the kernel and the model."""
+
     step: int
     op: Op | None
     page: int  #: page index in the reservation

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .replay import Metrics
+from .metrics import Metrics
 
 #: (title, Metrics attribute) of the bar panels
 BARS = (("lost changes (false −)", "false_negatives"),

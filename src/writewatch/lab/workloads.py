@@ -37,6 +37,13 @@ class _B:
     def write(self, addr: int, length: int = PAGE, **kw: Any) -> None:
         self.op("write", addr=addr, len=length, **kw)
 
+    def tracked(self, addr: int, length: int, written: int, kind: str = "anon") -> None:
+        """A mapping whose first ``written`` bytes are written, then tracked whole."""
+        self.mmap(addr, length, kind, **({"shared": True} if kind == "shmem" else {}))
+        if written:
+            self.write(addr, written)
+        self.op("track", addr=addr, len=length)
+
     def trace(self) -> Trace:
         return Trace(TraceHeader(page_size=PAGE, source=f"workload:{self.name}",
                                  seed=self.seed), self.ops)
@@ -50,10 +57,8 @@ def merge(seed: int = 1, scale: int = 1) -> Trace:
     b = _B("merge", seed)
     n = 256
     a = BASE
-    b.mmap(a, n * PAGE)
-    b.write(a, n * PAGE)
-    b.op("track", addr=a, len=n * PAGE)
-    for r in range(8 * scale):
+    b.tracked(a, n * PAGE, n * PAGE)
+    for _ in range(8 * scale):
         p = b.rng.randrange(1, n - 1)
         b.op("munmap", addr=a + p * PAGE, len=PAGE)
         b.mmap(a + p * PAGE, PAGE, prot="r")  # new: VM_SOFTDIRTY; does not merge (prot)
@@ -68,7 +73,6 @@ def merge(seed: int = 1, scale: int = 1) -> Trace:
         b.write(a + b.rng.randrange(n) * PAGE)
         b.op("collect")
         b.op("munmap", addr=a + n * PAGE, len=16 * PAGE)
-        _ = r
     return b.trace()
 
 
@@ -77,9 +81,7 @@ def mprotect(seed: int = 1, scale: int = 1) -> Trace:
     b = _B("mprotect", seed)
     n = 512
     a = BASE
-    b.mmap(a, n * PAGE)
-    b.write(a, n * PAGE // 2)
-    b.op("track", addr=a, len=n * PAGE)
+    b.tracked(a, n * PAGE, n * PAGE // 2)
     for _ in range(16 * scale):
         lo = b.rng.randrange(n - 8)
         ln = b.rng.randrange(1, 8)
@@ -132,9 +134,7 @@ def shmem_reclaim(seed: int = 1, scale: int = 1) -> Trace:
     b = _B("shmem-reclaim", seed)
     n = 1024
     a = BASE
-    b.mmap(a, n * PAGE, "shmem", shared=True)
-    b.write(a, n * PAGE // 2)
-    b.op("track", addr=a, len=n * PAGE)
+    b.tracked(a, n * PAGE, n * PAGE // 2, "shmem")
     for _ in range(16 * scale):
         for _ in range(16):
             b.write(a + b.rng.randrange(n) * PAGE)
@@ -154,9 +154,7 @@ def fork(seed: int = 1, scale: int = 1) -> Trace:
     b = _B("fork", seed)
     n = 1024
     a = BASE
-    b.mmap(a, n * PAGE)
-    b.write(a, n * PAGE)
-    b.op("track", addr=a, len=n * PAGE)
+    b.tracked(a, n * PAGE, n * PAGE)
     for _ in range(16 * scale):
         b.op("fork")
         for _ in range(32):
@@ -213,8 +211,7 @@ def random_writes(seed: int = 1, scale: int = 1) -> Trace:
     b = _B("random", seed)
     size = 64 * MiB
     a = BASE
-    b.mmap(a, size)
-    b.op("track", addr=a, len=size)
+    b.tracked(a, size, 0)
     for _ in range(16 * scale):
         for _ in range(256):
             b.write(a + b.rng.randrange(size // PAGE) * PAGE)
@@ -230,9 +227,7 @@ def hotcold(seed: int = 1, scale: int = 1) -> Trace:
     size = 64 * MiB
     n = size // PAGE
     a = BASE
-    b.mmap(a, size)
-    b.write(a, size)
-    b.op("track", addr=a, len=size)
+    b.tracked(a, size, size)
     hot = n // 10
     for _ in range(16 * scale):
         for _ in range(512):

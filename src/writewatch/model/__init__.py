@@ -15,17 +15,29 @@ kernel's state and the :class:`writewatch.kernel.KernelCalls` seam over it.
 * :mod:`.profiles`: what differs between kernels; :mod:`.trace`: the trace format (what a
   workload did to an address space).
 
-Layers inside: :mod:`.pte` (vocabulary) <- :mod:`.pagetable`, :mod:`.vma`, :mod:`.memory` <-
-:mod:`.uffd` (contexts and their rules) <- :mod:`.fault`, :mod:`.zap` <- :mod:`.mm` <-
-:mod:`.scan` <- :mod:`.kernel`. The model imports nothing above the kernel-call layer
-(``writewatch.kernel``, ``_uapi``, ``errors``).
+Layers inside, each module importing only those before it:
+
+1. :mod:`.pte` (vocabulary), :mod:`.pagetable`, :mod:`.memory` (page caches),
+   :mod:`.profiles`, :mod:`.trace`;
+2. :mod:`.vma` (VMAs, split and merge);
+3. :mod:`.space` (:class:`World` and :class:`AddressSpace`: the state and its lookups);
+4. :mod:`.uffd` (contexts and their rules), :mod:`.fault`, :mod:`.zap` (the fault and zap
+   paths);
+5. :mod:`.scan` (PAGEMAP_SCAN), :mod:`.mapping`, :mod:`.access`, :mod:`.fork` (the system
+   calls);
+6. :mod:`.mm` (:class:`Mm`: a process);
+7. :mod:`.kernel` (:class:`ModelKernel`: the seam).
+
+The model imports nothing above the kernel-call layer (``writewatch.kernel``, ``_uapi``,
+``errors``), with one exception: the profile of the running kernel is probed by the lab
+(:func:`.profiles.running`).
 
 The experiments run on it (designs, replay and :func:`compare`, workloads, the race explorer,
-the differential check) are the lab, :mod:`writewatch.lab`. Their documented names are
-still reachable here (``writewatch.model.compare``, ``DESIGNS``, ``WORKLOADS``, ``Metrics``,
-``run_trace``, ``writewatch.model.races``, ``.fidelity``, ``.designs``, ``.replay``,
-``.workloads``), resolved on first use from the lab: the only references from the model to
-the lab, kept for the scripts that use them.
+the differential check) are the lab, :mod:`writewatch.lab`. The documented names of the lab
+are reachable here too (``writewatch.model.compare``, ``DESIGNS``, ``WORKLOADS``,
+``Metrics``, ``run_trace``, and the modules ``writewatch.model.races``, ``.fidelity``,
+``.designs``, ``.replay``, ``.workloads``), resolved on first use from the lab, for the
+scripts that use them.
 """
 
 from __future__ import annotations
@@ -35,12 +47,13 @@ from typing import Any
 
 from . import profiles
 from .kernel import ModelKernel
-from .mm import Mm, ModelError
+from .mm import Mm
 from .profiles import PROFILES, Profile
+from .space import AddressSpace, ModelError, World
 from .trace import Trace, TraceError, TraceHeader, TraceWriter
 from .uffd import LINUX, UffdCtx, WpRules
 
-#: A model process: one address space and its operations (``mm_struct`` in the kernel).
+#: A model process: an address space (the kernel's ``mm_struct``) and the system calls on it.
 Process = Mm
 
 
@@ -72,6 +85,6 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(mod), attr)
 
 
-__all__ = ["LINUX", "PROFILES", "Mm", "ModelError", "ModelKernel", "Process", "Profile",
-           "Trace", "TraceError", "TraceHeader", "TraceWriter", "UffdCtx", "WpRules",
-           "process", *_LAB]
+__all__ = ["LINUX", "PROFILES", "AddressSpace", "Mm", "ModelError", "ModelKernel", "Process",
+           "Profile", "Trace", "TraceError", "TraceHeader", "TraceWriter", "UffdCtx", "World",
+           "WpRules", "process", *_LAB]

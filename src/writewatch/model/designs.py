@@ -1,8 +1,7 @@
-"""``writewatch.model.designs`` is :mod:`writewatch.lab.designs` (the experiments moved to the lab;
-this name stays for the scripts that use it)."""
+"""``writewatch.model.designs`` is :mod:`writewatch.lab.designs` (a name scripts import)."""
 
 import sys
 
-from ..lab import designs as _lab
+from ..lab import designs
 
-sys.modules[__name__] = _lab
+sys.modules[__name__] = designs

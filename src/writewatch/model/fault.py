@@ -26,20 +26,34 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .pagetable import Table
-from .pte import FAULT_AROUND, PAGE_SHIFT, PMD, PMD_SHIFT, PTRS, Bit, Entry, nbits
+from .pte import (
+    ANON,
+    FAULT_AROUND,
+    LAZY,
+    MARKER,
+    NONE,
+    PAGE_SHIFT,
+    PMD,
+    PMD_SHIFT,
+    PRESENT,
+    PTRS,
+    RW,
+    SD,
+    SWAP,
+    WP,
+    ZERO,
+    D,
+    nbits,
+)
 
 if TYPE_CHECKING:
-    from .mm import Mm
+    from .space import AddressSpace
     from .vma import Vma
-
-RW, D, SD, WP, ZERO, ANON, LAZY = (Bit.RW, Bit.DIRTY, Bit.SOFT_DIRTY, Bit.UFFD_WP,
-                                    Bit.ZERO_PFN, Bit.ANON, Bit.LAZYFREE)
-NONE, PRESENT, SWAP, MARKER = Entry.NONE, Entry.PRESENT, Entry.SWAP, Entry.MARKER
 _NOT_LAZY = nbits(LAZY)
 _NOT_WP_LAZY = np.uint8(nbits(WP, LAZY))
 
 
-def thp_ok(mm: Mm, v: Vma, addr: int) -> bool:
+def thp_ok(mm: AddressSpace, v: Vma, addr: int) -> bool:
     """thp_vma_allowable_order() for an anonymous fault at ``addr``."""
     thp = mm.profile.thp
     if not v.anonymous or thp == "never" or v.hugepage < 0:
@@ -50,17 +64,17 @@ def thp_ok(mm: Mm, v: Vma, addr: int) -> bool:
     return v.start <= base and base + PMD <= v.end
 
 
-def huge_file(mm: Mm, v: Vma) -> bool:
+def huge_file(mm: AddressSpace, v: Vma) -> bool:
     return (v.kind == "file" and v.hugepage > 0 and mm.profile.thp != "never"
             and mm.profile.file_huge_readahead)
 
 
-def _anon_vma(mm: Mm, v: Vma) -> None:
+def anon_vma_prepare(mm: AddressSpace, v: Vma) -> None:
     if not v.anon_vma:
         v.anon_vma = mm.world.new_anon_vma()  # anon_vma_prepare
 
 
-def store(mm: Mm, v: Vma, t: Table, n: int, addr: int) -> None:
+def store(mm: AddressSpace, v: Vma, t: Table, n: int, addr: int) -> None:
     """A store that lands without a fault: new content, the CPU sets the dirty bit."""
     if v.shared and v.file is not None and not t.fl[n] & ANON:
         v.file.ver[v.page_index(addr)] = mm.world.new_version()
@@ -70,7 +84,7 @@ def store(mm: Mm, v: Vma, t: Table, n: int, addr: int) -> None:
 
 
 # ------------------------------------------------------------------------------- write, one page
-def write_page(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
+def write_page(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
     """One page written by ``tids`` (several: threads storing to it at once)."""
     k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
     t = mm.pt.get(k)
@@ -115,7 +129,7 @@ def write_page(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
     _populate_write(mm, v, t, k, n, addr, tids, before if tracked_none else None)
 
 
-def _wp_fault(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
+def _wp_fault(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
     """A write hit a uffd-wp entry (bit or marker): handle_userfault / async resolve."""
     ctx = v.uffd
     if ctx is None:
@@ -128,7 +142,7 @@ def _wp_fault(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...]) -> None:
     ctx.wp_fault(mm, addr, tids)
 
 
-def _write_huge(mm: Mm, v: Vma, t: Table, k: int, n: int, addr: int,
+def _write_huge(mm: AddressSpace, v: Vma, t: Table, k: int, n: int, addr: int,
                 tids: tuple[int, ...]) -> bool:
     """A write to a PMD-mapped THP or huge zero page; False when it was split (the caller
     goes on with the PTEs)."""
@@ -150,7 +164,7 @@ def _write_huge(mm: Mm, v: Vma, t: Table, k: int, n: int, addr: int,
             return False
         # do_huge_zero_wp_pmd: a THP replaces the huge zero page
         c.faults += 1
-        _anon_vma(mm, v)
+        anon_vma_prepare(mm, v)
         t.fl[:] = (t.fl & np.uint8(WP)) | ANON | RW | D | SD
         t.ver[:] = 0
         t.ver[n] = mm.world.new_version()
@@ -166,13 +180,13 @@ def _write_huge(mm: Mm, v: Vma, t: Table, k: int, n: int, addr: int,
     return True
 
 
-def _write_present(mm: Mm, v: Vma, t: Table, n: int, addr: int, fl: int) -> None:
+def _write_present(mm: AddressSpace, v: Vma, t: Table, n: int, addr: int, fl: int) -> None:
     """A write fault on a present entry (after any uffd-wp resolution): COW or reuse."""
     if not fl & SD and not fl & ZERO:
         mm.c.tracking_faults += 1  # soft-dirty write-protection (clear_refs)
     if fl & ZERO or (not v.shared and not fl & ANON):
         # COW of the zero page or of a private file page: a new anon page
-        _anon_vma(mm, v)
+        anon_vma_prepare(mm, v)
         t.fl[n] = (fl & WP) | RW | D | SD | ANON
         t.ver[n] = mm.world.new_version()
     else:
@@ -180,7 +194,7 @@ def _write_present(mm: Mm, v: Vma, t: Table, n: int, addr: int, fl: int) -> None
         store(mm, v, t, n, addr)
 
 
-def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
+def _populate_write(mm: AddressSpace, v: Vma, t: Table | None, k: int, n: int, addr: int,
                     tids: tuple[int, ...], before: int | None) -> None:
     """A write fault on a none entry (or a resolved marker): map a page. ``before``: the
     content before, when the entry was a protected none (the design notifies after)."""
@@ -189,7 +203,7 @@ def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
         t.huge = True
         t.st[:] = PRESENT
         t.fl[:] = ANON | RW | D | SD
-        _anon_vma(mm, v)
+        anon_vma_prepare(mm, v)
         t.ver[n] = mm.world.new_version()
         _after_none_write(mm, v, addr, tids, before)
         return
@@ -203,7 +217,7 @@ def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
         v.file.fault_in(a, prof.readahead_pages, huge_file(mm, v))
         v.file.ver[a] = mm.world.new_version()
     else:
-        _anon_vma(mm, v)
+        anon_vma_prepare(mm, v)
         if v.file is not None:  # do_cow_fault reads the file page through the cache
             v.file.fault_in(v.page_index(addr), prof.readahead_pages, huge_file(mm, v))
         t.fl[n] = keep_wp | RW | D | SD | ANON
@@ -211,13 +225,13 @@ def _populate_write(mm: Mm, v: Vma, t: Table | None, k: int, n: int, addr: int,
     _after_none_write(mm, v, addr, tids, before)
 
 
-def _after_none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...],
+def _after_none_write(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...],
                       before: int | None) -> None:
     if before is not None:
         _none_write(mm, v, addr, tids, "after", before)
 
 
-def _none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...], when: str,
+def _none_write(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...], when: str,
                 before: int) -> None:
     """A write fault on a protected none entry (designs with ``none_protected``): a tracking
     fault, notified before mapping or (``notify_after_map``) after."""
@@ -240,7 +254,7 @@ def _none_write(mm: Mm, v: Vma, addr: int, tids: tuple[int, ...], when: str,
     ctx.message(addr, seen, tids)
 
 
-def _store_version(mm: Mm, v: Vma, addr: int, ver: int) -> None:
+def _store_version(mm: AddressSpace, v: Vma, addr: int, ver: int) -> None:
     t = mm.pt[addr >> PMD_SHIFT]
     n = (addr >> PAGE_SHIFT) & 511
     if v.shared and v.file is not None:
@@ -257,7 +271,7 @@ def vector_ok(v: Vma) -> bool:
     return v.anonymous and (ctx is None or (ctx.async_ and ctx.rules.linux))
 
 
-def write_table(mm: Mm, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
+def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
     """Single-thread writes to the pages ``idx`` (in order, repeats allowed) of table ``k`` in
     ``v`` (``vector_ok``). Applies what needs no per-page decision, all at once; returns the
     positions in ``idx`` left to :func:`write_page` (in order)."""
@@ -281,7 +295,7 @@ def write_table(mm: Mm, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(idx, uniq[~vec]))
 
 
-def _write_vector(mm: Mm, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndarray,
+def _write_vector(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndarray,
                   fl: np.ndarray, st: np.ndarray) -> None:
     """Each page of ``u`` written once (anon, vector_ok): a store, a fault on a present page
     (uffd-wp async resolve, soft-dirty, COW of the zero page or after fork), or a first
@@ -309,7 +323,7 @@ def _write_vector(mm: Mm, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndar
     new = np.where(ok, (fl | D) & np.uint8(_NOT_LAZY), new | RW | D | SD)
     new = np.where(cow | populate, (new & ~np.uint8(ZERO)) | ANON, new).astype(np.uint8)
     if (cow | populate).any():
-        _anon_vma(mm, v)
+        anon_vma_prepare(mm, v)
     t.st[u] = PRESENT
     t.fl[u] = new
     t.ver[u] = mm.world.new_versions(len(u))
@@ -317,7 +331,7 @@ def _write_vector(mm: Mm, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndar
 
 
 # ------------------------------------------------------------------------------- read
-def read_page(mm: Mm, v: Vma, addr: int) -> None:
+def read_page(mm: AddressSpace, v: Vma, addr: int) -> None:
     k, n = addr >> PMD_SHIFT, (addr >> PAGE_SHIFT) & 511
     t = mm.pt.get(k)
     st = int(t.st[n]) if t is not None else NONE
@@ -356,7 +370,7 @@ def read_page(mm: Mm, v: Vma, addr: int) -> None:
         fault_around(mm, v, addr, t, n)
 
 
-def read_table(mm: Mm, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
+def read_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
     """Reads of the pages ``idx`` of table ``k`` in ``v``: present pages need nothing, none
     entries of anonymous memory (no THP, nothing protected) map the zero page at once, and
     armed markers keep their bit; returns the positions left to :func:`read_page`."""
@@ -391,7 +405,7 @@ def read_table(mm: Mm, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(idx, uniq[rest]))
 
 
-def fault_around(mm: Mm, v: Vma, addr: int, t: Table, n: int) -> None:
+def fault_around(mm: AddressSpace, v: Vma, addr: int, t: Table, n: int) -> None:
     """do_fault_around(): a read fault on a file or shmem mapping also maps the cached
     pages of the 16-page window around it (fault_around_bytes 64 KiB), clipped to the VMA
     and the page table; never in a uffd-wp VMA (uffd_disable_fault_around), and never over

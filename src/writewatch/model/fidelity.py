@@ -1,8 +1,7 @@
-"""``writewatch.model.fidelity`` is :mod:`writewatch.lab.fidelity` (the experiments moved to the
-lab; this name stays for the scripts that use it)."""
+"""``writewatch.model.fidelity`` is :mod:`writewatch.lab.fidelity` (a name scripts import)."""
 
 import sys
 
-from ..lab import fidelity as _lab
+from ..lab import fidelity
 
-sys.modules[__name__] = _lab
+sys.modules[__name__] = fidelity

@@ -4,9 +4,11 @@ Same methods, arguments, results and exceptions as the real bindings
 (:data:`writewatch.kernel.LINUX`), so backend code runs unchanged on a model process. Errors are
 raised through :func:`writewatch.kernel._sys.raise_errno` with the real modules' errno maps.
 
-Semantics follow fs/userfaultfd.c and fs/proc/task_mmu.c; profile fields select the
+Semantics follow fs/userfaultfd.c (UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WRITEPROTECT, release)
+and fs/proc/task_mmu.c (pagemap, PAGEMAP_SCAN, clear_refs, smaps); profile fields select the
 behaviours that differ between kernels, and :meth:`ModelKernel.capabilities` reports them as
-the real probes would.
+the real probes would. ``scan_all`` is the whole range in one call, as
+:func:`writewatch.kernel.pagemap.scan_all` gets it by looping over ``walk_end``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from ..kernel.probes import Capabilities, Probe
 from ..kernel.procfs import Mapping
 from ..kernel.uffd import ApiResult, UffdMsg
 from . import scan as S
+from .mapping import clear_soft_dirty
 from .mm import Mm
 from .pte import PAGE, PAGE_SHIFT, PMD_SHIFT, Bit, Entry
+from .space import AddressSpace
 from .uffd import UffdCtx, wp_range
 from .vma import Vma
 
@@ -53,6 +57,7 @@ class ModelKernel:
 
     def __init__(self, mm: Mm) -> None:
         self.mm = mm
+        self._space = mm.space
         self.profile = mm.profile
         self._fds: dict[int, Any] = {}
         self._next_fd = 1000
@@ -75,10 +80,10 @@ class ModelKernel:
         assert isinstance(ctx, UffdCtx)
         return ctx
 
-    def _proc(self, pid: int | str, op: str) -> Mm:
+    def _proc(self, pid: int | str, op: str) -> AddressSpace:
         if pid in ("self", self.mm.pid):
-            return self.mm
-        mm = self.mm.world.procs.get(pid) if isinstance(pid, int) else None
+            return self._space
+        mm = self._space.world.procs.get(pid) if isinstance(pid, int) else None
         if mm is None:
             raise errors.NoSuchProcess(pid if isinstance(pid, int) else -1, op=op,
                                        errno=E.ESRCH)
@@ -106,7 +111,7 @@ class ModelKernel:
 
     # -- userfaultfd ----------------------------------------------------------------------------
     def userfaultfd(self, flags: int) -> int:
-        ctx = UffdCtx(0, self.mm)
+        ctx = UffdCtx(0, self._space)
         ctx.fd = self._new_fd(ctx)
         ctx.install = self._new_fd
         if self.ctx_setup is not None:
@@ -128,16 +133,18 @@ class ModelKernel:
         ctx.initialized = True
         return ApiResult(U.UffdFeature(supported), _API_IOCTLS)
 
-    def _range(self, op: str, start: int, length: int, errmap: _sys.ErrMap) -> int:
+    def _ctx_range(self, fd: int, op: str, start: int, length: int,
+                   errmap: _sys.ErrMap) -> tuple[UffdCtx, int]:
+        """The context of ``fd`` and the end of a page-aligned, non-empty range (EINVAL)."""
+        ctx = self._ctx(fd, op)
         if start % PAGE or length <= 0 or length % PAGE:
             _sys.raise_errno(E.EINVAL, op, start=start, end=start + length, errmap=errmap)
-        return start + length
+        return ctx, start + length
 
     def uffdio_register(self, fd: int, start: int, length: int, mode: int) -> int:
         op, em = "UFFDIO_REGISTER", _uffd._REGISTER_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         if not ctx.initialized or not mode or mode & ~7 or \
                 mode & ~int(U.UffdRegisterMode.WP):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
@@ -161,9 +168,8 @@ class ModelKernel:
 
     def uffdio_unregister(self, fd: int, start: int, length: int) -> None:
         op, em = "UFFDIO_UNREGISTER", _uffd._REGISTER_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         vmas = mm.vmas_in(start, end)
         if not vmas:
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
@@ -175,9 +181,8 @@ class ModelKernel:
 
     def uffdio_writeprotect(self, fd: int, start: int, length: int, mode: int) -> None:
         op, em = "UFFDIO_WRITEPROTECT", _uffd._WP_ERRORS
-        ctx = self._ctx(fd, op)
+        ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        end = self._range(op, start, length, em)
         wp = bool(mode & U.UffdWriteprotectMode.WP)
         if mode & ~3 or (wp and mode & U.UffdWriteprotectMode.DONTWAKE):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
@@ -206,12 +211,12 @@ class ModelKernel:
         mm = self._proc(pid, f"open /proc/{pid}/pagemap")
         return self._new_fd(("pagemap", mm))
 
-    def _pagemap_mm(self, fd: int, op: str) -> Mm:
+    def _pagemap_mm(self, fd: int, op: str) -> AddressSpace:
         obj = self._fds.get(fd)
         if not (isinstance(obj, tuple) and obj[0] == "pagemap"):
             _sys.raise_errno(E.EBADF, op)
         assert isinstance(obj, tuple)
-        mm: Mm = obj[1]
+        mm: AddressSpace = obj[1]
         return mm
 
     def read_maps(self, pid: int | str) -> tuple[Mapping, ...]:
@@ -230,15 +235,14 @@ class ModelKernel:
         return tuple(out)
 
     def is_mapped(self, pid: int | str, start: int, length: int) -> bool:
-        mm = self._proc(pid, "msync")
-        return mm._vmas.covered(start, start + length) >= start + length
+        return self._proc(pid, "msync").is_mapped(start, start + length)
 
     def clear_refs(self, pid: int | str, value: int) -> None:
         mm = self._proc(pid, f"write /proc/{pid}/clear_refs")
         if value not in (1, 2, 3, 4, 5):
             _sys.raise_errno(E.EINVAL, f"write /proc/{pid}/clear_refs")
         if value == U.CLEAR_REFS_SOFT_DIRTY and self.profile.soft_dirty:
-            mm.clear_refs_soft_dirty()
+            clear_soft_dirty(mm)
             self.entries_walked += 512 * len(mm.pt)
 
     def process_vm_readv(self, pid: int | str, runs: Any, out: Any) -> None:
@@ -250,7 +254,7 @@ class ModelKernel:
         pos = 0
         for addr, end in np.asarray(runs, np.uint64).reshape(-1, 2).tolist():
             length = end - addr
-            if mm._vmas.covered(addr, addr + length) < addr + length:
+            if not mm.is_mapped(addr, addr + length):
                 _sys.raise_errno(E.EFAULT, "process_vm_readv", start=addr,
                                  end=addr + length)
             vers = mm.content(addr & ~(PAGE - 1), -(-(addr + length) // PAGE) * PAGE)

@@ -1,7 +1,6 @@
 """Kernel profiles: which mechanisms a kernel has and how it behaves where kernels differ.
 
-Each field names the kernel change it stands for (see ../shared/reference/kernel-interfaces.md
-sections 1.7-1.9, 2.5, 3 and 5.1).
+Each field names the kernel change it stands for (commit, release) or where it was observed.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class Profile:
 
     @property
     def uffd_features(self) -> int:
-        """What UFFDIO_API reports: 0x1ffff on 6.18 (section 9), 0x1fff on 6.1 (section 10)."""
+        """What UFFDIO_API reports: 0x1ffff on 6.18, 0x1fff on 6.1 (both observed)."""
         if self.wp_async:
             return 0x1FFFF
         if self.wp_unpopulated:
@@ -84,8 +83,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # This machine (section 9): the pte_none and PMD-hole fixes observed; the sticky merge
-    # fix is in 6.18.y since June 2026. CONFIG_MEM_SOFT_DIRTY is off here: see running().
+    # The development machine (6.18.44): the pte_none and PMD-hole fixes observed; the sticky
+    # merge fix is in 6.18.y since June 2026. CONFIG_MEM_SOFT_DIRTY is off there: running().
     "6.18": Profile("6.18", "6.18.44"),
     # 6.7 up to the 2026 fixes: generic path reads pte_none clean, PMD holes read clean,
     # VM_SOFTDIRTY lost on merge, mremap keeps uffd-wp PTE bits, no huge-zero PFNZERO.
@@ -94,7 +93,7 @@ PROFILES: dict[str, Profile] = {
         scan_pmd_hole_written=False, mremap_clears_uffd_wp=False, huge_zero_pfnzero=False,
         category_soft_dirty=False, category_guard=False, pt_reclaim=False,
         huge_zero_wp_thp=False, thp_split_zeropage=False),
-    # Debian 12 (section 10): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
+    # Debian 12 (observed under qemu): soft-dirty and synchronous uffd-wp, no WP_UNPOPULATED, no
     # WP_ASYNC, no PAGEMAP_SCAN (ENOTTY).
     "6.1": Profile(
         "6.1", "6.1", wp_async=False, wp_unpopulated=False, softdirty_sticky_merge=False,
@@ -106,10 +105,8 @@ PROFILES: dict[str, Profile] = {
 
 
 def get(name: str) -> Profile:
-    """A built-in profile by name; ``"running"`` (the kernel this process runs on, probed) is
-    :func:`writewatch.lab.profiles.running`, which this forwards to."""
+    """A built-in profile by name, or ``"running"``: :func:`running`."""
     if name == "running":
-        from ..lab.profiles import running  # the probes use the real kernel: the lab's job
         return running()
     try:
         return PROFILES[name]
@@ -118,10 +115,15 @@ def get(name: str) -> Profile:
                                    hint=f"one of: {', '.join(PROFILES)}, running") from None
 
 
-def __getattr__(name: str) -> object:
-    if name == "running":  # the documented writewatch.model.profiles.running
-        from ..lab.profiles import running
-        return running
-    raise AttributeError(name)
+def running() -> Profile:
+    """The profile of the kernel this process runs on, probed:
+    :func:`writewatch.lab.profiles.running`."""
+    # The model's one import from the lab. The probes ask the real kernel (features() and
+    # functional tests on scratch memory), which the simulation behind the seam must not
+    # do; get("running") and this function are documented names of the model, so they
+    # resolve the lab's probe here, on first use.
+    from ..lab.profiles import running as probe
+    return probe()
 
 
+__all__ = ["PROFILES", "Profile", "get", "running"]

@@ -46,6 +46,12 @@ class Bit:
     LAZYFREE = 64  #: MADV_FREE'd and clean: reclaim may discard it
 
 
+#: the short names the page-table code uses (module globals: the hot paths load them fastest)
+NONE, PRESENT, SWAP, MARKER = Entry.NONE, Entry.PRESENT, Entry.SWAP, Entry.MARKER
+RW, D, SD, WP, ZERO, ANON, LAZY = (Bit.RW, Bit.DIRTY, Bit.SOFT_DIRTY, Bit.UFFD_WP, Bit.ZERO_PFN,
+                                    Bit.ANON, Bit.LAZYFREE)
+
+
 def nbits(*bits: int) -> int:
     """The 8-bit complement of the OR of ``bits`` (for ``fl &= nbits(...)`` on uint8)."""
     m = 0
@@ -54,5 +60,27 @@ def nbits(*bits: int) -> int:
     return 0xFF & ~m
 
 
-__all__ = ["FAULT_AROUND", "PAGE", "PAGE_SHIFT", "PMD", "PMD_SHIFT", "PTRS", "PT_PAGE_BYTES",
-           "PUD_SHIFT", "Bit", "Entry", "nbits"]
+__all__ = [
+    "ANON",
+    "FAULT_AROUND",
+    "LAZY",
+    "MARKER",
+    "NONE",
+    "PAGE",
+    "PAGE_SHIFT",
+    "PMD",
+    "PMD_SHIFT",
+    "PRESENT",
+    "PTRS",
+    "PT_PAGE_BYTES",
+    "PUD_SHIFT",
+    "RW",
+    "SD",
+    "SWAP",
+    "WP",
+    "ZERO",
+    "Bit",
+    "D",
+    "Entry",
+    "nbits",
+]

@@ -1,13 +1,13 @@
-"""``writewatch.model.races`` is :mod:`writewatch.lab.races` (the experiments moved to the lab;
-this name stays for the scripts that use it)."""
+"""``writewatch.model.races`` is :mod:`writewatch.lab.races` (a name scripts import);
+``python -m writewatch.model.races`` runs ``writewatch model races``."""
 
 import sys
 
-if __name__ == "__main__":  # python -m writewatch.model.races: the CLI's subcommand
+if __name__ == "__main__":
     from ..cli.model import races_main
 
     raise SystemExit(races_main())
 
-from ..lab import races as _lab
+from ..lab import races
 
-sys.modules[__name__] = _lab
+sys.modules[__name__] = races

@@ -1,8 +1,7 @@
-"""``writewatch.model.replay`` is :mod:`writewatch.lab.replay` (the experiments moved to the lab;
-this name stays for the scripts that use it)."""
+"""``writewatch.model.replay`` is :mod:`writewatch.lab.replay` (a name scripts import)."""
 
 import sys
 
-from ..lab import replay as _lab
+from ..lab import replay
 
-sys.modules[__name__] = _lab
+sys.modules[__name__] = replay

@@ -21,8 +21,8 @@ from .pte import PAGE_SHIFT, PMD_SHIFT, Bit, Entry, nbits
 from .uffd import wp_range
 
 if TYPE_CHECKING:
-    from .mm import Mm
     from .profiles import Profile
+    from .space import AddressSpace
     from .vma import Vma
 
 C = U.PageCategory
@@ -105,14 +105,14 @@ def wp_entries(t: Any, i: int, j: int, sel: np.ndarray, markers: bool = True) ->
     return n
 
 
-def vma_categories(mm: Mm, v: Vma, is_async: bool) -> int:
+def vma_categories(mm: AddressSpace, v: Vma, is_async: bool) -> int:
     vcat = WPALLOWED if is_async and mm.uses_markers(v) else 0
     if v.softdirty and mm.profile.soft_dirty:
         vcat |= SOFT_DIRTY_C
     return vcat
 
 
-def scan_vma(mm: Mm, v: Vma, lo: int, hi: int, q: Query) -> tuple[bool, int]:
+def scan_vma(mm: AddressSpace, v: Vma, lo: int, hi: int, q: Query) -> tuple[bool, int]:
     """Scan [lo, hi) of one VMA; (output full, entries walked)."""
     is_async = v.uffd is not None and v.uffd.async_
     vcat = vma_categories(mm, v, is_async)
@@ -131,7 +131,7 @@ def scan_vma(mm: Mm, v: Vma, lo: int, hi: int, q: Query) -> tuple[bool, int]:
     return False, walked
 
 
-def _arm_all(mm: Mm, v: Vma, k: int, i: int, j: int, t: Any) -> None:
+def _arm_all(mm: AddressSpace, v: Vma, k: int, i: int, j: int, t: Any) -> None:
     """WP_MATCHING with vec_len 0: protect everything, report nothing."""
     base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
     if t is None:
@@ -149,7 +149,8 @@ def _none_clean(v: Vma) -> bool:
     return v.uffd is not None and not v.uffd.rules.linux
 
 
-def _table_cats(mm: Mm, v: Vma, t: Any, i: int, j: int, vcat: int, fast: bool) -> np.ndarray:
+def _table_cats(mm: AddressSpace, v: Vma, t: Any, i: int, j: int, vcat: int,
+                fast: bool) -> np.ndarray:
     if t is None:
         return categories(mm.profile, np.full(j - i, HOLE, np.uint8), np.zeros(j - i, np.uint8),
                           False, v.uffd is not None, vcat, fast, _none_clean(v))
@@ -157,7 +158,8 @@ def _table_cats(mm: Mm, v: Vma, t: Any, i: int, j: int, vcat: int, fast: bool) -
                       _none_clean(v))
 
 
-def _scan_chunk(mm: Mm, v: Vma, k: int, i: int, j: int, t: Any, vcat: int, q: Query) -> bool:
+def _scan_chunk(mm: AddressSpace, v: Vma, k: int, i: int, j: int, t: Any, vcat: int,
+                q: Query) -> bool:
     """One page-table page (or THP, or hole) of the range; True when the output filled."""
     base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
     out = q.out
@@ -188,7 +190,7 @@ def _scan_chunk(mm: Mm, v: Vma, k: int, i: int, j: int, t: Any, vcat: int, q: Qu
     return out.stopped
 
 
-def _scan_batch(mm: Mm, v: Vma, lo: int, hi: int, chunks: list[tuple[int, int, int]],
+def _scan_batch(mm: AddressSpace, v: Vma, lo: int, hi: int, chunks: list[tuple[int, int, int]],
                 tabs: list[Any], vcat: int, q: Query) -> tuple[bool, int]:
     """One VMA without PMD-mapped THPs, all its page-table pages at once."""
     n = (hi - lo) >> PAGE_SHIFT

@@ -29,17 +29,17 @@ addresses and lengths are integers, or strings "0x..."; ``tid`` defaults to 0)::
     {"op": "read", "addr": A, "len": L}
     {"op": "fork"}                                        # child shares memory copy-on-write
     {"op": "child_exit"}                                  # the last forked child exits
+    {"op": "reclaim", "addr": A, "len": L}                # memory pressure: swap anon out,
+                                                          # drop shmem/file PTEs (cache kept)
+    {"op": "track", "addr": A, "len": L}                  # start tracking this range
+    {"op": "collect"}                                     # the tracker collects (and re-arms)
+    {"op": "exit"}
 
 ``"proc": N`` on any of these ops (except track / collect) makes the N-th forked process do
 it (numbered by fork order, 1 for the first fork; 0, the default, is the traced process):
 ``{"op": "write", "addr": A, "len": L, "proc": 1}`` is the first child writing, which the
 parent's tracker sees only through memory the two share; ``{"op": "exit", "proc": 1}`` ends
 it. ``madvise`` also takes ``"COLLAPSE"`` (MADV_COLLAPSE: what khugepaged does).
-    {"op": "reclaim", "addr": A, "len": L}                # memory pressure: swap anon out,
-                                                          # drop shmem/file PTEs (cache kept)
-    {"op": "track", "addr": A, "len": L}                  # start tracking this range
-    {"op": "collect"}                                     # the tracker collects (and re-arms)
-    {"op": "exit"}
 
 Recorded real processes (written by the monitor; replayed as mapping changes plus writes)::
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _uapi as U
+from ..kernel.uffd import UffdMsg
 from .pte import PAGE, PMD_SHIFT, Bit, Entry, nbits
+from .space import AddressSpace, ModelError
 
 if TYPE_CHECKING:
-    from ..kernel.uffd import UffdMsg
-    from .mm import Mm
     from .vma import Vma
 
 _NOT_WP = np.uint8(nbits(Bit.UFFD_WP))
@@ -100,7 +100,7 @@ EventHandler = Callable[["UffdCtx", "UffdMsg"], None]
 class UffdCtx:
     """A userfaultfd context (struct userfaultfd_ctx)."""
 
-    def __init__(self, fd: int, mm: Mm, rules: WpRules = LINUX) -> None:
+    def __init__(self, fd: int, mm: AddressSpace, rules: WpRules = LINUX) -> None:
         self.fd = fd
         self.mm = mm
         self.rules = rules
@@ -143,7 +143,7 @@ class UffdCtx:
         r = self.rules
         return r.none_protected and self.armed and (v.wp_start or not r.vma_flag)
 
-    def fork_child(self, child: Mm) -> UffdCtx:
+    def fork_child(self, child: AddressSpace) -> UffdCtx:
         """dup_userfaultfd(): the context of a forked child, same features and rules."""
         c = UffdCtx(-1, child, self.rules)
         c.set_features(self.features)
@@ -154,15 +154,15 @@ class UffdCtx:
 
     def fork_complete(self, child: UffdCtx) -> None:
         """dup_userfaultfd_complete(): UFFD_EVENT_FORK carries the child context's new fd."""
-        from ..kernel.uffd import UffdMsg
         child.fd = self.install(child) if self.install is not None else -1
-        self.event(UffdMsg(U.UffdEvent.FORK, child.fd, 0, 0))
+        self.event(U.UffdEvent.FORK, child.fd)
 
     # -- events --------------------------------------------------------------------------------
-    def event(self, msg: UffdMsg) -> None:
+    def event(self, event: U.UffdEvent, a: int, b: int = 0, c: int = 0) -> None:
         """A non-cooperative event (fork, remap, remove, unmap): queued for the monitor; the
         kernel blocks the task until it is read (userfaultfd_event_wait_completion), which the
         model does not need to."""
+        msg = UffdMsg(event, a, b, c)
         if self.on_event is not None:
             self.on_event(self, msg)
         else:
@@ -170,11 +170,9 @@ class UffdCtx:
 
     def message(self, addr: int, seen: int, tids: tuple[int, ...]) -> None:
         """A synchronous write-protect fault: the message, and the monitor resolves it."""
-        from ..kernel.uffd import UffdMsg as _Msg
-        from .mm import ModelError
         self.notifications += 1
         if self.handler is None:
-            self.msgs.append(_Msg(U.UffdEvent.PAGEFAULT,
+            self.msgs.append(UffdMsg(U.UffdEvent.PAGEFAULT,
                                   int(U.UffdPagefaultFlag.WRITE | U.UffdPagefaultFlag.WP),
                                   addr, tids[0]))
             raise ModelError(
@@ -183,7 +181,7 @@ class UffdCtx:
                 hint="set UffdCtx.handler, or use async mode")
         self.handler(self, addr, seen, tids)
 
-    def wp_fault(self, mm: Mm, addr: int, tids: tuple[int, ...]) -> None:
+    def wp_fault(self, mm: AddressSpace, addr: int, tids: tuple[int, ...]) -> None:
         """A write hit an entry with the uffd-wp bit or a uffd-wp marker."""
         if self.async_:
             # do_wp_page / pte_marker_handle_uffd_wp: async mode resolves by clearing the bit
@@ -193,7 +191,7 @@ class UffdCtx:
             return
         self.message(addr, mm.content_page(addr), tids)
 
-    def resolve(self, mm: Mm, addr: int) -> None:
+    def resolve(self, mm: AddressSpace, addr: int) -> None:
         """Unprotect one page (what the monitor's UFFDIO_WRITEPROTECT mode 0 does)."""
         k = addr >> PMD_SHIFT
         t = mm.pt.get(k)
@@ -209,7 +207,17 @@ class UffdCtx:
             t.fl[n] &= _NOT_WP
 
 
-def wp_range(mm: Mm, v: Vma, start: int, end: int, on: bool) -> int:
+def unmap_prep(vmas: list[Vma], start: int, end: int) -> None:
+    """userfaultfd_unmap_prep(): one UFFD_EVENT_UNMAP per context with EVENT_UNMAP."""
+    seen: set[UffdCtx] = set()
+    for v in vmas:
+        ctx = v.uffd
+        if ctx is not None and ctx.has(U.UffdFeature.EVENT_UNMAP) and ctx not in seen:
+            seen.add(ctx)
+            ctx.event(U.UffdEvent.UNMAP, start, end)
+
+
+def wp_range(mm: AddressSpace, v: Vma, start: int, end: int, on: bool) -> int:
     """uffd_wp_range(): protect (markers on none entries where the VMA uses them) or
     unprotect [start, end) of ``v``; returns the entries walked."""
     markers = v.uffd is not None and v.uffd.uses_markers(v)
@@ -254,4 +262,5 @@ def wp_range(mm: Mm, v: Vma, start: int, end: int, on: bool) -> int:
     return walked
 
 
-__all__ = ["LINUX", "EventHandler", "Handler", "Ring", "UffdCtx", "WpRules", "wp_range"]
+__all__ = ["LINUX", "EventHandler", "Handler", "Ring", "UffdCtx", "WpRules", "unmap_prep",
+           "wp_range"]

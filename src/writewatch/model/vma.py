@@ -40,7 +40,9 @@ class Vma:
         # VM_SOFTDIRTY is in VM_IGNORE_MERGE (include/linux/mm.h) since 34228d473efe ("mm:
         # ignore VM_SOFTDIRTY on VMA merging", 3.16); before, differing flags kept VMAs apart
         sd = self.softdirty if softdirty_blocks_merge else None
-        return (self.prot, self.kind, self.shared, id(self.file), id(self.uffd), self.hugepage,
+        # the file and the uffd context compare by identity (is_mergeable_vma: same vm_file,
+        # is_mergeable_vm_userfaultfd_ctx: same vm_userfaultfd_ctx)
+        return (self.prot, self.kind, self.shared, self.file, self.uffd, self.hugepage,
                 self.wp_start, sd)
 
     def clone(self, start: int, end: int, **changes: Any) -> Vma:

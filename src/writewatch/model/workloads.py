@@ -1,8 +1,7 @@
-"""``writewatch.model.workloads`` is :mod:`writewatch.lab.workloads` (the experiments moved to the
-lab; this name stays for the scripts that use it)."""
+"""``writewatch.model.workloads`` is :mod:`writewatch.lab.workloads` (a name scripts import)."""
 
 import sys
 
-from ..lab import workloads as _lab
+from ..lab import workloads
 
-sys.modules[__name__] = _lab
+sys.modules[__name__] = workloads

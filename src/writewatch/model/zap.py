@@ -23,18 +23,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .pte import PAGE_SHIFT, PMD, Bit, Entry, nbits
+from .pte import (
+    ANON,
+    LAZY,
+    MARKER,
+    NONE,
+    PAGE_SHIFT,
+    PMD_SHIFT,
+    PRESENT,
+    SD,
+    SWAP,
+    WP,
+    ZERO,
+    D,
+    nbits,
+)
 
 if TYPE_CHECKING:
-    from .mm import Mm
+    from .space import AddressSpace
     from .vma import Vma
 
-RW, D, SD, WP, ZERO, ANON, LAZY = (Bit.RW, Bit.DIRTY, Bit.SOFT_DIRTY, Bit.UFFD_WP,
-                                    Bit.ZERO_PFN, Bit.ANON, Bit.LAZYFREE)
-NONE, PRESENT, SWAP, MARKER = Entry.NONE, Entry.PRESENT, Entry.SWAP, Entry.MARKER
 
-
-def zap(mm: Mm, v: Vma, start: int, end: int, *, discard: bool = True,
+def zap(mm: AddressSpace, v: Vma, start: int, end: int, *, discard: bool = True,
         drop_cache: bool = False, reclaim_pt: bool = False) -> None:
     """Unmap the entries of [start, end) in ``v`` (zap_pte_range). ``discard``: MADV_DONTNEED
     / MADV_REMOVE (uffd-wp state is kept as markers where the rules say so); not for munmap."""
@@ -44,10 +54,7 @@ def zap(mm: Mm, v: Vma, start: int, end: int, *, discard: bool = True,
     # state kept for file/shmem, whose content stays
     dmark = discard and ctx is not None and ctx.rules.discard_marker and ctx.armed
     c = mm.c
-    for k, i, j in mm.chunks(start, end):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(start, end):
         c.ptl += 1
         if t.huge:
             if i == 0 and j == 512 and not markers and not dmark:
@@ -77,7 +84,7 @@ def zap(mm: Mm, v: Vma, start: int, end: int, *, discard: bool = True,
         v.file.resident[a:b] = False
 
 
-def remove(mm: Mm, v: Vma, lo: int, hi: int) -> None:
+def remove(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
     """MADV_REMOVE (shmem_fallocate PUNCH_HOLE): the pages leave the file; every mapping of
     them in every process is zapped first (unmap_mapping_range)."""
     f = v.file
@@ -94,12 +101,9 @@ def remove(mm: Mm, v: Vma, lo: int, hi: int) -> None:
     zap(mm, v, lo, hi, drop_cache=True)
 
 
-def lazyfree(mm: Mm, start: int, end: int) -> None:
+def lazyfree(mm: AddressSpace, start: int, end: int) -> None:
     """MADV_FREE: clean anon pages become discardable; swap entries are freed."""
-    for k, i, j in mm.chunks(start, end):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(start, end):
         if t.huge and not (i == 0 and j == 512):
             mm.split_huge(k)
         st, fl = t.st[i:j], t.fl[i:j]
@@ -111,7 +115,7 @@ def lazyfree(mm: Mm, start: int, end: int) -> None:
         t.ver[i:j][sw] = 0
 
 
-def reclaim(mm: Mm, v: Vma, lo: int, hi: int) -> None:
+def reclaim(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
     """Memory pressure on [lo, hi) of ``v``: see the module docstring. An anonymous THP is
     split first, and since 6.12 its zero-filled subpages are mapped to the
     shared zero page (b1f202060afe, "mm: remap unused subpages to shared zeropage when
@@ -119,10 +123,7 @@ def reclaim(mm: Mm, v: Vma, lo: int, hi: int) -> None:
     ctx = v.uffd
     markers = ctx is not None and ctx.rules.markers
     c = mm.c
-    for k, i, j in mm.chunks(lo, hi):
-        t = mm.pt.get(k)
-        if t is None:
-            continue
+    for k, i, j, t in mm.tables(lo, hi):
         if t.huge:
             huge_anon = bool(t.fl[0] & ANON)
             mm.split_huge(k)  # THPs are split to be swapped
@@ -152,12 +153,12 @@ def reclaim(mm: Mm, v: Vma, lo: int, hi: int) -> None:
         fl[rest] = 0
         t.ver[i:j][pres] = 0
         if v.file is not None and v.kind == "shmem":
-            a = v.page_index(max(lo, (k << 21) + (i << PAGE_SHIFT)))
+            a = v.page_index(max(lo, (k << PMD_SHIFT) + (i << PAGE_SHIFT)))
             v.file.resident[a:a + j - i] = False
     c.tlb_flushes += 1
 
 
-def move_entries(mm: Mm, src: int, dst: int, length: int, keep_wp: bool) -> None:
+def move_entries(mm: AddressSpace, src: int, dst: int, length: int, keep_wp: bool) -> None:
     """move_page_tables() for one step (a PMD or a page) of an mremap."""
     prof = mm.profile
     for (ks, i, j), (kd, a, b) in zip(mm.chunks(src, src + length),
@@ -189,4 +190,3 @@ def move_entries(mm: Mm, src: int, dst: int, length: int, keep_wp: bool) -> None
         ts.fl[i:j] = 0
         if ts.huge:
             mm.pt.free(ks)
-    _ = PMD

@@ -14,19 +14,27 @@ step by step). :attr:`Design.explore` names the tracker procedure the explorer u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from ... import _uapi as U
 from ... import errors
+from ...model.kernel import ModelKernel
 from ...model.profiles import Profile
 from ...model.pte import PAGE
 from ...model.uffd import UffdCtx, WpRules
 
-if TYPE_CHECKING:
-    from ...model.kernel import ModelKernel
-    from ..replay import Runner
+
+class Host(Protocol):
+    """What a design runs in (the replay's :class:`~writewatch.lab.replay.Runner`): the model
+    kernel, the profile it runs, and where a synchronous design's monitor reports each
+    notification (the page and the content it copied)."""
+
+    kernel: ModelKernel
+    profile: Profile
+
+    def notify(self, addr: int, seen: int) -> None: ...
 
 
 class Design:
@@ -52,7 +60,9 @@ class Design:
     explore_why: ClassVar[str] = ""
 
     k: ModelKernel
-    r: Runner
+    r: Host
+    #: duplicate notifications only the design can see (a ring's repeated entries)
+    duplicates: int = 0
 
     # -- what the design needs --------------------------------------------------------------
     def unavailable(self, profile: Profile) -> str | None:
@@ -65,7 +75,7 @@ class Design:
         return profile
 
     # -- hooks ------------------------------------------------------------------------------
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         """Once, before the trace: open what the tracker needs."""
         self.r = r
         self.k = r.kernel
@@ -121,4 +131,4 @@ def needs_wp_async(profile: Profile) -> str | None:
     return None if profile.wp_async else "no UFFD_FEATURE_WP_ASYNC / PAGEMAP_SCAN (6.7)"
 
 
-__all__ = ["Design", "needs_wp_async", "page_ranges"]
+__all__ = ["Design", "Host", "needs_wp_async", "page_ranges"]

@@ -5,17 +5,12 @@ and reports remapped spans conservatively, and scans for PMD holes on kernels wi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from ... import _uapi as U
 from ...model.profiles import Profile
 from ...model.uffd import LINUX
-from .base import Design, needs_wp_async
-
-if TYPE_CHECKING:
-    from ..replay import Runner
+from .base import Design, Host, needs_wp_async
 
 
 class Library(Design):
@@ -29,7 +24,7 @@ class Library(Design):
     def unavailable(self, profile: Profile) -> str | None:
         return needs_wp_async(profile)
 
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         super().setup(r)
         from ...backends.uffd_async import UffdAsyncBackend
         self.backend = UffdAsyncBackend(

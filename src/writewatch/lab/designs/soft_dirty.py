@@ -11,17 +11,14 @@ might prevent merging as we discovered."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ... import _uapi as U
 from ...model.profiles import Profile
 from ...model.pte import PAGE, PAGE_SHIFT
-from .base import Design, page_ranges
-
-if TYPE_CHECKING:
-    from ..replay import Runner
+from .base import Design, Host, page_ranges
 
 
 class SoftDirty(Design):
@@ -39,7 +36,7 @@ class SoftDirty(Design):
         return profile.replace(softdirty_sticky_merge=self.sticky,
                                softdirty_blocks_merge=self.blocks_merge)
 
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         super().setup(r)
         self.pm = self.k.open_pagemap("self")
         self.spans: list[tuple[int, int]] = []

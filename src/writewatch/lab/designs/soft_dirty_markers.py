@@ -16,39 +16,19 @@ every VMA (an application using userfaultfd itself gets EBUSY).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
-
 import numpy as np
 
 from ... import _uapi as U
 from ... import errors
-from ...model.profiles import Profile
-from ...model.uffd import LINUX
-from .base import Design, needs_wp_async
+from .uffd_async import UffdAsync
 
-if TYPE_CHECKING:
-    from ..replay import Runner
-
-_WRITTEN = int(U.PageCategory.WRITTEN)
 _WPALLOWED = int(U.PageCategory.WPALLOWED)
 
 
-class SoftDirtyOnMarkers(Design):
+class SoftDirtyOnMarkers(UffdAsync):
     name = "soft-dirty-on-markers"
     title = "soft-dirty's interface, implemented inside on async uffd-wp markers"
     origin = "David Hildenbrand, linux-mm, 22 Feb 2023"
-    rules = LINUX
-    features = int(U.UffdFeature.WP_ASYNC | U.UffdFeature.WP_UNPOPULATED)
-    explore: ClassVar[str | None] = "scan"
-
-    def unavailable(self, profile: Profile) -> str | None:
-        return needs_wp_async(profile)
-
-    def setup(self, r: Runner) -> None:
-        super().setup(r)
-        self.fd = self.open_uffd()
-        self.pm = self.k.open_pagemap("self")
-        self.spans: list[tuple[int, int]] = []
 
     def _adopt(self, s: int, e: int) -> np.ndarray:
         """Arm the VMAs of [s, e) not armed yet; their pages, reported dirty."""
@@ -60,8 +40,7 @@ class SoftDirtyOnMarkers(Design):
                 self.k.uffdio_register(self.fd, a, b - a, U.UffdRegisterMode.WP)
             except errors.WriteWatchError:
                 continue  # not registrable: stays reported dirty at every collect
-            self.k.scan_all(self.pm, a, b, flags=int(U.PmScanFlag.WP_MATCHING),
-                            category_mask=_WRITTEN, return_mask=_WRITTEN)
+            self.scan(a, b)
         return new
 
     def arm(self, start: int, end: int) -> None:
@@ -71,8 +50,6 @@ class SoftDirtyOnMarkers(Design):
     def collect(self) -> np.ndarray:
         parts = []
         for s, e in self.spans:
-            parts.append(self.k.scan_all(self.pm, s, e, flags=int(U.PmScanFlag.WP_MATCHING),
-                                         category_mask=_WRITTEN,
-                                         return_mask=_WRITTEN).regions[:, :2])
+            parts.append(self.scan(s, e))
             parts.append(self._adopt(s, e))
         return np.concatenate(parts) if parts else np.empty((0, 2), np.uint64)

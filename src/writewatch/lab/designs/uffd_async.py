@@ -3,17 +3,14 @@ Muhammad Usama Anjum, 6.7): "uffd-wp async mode as a soft-dirty replacement"."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ... import _uapi as U
 from ...model.profiles import Profile
 from ...model.uffd import LINUX, WpRules
-from .base import Design, needs_wp_async
-
-if TYPE_CHECKING:
-    from ..replay import Runner
+from .base import Design, Host, needs_wp_async
 
 _WRITTEN = int(U.PageCategory.WRITTEN)
 _PRESENT = int(U.PageCategory.PRESENT)
@@ -31,7 +28,7 @@ class UffdAsync(Design):
     def unavailable(self, profile: Profile) -> str | None:
         return needs_wp_async(profile)
 
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         super().setup(r)
         self.fd = self.open_uffd()
         self.pm = self.k.open_pagemap("self")

@@ -4,19 +4,15 @@ blocks on a message until the monitor unprotects the page. Without WP_UNPOPULATE
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ... import _uapi as U
+from ...kernel.uffd import UffdMsg
 from ...model.profiles import Profile
-from ...model.uffd import LINUX
-from .base import Design, page_ranges
-
-if TYPE_CHECKING:
-    from ...kernel.uffd import UffdMsg
-    from ...model.uffd import UffdCtx
-    from ..replay import Runner
+from ...model.uffd import LINUX, UffdCtx
+from .base import Design, Host, page_ranges
 
 
 class UffdSync(Design):
@@ -28,7 +24,7 @@ class UffdSync(Design):
     features = int(U.UffdFeature.PAGEFAULT_FLAG_WP)
     explore: ClassVar[str | None] = "handler"
 
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         super().setup(r)
         self.fd = self.open_uffd()
         self.spans: list[tuple[int, int]] = []
@@ -45,7 +41,7 @@ class UffdSync(Design):
 
     def rearm(self) -> None:
         for s, e in self.spans:
-            for v in self.r.mm.vmas_in(s, e):
+            for v in self.k.mm.vmas_in(s, e):
                 if v.uffd is not None and v.uffd.fd == self.fd:
                     lo, hi = max(v.start, s), min(v.end, e)
                     self.k.uffdio_writeprotect(self.fd, lo, hi - lo,

@@ -5,20 +5,16 @@ falls back to a full PAGEMAP_SCAN walk. A zap is not a fault: it is not logged."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from ... import _uapi as U
 from ... import errors
 from ...model.pte import PAGE
-from ...model.uffd import Ring, WpRules
-from .base import page_ranges
+from ...model.uffd import Ring, UffdCtx, WpRules
+from .base import Host, page_ranges
 from .uffd_async import UffdAsync
-
-if TYPE_CHECKING:
-    from ...model.uffd import UffdCtx
-    from ..replay import Runner
 
 
 class WriteRing(UffdAsync):
@@ -29,7 +25,7 @@ class WriteRing(UffdAsync):
     explore: ClassVar[str | None] = "ring"
     capacity = 1024
 
-    def setup(self, r: Runner) -> None:
+    def setup(self, r: Host) -> None:
         self.ring = Ring(self.capacity)
         super().setup(r)
 
@@ -43,7 +39,7 @@ class WriteRing(UffdAsync):
             self.ring.overflowed = False
             return super().collect()  # the full walk
         pages = sorted(set(self.ring.entries))
-        self.r.duplicates += len(self.ring.entries) - len(pages)
+        self.duplicates += len(self.ring.entries) - len(pages)
         self.ring.entries.clear()
         self.k.entries_walked += len(pages)
         for a in pages:
