@@ -402,7 +402,6 @@ def test_a_design_from_outside(capsys, monkeypatch) -> None:
 
 
 def test_cli_plot_json_series_and_seeds(tmp_path, capsys) -> None:
-    pytest.importorskip("matplotlib")
     png = tmp_path / "f.png"
     assert _cli("compare", "-w", "hotcold", "-d", "uffd-async", "-d", "soft-dirty",
                 "--plot", str(png), "--json") == 0

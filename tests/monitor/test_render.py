@@ -131,7 +131,6 @@ def test_summary_text() -> None:
 
 
 def test_record_writes_a_trace_the_model_reads(tmp_path) -> None:
-    pytest.importorskip("writewatch.model.trace")
     from writewatch.model.trace import Trace
     from writewatch.monitor.record import TraceRecorder
 

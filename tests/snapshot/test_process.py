@@ -57,10 +57,7 @@ def test_base_plus_deltas_equal_a_full_read_at_the_same_pause(tmp_path, loaded, 
         from memutil import require_uffd_async
         require_uffd_async()
         from writewatch.process import attach
-        try:
-            tracker = attach(loaded.pid)
-        except Exception as exc:  # any refusal: skip with the reason
-            pytest.skip(f"attach unavailable: {exc}")
+        tracker = attach(loaded.pid)  # uffd-async is usable (above): a refusal is a bug
         src = ProcessSource(loaded.pid, tracker, owned=True)
     else:
         src = ProcessSource(loaded.pid)
