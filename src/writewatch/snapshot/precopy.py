@@ -1,0 +1,322 @@
+"""Reading the pages of a save: stop-and-copy, or pre-copy under a pause budget.
+
+Stop-and-copy stops the target, collects, reads every page the snapshot needs and resumes
+it: the pause grows with what is read. Pre-copy (``max_pause``) reads while the target runs
+and stops it only for what is left, the way live migration does (QEMU's RAM pre-copy,
+CRIU's ``pre-dump`` iterations):
+
+1. collect (the tracker re-arms the pages it reports in the same kernel call), drop the
+   copies of those pages read earlier in this save, and read every page the snapshot needs
+   that has no valid copy, while the target runs;
+2. again, round after round, until what is left is predicted to fit the budget (the
+   measured fixed cost of a stop plus the bytes left at the measured read rate);
+3. stop the target, collect, drop, read what is left, resume.
+
+Why the image is exactly memory at the final stop: a copy of page p is kept only if no
+collect after its read reported p. A write to p after a collect re-armed it faults and marks
+p written (async uffd-wp; PAGEMAP_SCAN reports it at the next collect), so a copy that is
+kept was read after p's last write before the stop. Pages the tracker does not cover give no
+such guarantee: they are read during the stop, whatever the budget.
+
+When writes outpace reads (the budget is not met after ``rounds`` rounds or ``seconds``, or
+three rounds in a row leave no less to read), the target is stopped anyway and the report
+says so (``converged=False``). The image is exact either way; only the pause is longer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..pages import Pages
+from .format import Region
+from .source import Source
+
+__all__ = ["Gathered", "PageArena", "PrecopyReport", "gather"]
+
+_U64 = np.uint64
+
+
+def _expand(pages: Pages) -> np.ndarray:
+    return pages.addresses() if pages else np.empty(0, _U64)
+
+
+def _mask_in(addrs: np.ndarray, pages: Pages) -> np.ndarray:
+    """For sorted ``addrs``: which lie in ``pages``."""
+    n = len(addrs)
+    if not n or not pages:
+        return np.zeros(n, bool)
+    r = pages.ranges
+    lo = np.searchsorted(addrs, r[:, 0])
+    hi = np.searchsorted(addrs, r[:, 1])
+    d = np.zeros(n + 1, np.int64)
+    np.add.at(d, lo, 1)
+    np.add.at(d, hi, -1)
+    return np.cumsum(d[:-1]) > 0
+
+
+class PageArena:
+    """Copies of pages read during one save, in fixed-size blocks (from the Snapshotter's
+    buffer pool), with a validity bit each. A page keeps its slot for the whole save: a
+    re-read overwrites it; pages read for the first time take consecutive slots, so a run of
+    them is read straight into its block."""
+
+    def __init__(self, page_size: int, block_pages: int, new_block: Callable[[], np.ndarray],
+                 release: Callable[[np.ndarray], None]) -> None:
+        self.ps = page_size
+        self.bp = block_pages
+        self._new_block = new_block
+        self._release = release
+        self.blocks: list[np.ndarray] = []
+        self.addr = np.empty(0, _U64)  # sorted
+        self.slot = np.empty(0, np.int64)
+        self.valid = np.empty(0, bool)
+        self.nslots = 0
+
+    def valid_pages(self) -> Pages:
+        a = self.addr[self.valid]
+        return Pages.from_addresses(a, self.ps) if len(a) else Pages((), self.ps)
+
+    def invalidate(self, pages: Pages) -> None:
+        self.valid &= ~_mask_in(self.addr, pages)
+
+    def _rows(self, slot0: int, n: int) -> np.ndarray:
+        b, r = divmod(slot0, self.bp)
+        return self.blocks[b].reshape(-1, self.ps)[r:r + n]
+
+    def _grow(self, nslots: int) -> None:
+        while len(self.blocks) * self.bp < nslots:
+            self.blocks.append(self._new_block())
+
+    def read(self, src: Source, pages: Pages, *, strict: bool) -> int:
+        """Read ``pages`` from ``src`` into their slots and mark them valid; returns the bytes
+        read. Not ``strict`` (the target runs): a range that cannot be read (unmapped
+        meanwhile) is left invalid instead of raising."""
+        want = _expand(pages)
+        if not len(want):
+            return 0
+        pos = np.searchsorted(self.addr, want)
+        pc = np.minimum(pos, max(len(self.addr) - 1, 0))
+        old = (pos < len(self.addr)) & (self.addr[pc] == want) if len(self.addr) else \
+            np.zeros(len(want), bool)
+        new = want[~old]
+        slots = np.empty(len(want), np.int64)
+        slots[old] = self.slot[pc[old]]
+        slots[~old] = self.nslots + np.arange(len(new))
+        self._grow(self.nslots + len(new))
+        self.nslots += len(new)
+        ok = np.ones(len(want), bool)
+        self._read_new(src, want[~old], slots[~old], ok, np.flatnonzero(~old), strict)
+        self._read_old(src, want[old], slots[old], ok, np.flatnonzero(old), strict)
+        if len(new):
+            addr = np.concatenate([self.addr, new])
+            order = np.argsort(addr, kind="stable")
+            self.addr = addr[order]
+            self.slot = np.concatenate([self.slot, slots[~old]])[order]
+            self.valid = np.concatenate([self.valid, np.zeros(len(new), bool)])[order]
+        pos = np.searchsorted(self.addr, want)
+        self.valid[pos[ok]] = True
+        return int(ok.sum()) * self.ps
+
+    def _read_new(self, src: Source, addrs: np.ndarray, slots: np.ndarray, ok: np.ndarray,
+                  where: np.ndarray, strict: bool) -> None:
+        """Pages read for the first time: consecutive slots, read straight into blocks."""
+        if not len(addrs):
+            return
+        ps = self.ps
+        # split where the address run breaks or a block ends
+        brk = (np.diff(addrs.astype(np.int64)) != ps) | (np.diff(slots // self.bp) != 0)
+        starts = np.concatenate([[0], np.flatnonzero(brk) + 1])
+        ends = np.concatenate([starts[1:], [len(addrs)]])
+        runs = np.stack([addrs[starts], addrs[starts] + (ends - starts).astype(_U64) *
+                         _U64(ps)], axis=1)
+        blk = slots[starts] // self.bp
+        bounds = np.flatnonzero(np.diff(blk)) + 1
+        for part in np.split(np.arange(len(runs)), bounds):
+            s0, s1 = int(starts[part[0]]), int(ends[part[-1]])
+            out = self._rows(int(slots[s0]), s1 - s0).reshape(-1)
+            _read(src, runs[part], out, ok, where[s0:s1], ps, strict)
+
+    def _read_old(self, src: Source, addrs: np.ndarray, slots: np.ndarray, ok: np.ndarray,
+                  where: np.ndarray, strict: bool) -> None:
+        """Pages read again: into a temporary buffer, then copied to their slots."""
+        if not len(addrs):
+            return
+        ps = self.ps
+        tmp = np.empty(len(addrs) * ps, np.uint8)
+        runs = Pages.from_addresses(addrs, ps).ranges
+        _read(src, runs, tmp, ok, where, ps, strict)
+        rows = tmp.reshape(-1, ps)
+        blk = slots // self.bp
+        for b in np.unique(blk).tolist():
+            sel = blk == b
+            self.blocks[b].reshape(-1, ps)[slots[sel] % self.bp] = rows[sel]
+
+    def gather(self, runs: np.ndarray, out: Callable[[int], np.ndarray]
+               ) -> tuple[np.ndarray, bool]:
+        """The pages of ``runs`` (all valid) back to back: a view of a block when their slots
+        are consecutive in one (False), else copied into ``out(nbytes)`` (True: a buffer of
+        the caller's pool)."""
+        want = Pages._trusted(np.ascontiguousarray(runs, _U64), self.ps).addresses()
+        slots = self.slot[np.searchsorted(self.addr, want)]
+        n = len(slots)
+        if n and int(slots[-1]) - int(slots[0]) == n - 1 and \
+                int(slots[0]) // self.bp == int(slots[-1]) // self.bp and \
+                (n == 1 or bool((np.diff(slots) == 1).all())):
+            return self._rows(int(slots[0]), n).reshape(-1), False
+        buf = out(n * self.ps)
+        rows = buf.reshape(-1, self.ps)
+        blk = slots // self.bp
+        for b in np.unique(blk).tolist():
+            sel = blk == b
+            rows[sel] = self.blocks[b].reshape(-1, self.ps)[slots[sel] % self.bp]
+        return buf, True
+
+    def close(self) -> None:
+        for b in self.blocks:
+            self._release(b)
+        self.blocks = []
+
+
+def _read(src: Source, runs: np.ndarray, out: np.ndarray, ok: np.ndarray, where: np.ndarray,
+          ps: int, strict: bool) -> None:
+    """``src.read(runs, out)``; when not strict, a failing batch is retried range by range and
+    the pages of the ranges that still fail are marked not ok."""
+    try:
+        src.read(runs, out)
+        return
+    except (errors.WriteWatchError, OSError):
+        if strict:
+            raise
+    pos = 0
+    for lo, hi in runs.tolist():
+        n = (hi - lo) // ps
+        try:
+            src.read(np.array([[lo, hi]], _U64), out[pos * ps:(pos + n) * ps])
+        except (errors.WriteWatchError, OSError):
+            ok[where[pos:pos + n]] = False
+        pos += n
+
+
+@dataclass(frozen=True)
+class PrecopyReport:
+    """How the pages of one save were read."""
+
+    max_pause: float | None  #: the budget (None: stop-and-copy)
+    rounds: int = 0  #: rounds of reading while the target ran
+    running_bytes: int = 0  #: bytes read while it ran
+    reread_bytes: int = 0  #: of them, bytes of pages read again (written meanwhile)
+    paused_bytes: int = 0  #: bytes read while it was stopped
+    converged: bool | None = None  #: what was left fitted the budget (None: no pre-copy)
+    #: why the rounds ended: "converged", "rounds", "time", "no progress" (writes outpace
+    #: reads), "no tracker" (nothing says which pages were written), or "" (stop-and-copy)
+    why: str = ""
+    predicted_pause: float = 0.0  #: the pause the last round predicted
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_pause": self.max_pause, "rounds": self.rounds,
+                "running_bytes": self.running_bytes, "reread_bytes": self.reread_bytes,
+                "paused_bytes": self.paused_bytes, "converged": self.converged,
+                "why": self.why, "predicted_pause": round(self.predicted_pause, 6)}
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the final stop saw, and where the pages are."""
+
+    maps: tuple[Region, ...]
+    regions: tuple[Region, ...]
+    written: Pages  #: every page a collect of this save reported
+    want: Pages  #: the pages the snapshot needs (all valid in the arena)
+    content: Pages  #: of them, the pages to compare with the parent by content
+    report: PrecopyReport
+    t_collect: float  #: the final collect, inside the stop
+    t_read: float  #: reading inside the stop
+
+
+#: (regions, every page written so far in this save) -> (pages needed, pages compared by
+#: content, pages without write tracking that must be read while stopped)
+WantFn = Callable[[tuple[Region, ...], Pages], tuple[Pages, Pages, Pages]]
+
+
+@dataclass
+class Budget:
+    """Pre-copy limits and what earlier saves measured."""
+
+    max_pause: float
+    rounds: int = 12
+    seconds: float = 30.0
+    stop_cost: float | None = None  #: measured: a stop's time minus its reading
+    read_rate: float | None = None  #: measured bytes/s of reads
+
+    def predict(self, nbytes: int, t_collect: float) -> float:
+        rate = self.read_rate or 1e9
+        fixed = self.stop_cost if self.stop_cost is not None else 2 * t_collect + 1e-3
+        return fixed + nbytes / rate
+
+
+def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None,
+           paused: Callable[[], Any], tracked: bool) -> Gathered:
+    """Read every page the snapshot needs into ``arena``: stop-and-copy when ``budget`` is
+    None, else pre-copy rounds first (:mod:`this module <.precopy>`)."""
+    written = Pages((), src.page_size)
+    rounds = running = reread = 0
+    why, converged, predicted = "", None, 0.0
+    if budget is not None and not tracked:
+        why, converged = "no tracker", False
+    elif budget is not None:
+        t0 = time.perf_counter()
+        best, stale = math.inf, 0
+        while True:
+            regions = src.regions(src.maps())
+            tc = time.perf_counter()
+            got = src.collect()
+            t_coll = time.perf_counter() - tc
+            written = written | got
+            arena.invalidate(got)
+            want, _, untracked = want_of(regions, written)
+            todo = (want - untracked) - arena.valid_pages()
+            predicted = budget.predict(todo.nbytes + untracked.nbytes, t_coll)
+            if predicted <= budget.max_pause:
+                why, converged = "converged", True
+                break
+            stale = stale + 1 if todo.nbytes >= best else 0
+            best = min(best, todo.nbytes)
+            if rounds >= budget.rounds or stale >= 3 or \
+                    time.perf_counter() - t0 >= budget.seconds:
+                why = "rounds" if rounds >= budget.rounds else \
+                    "no progress" if stale >= 3 else "time"
+                converged = False
+                break
+            again = todo & Pages.from_addresses(arena.addr, src.page_size) \
+                if len(arena.addr) else Pages((), src.page_size)
+            tr = time.perf_counter()
+            got_bytes = arena.read(src, todo, strict=False)
+            dt = time.perf_counter() - tr
+            if got_bytes and dt > 0:
+                budget.read_rate = got_bytes / dt
+            running += got_bytes
+            reread += again.nbytes
+            rounds += 1
+    with paused():
+        maps = src.maps()
+        regions = src.regions(maps)
+        tc = time.perf_counter()
+        got = src.collect()
+        t_collect = time.perf_counter() - tc
+        written = written | got
+        arena.invalidate(got)
+        want, content, untracked = want_of(regions, written)
+        arena.invalidate(untracked)
+        tr = time.perf_counter()
+        paused_bytes = arena.read(src, want - arena.valid_pages(), strict=True)
+        t_read = time.perf_counter() - tr
+    report = PrecopyReport(budget.max_pause if budget else None, rounds, running, reread,
+                           paused_bytes, converged, why, predicted)
+    return Gathered(maps, regions, written, want, content, report, t_collect, t_read)
