@@ -94,7 +94,7 @@ def page_digests(rows: np.ndarray, digest: Callable[[Any], bytes]) -> np.ndarray
         return np.empty((0, 2), PAGE_DIGEST)
     flat = memoryview(np.ascontiguousarray(rows).reshape(-1).data).cast("B")
     ps = rows.shape[1]
-    joined = b"".join([digest(flat[i:i + ps]) for i in range(0, n * ps, ps)])
+    joined = bytearray(b"".join([digest(flat[i:i + ps]) for i in range(0, n * ps, ps)]))
     return np.frombuffer(joined, PAGE_DIGEST).reshape(n, 2)
 
 

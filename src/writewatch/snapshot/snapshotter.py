@@ -250,6 +250,7 @@ class Snapshotter:
             Budget(float(max_pause), precopy_rounds, float(precopy_seconds))
         self._last: Manifest | None = None
         self._index: PageIndex | None = None
+        self._zero_digest = np.frombuffer(self.snapshots.digest(bytes(ps)), PAGE_DIGEST)
         # chunk buffers are reused: a fresh multi-MiB array costs its page faults (and, with
         # THP, the zeroing of huge pages) on every save
         self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
@@ -473,10 +474,10 @@ class Snapshotter:
         rows = buf.reshape(-1, ps)
         addrs = _expand(runs, ps)
         n = len(addrs)
-        nz = np.bitwise_or.reduce(rows.view(np.uint64), axis=1) != 0 if self.zero_pages \
-            else np.ones(n, bool)
-        dig = np.zeros((n, 2), PAGE_DIGEST)
-        dig[nz] = page_digests(rows[nz], self.snapshots.digest)
+        dig = page_digests(rows, self.snapshots.digest)
+        # a zero page is known by its digest: no second pass over the bytes
+        nz = (dig != self._zero_digest).any(axis=1) if self.zero_pages else np.ones(n, bool)
+        dig[~nz] = 0
         keep = np.ones(n, bool)
         if pview is not None and content:
             cmp = np.flatnonzero(_mask_in(addrs, content))

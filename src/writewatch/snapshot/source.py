@@ -86,7 +86,7 @@ class BufferSource(Source):
     def paused(self) -> contextlib.AbstractContextManager[Any]:
         if self.pause is None:
             return contextlib.nullcontext()
-        if hasattr(self.pause, "__enter__"):
+        if hasattr(self.pause, "__enter__") and not isinstance(self.pause, type):
             return self.pause  # type: ignore[no-any-return]
         return self.pause()  # type: ignore[no-any-return]
 

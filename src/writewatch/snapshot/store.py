@@ -346,8 +346,9 @@ class DirStore(Store):
         return name in self._pending or os.path.exists(self._file(name))
 
     def list(self, prefix: str) -> list[str]:
-        self.flush()
         kind = prefix.rstrip("/")
+        if kind != "snapshots":
+            self.flush()  # chunk puts in flight are listed once they are written
         root = os.path.join(self.path, kind)
         if kind == "snapshots":
             return sorted(f"snapshots/{n}" for n in _listdir(root) if not n.startswith("."))
