@@ -159,6 +159,8 @@ def _expand_extents(e: np.ndarray, ps: int) -> tuple[np.ndarray, ...]:
     pp = np.repeat(e["page"].astype(np.int64), counts) + within
     dcounts = np.where(e["chunk"] != ZERO, counts, 0)
     pd = np.repeat(np.cumsum(dcounts) - dcounts, counts) + within
+    if len(pa) < 2 or bool((pa[1:] > pa[:-1]).all()):  # extents are stored sorted
+        return pa, pc, pp, pd
     order = np.argsort(pa, kind="stable")
     return pa[order], pc[order], pp[order], pd[order]
 
@@ -275,63 +277,62 @@ class Snapshots:
         return tuple(self.info(n) for n in self.names())
 
     # -- resolve and read -----------------------------------------------------------------------
-    def resolve(self, ref: Any) -> _Resolved:
+    def resolve(self, ref: Any, *, digests: bool = True) -> _Resolved:
+        """Where each page of ``ref`` comes from: its chain's manifests applied oldest first,
+        each newer one replacing the pages it holds. ``digests``: also each page's digest
+        (None when a manifest of the chain has none)."""
         chain = self.chain(ref)
         top = chain[0]
         ps = top.page_size
-        # region order (the order of the restored image)
-        addrs = np.concatenate([np.arange(r.start, r.end, ps, dtype=_U64)
-                                for r in top.regions]) if top.regions else np.empty(0, _U64)
-        n = len(addrs)
-        chunk = np.full(n, -2, np.int64)
-        page = np.zeros(n, np.int64)
-        digests: np.ndarray | None = np.zeros((n, 2), PAGE_DIGEST)
-        keys: list[bytes] = []
-        owner: list[str] = []
-        index: dict[bytes, int] = {}
-        for depth, m in enumerate(chain):
-            todo = np.flatnonzero(chunk == -2)
-            if not len(todo):
-                break
+        for m in chain:
             if m.page_size != ps:
                 raise CorruptSnapshot("page size differs from its child's", snapshot=m.name)
-            if depth:
-                inside = _region_pages(m.regions, ps)
-                if int(addrs[todo[0]]) not in inside:
-                    raise CorruptSnapshot(
-                        f"page {int(addrs[todo[0]]):#x} of {top.name} is in no snapshot of "
-                        f"its chain", snapshot=m.name)
-            e = m.extents
-            if not len(e):
-                continue
-            pa, pc, pp, pd = _expand_extents(e, ps)
-            want = addrs[todo]
-            pos = np.searchsorted(pa, want)
-            pos_c = np.minimum(pos, len(pa) - 1)
-            hit = (pos < len(pa)) & (pa[pos_c] == want)
-            sel, src = todo[hit], pos_c[hit]
-            local = pc[src]
-            gl = np.full(len(m.chunks) + 1, -1, np.int64)
-            for i, k in enumerate(m.chunks):
-                j = index.get(k)
-                if j is None:
-                    j = index[k] = len(keys)
-                    keys.append(k)
+        regs = top.regions
+        counts = np.array([r.length // ps for r in regs], np.int64)
+        # region order (the order of the restored image)
+        addrs = np.concatenate([np.arange(r.start, r.end, ps, dtype=_U64) for r in regs]) \
+            if regs else np.empty(0, _U64)
+        n = len(addrs)
+        by_start = np.argsort(np.array([r.start for r in regs], _U64), kind="stable")
+        starts = np.array([regs[i].start for i in by_start.tolist()], _U64)
+        ends = np.array([regs[i].end for i in by_start.tolist()], _U64)
+        row0 = (np.cumsum(counts) - counts)[by_start]
+        keys: list[bytes] = []
+        owner: list[str] = []  # the newest snapshot that lists each chunk
+        index: dict[bytes, int] = {}
+        for m in chain:
+            for key in m.chunks:
+                if key not in index:
+                    index[key] = len(keys)
+                    keys.append(key)
                     owner.append(m.name)
-                gl[i] = j
+        chunk = np.full(n, -2, np.int64)
+        page = np.zeros(n, np.int64)
+        dig: np.ndarray | None = np.zeros((n, 2), PAGE_DIGEST) if digests else None
+        for m in reversed(chain):
+            if not len(m.extents) or not n:
+                continue
+            pa, pc, pp, pd = _expand_extents(m.extents, ps)
+            k = np.searchsorted(starts, pa, side="right") - 1
+            kc = np.maximum(k, 0)
+            ok = (k >= 0) & (pa < ends[kc])
+            rows = row0[kc[ok]] + ((pa[ok] - starts[kc[ok]]) // _U64(ps)).astype(np.int64)
+            local = pc[ok]
+            gl = np.array([index[c] for c in m.chunks] + [-1], np.int64)
             data = local != ZERO
-            chunk[sel] = np.where(data, gl[np.minimum(local, len(m.chunks))], -1)
-            page[sel] = np.where(data, pp[src], 0)
+            chunk[rows] = np.where(data, gl[np.minimum(local, len(m.chunks))], -1)
+            page[rows] = np.where(data, pp[ok], 0)
             if m.digests is None:
-                digests = None
-            elif digests is not None and len(sel):
-                digests[sel[data]] = m.digests[pd[src[data]]]
+                dig = None
+            elif dig is not None:
+                dig[rows[~data]] = 0
+                dig[rows[data]] = m.digests[pd[ok][data]]
         if (chunk == -2).any():
             a = int(addrs[np.flatnonzero(chunk == -2)[0]])
             raise CorruptSnapshot(f"page {a:#x} is in no snapshot of its chain "
                                   f"(base {chain[-1].name} does not cover it)",
                                   snapshot=top.name)
-        return _Resolved(top, addrs, chunk, page, keys, owner, digests)
+        return _Resolved(top, addrs, chunk, page, keys, owner, dig)
 
     def _filler(self) -> ChunkFiller:
         return ChunkFiller(self.store, self.digest, stream_hasher(self.store.hash_name),
@@ -352,7 +353,7 @@ class Snapshots:
         length), or a sequence of buffers, one per region. Without it a new array is made.
         A wrong size raises :class:`SizeMismatch` before anything is written. ``pid``: of a
         tree snapshot, the process whose image is restored (default: the root)."""
-        res = self.resolve(ref)
+        res = self.resolve(ref, digests=False)
         m = res.manifest
         if m.source.get("kind") == "tree":
             return self._restore_tree(res, into, pid, progress)

@@ -570,10 +570,13 @@ class Snapshotter:
             stats["pause_collect"] = round(g.t_collect, 6)
             stats["pause_read"] = round(g.t_read, 6)
             stats["paused_bytes"] = g.report.paused_bytes
+            hook = float(getattr(src, "hook_time", 0.0) or 0.0)
+            if hook:
+                stats["pause_verify"] = round(hook, 6)  # the full read of save(verify=True)
             if self.budget is not None:
                 stats["precopy"] = g.report.to_json()
-                # what the next save predicts its stop costs from
-                self.budget.stop_cost = max(0.0, pause - g.t_read)
+                # what the next save predicts its stop costs from (verification aside)
+                self.budget.stop_cost = max(0.0, pause - g.t_read - hook)
                 if g.t_read > 0 and g.report.paused_bytes:
                     self.budget.read_rate = g.report.paused_bytes / g.t_read
         self._pause_taken = None

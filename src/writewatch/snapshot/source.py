@@ -259,6 +259,7 @@ class ProcessSource(Source):
         self.last_pause = 0.0
         self.stopped_by = ""  #: "ptrace" or "sigstop": how the last pause stopped the target
         self.on_pause: Any = None  #: called with the source while the target is stopped
+        self.hook_time = 0.0  #: seconds the last pause spent in on_pause (verification)
         if not os.path.exists(f"/proc/{pid}"):
             raise errors.NoSuchProcess(pid)
 
@@ -298,8 +299,11 @@ class ProcessSource(Source):
                 self._stack = stack
                 self.stopped_by = how
                 yield
+                self.hook_time = 0.0
                 if self.on_pause is not None:
+                    th = time.perf_counter()
                     self.on_pause(self)
+                    self.hook_time = time.perf_counter() - th
         finally:
             self._stack = None
             self.last_pause = time.perf_counter() - t0

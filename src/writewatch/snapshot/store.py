@@ -323,7 +323,7 @@ class DirStore(Store):
             raise BlobNotFound(f"{self.path}: no blob {name}") from None
         try:
             size = os.fstat(fd).st_size
-            bufs = [memoryview(b).cast("B") for b in buffers(size)]
+            bufs = list(buffers(size))
             pos = 0
             # IOV_MAX (1024 on Linux, limits.h) buffers per call; a short read continues
             i = 0
@@ -333,11 +333,11 @@ class DirStore(Store):
                 if n == 0:
                     break
                 pos += n
-                while i < len(bufs) and n >= bufs[i].nbytes:
-                    n -= bufs[i].nbytes
+                while i < len(bufs) and n >= memoryview(bufs[i]).nbytes:
+                    n -= memoryview(bufs[i]).nbytes
                     i += 1
                 if n:  # a partial buffer: the rest of it next
-                    bufs[i] = bufs[i][n:]
+                    bufs[i] = memoryview(bufs[i]).cast("B")[n:]
             return size
         finally:
             _sys.close(fd)

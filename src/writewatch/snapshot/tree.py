@@ -116,6 +116,7 @@ class TreeSource(Source):
         self.last_pause = 0.0
         self.stopped_by = "ptrace"
         self.on_pause: Any = None
+        self.hook_time = 0.0  #: seconds the last pause spent in on_pause (verification)
         self._spaces: dict[tuple[Any, ...], _Space] = {}
         self._maps: dict[int, tuple[procfs.Mapping, ...]] = {}
         self._views: dict[int, list[tuple[procfs.Mapping, int]]] = {}  # object space -> views
@@ -242,8 +243,11 @@ class TreeSource(Source):
                 self._stack = stack
                 self._maps = {}
                 yield
+                self.hook_time = 0.0
                 if self.on_pause is not None:
+                    th = time.perf_counter()
                     self.on_pause(self)
+                    self.hook_time = time.perf_counter() - th
         finally:
             self.last_pause = time.perf_counter() - t0
 
