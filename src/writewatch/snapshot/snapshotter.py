@@ -65,7 +65,7 @@ __all__ = ["DEFAULT_CHUNK", "Diff", "Image", "SnapshotInfo", "Snapshots", "Snaps
 _U64 = np.uint64
 #: Pages of one save are packed into chunks of at most this many bytes (benchmarks/
 #: bench_snapshot.py measures per-page chunks against this; docs/snapshot.md has the numbers).
-DEFAULT_CHUNK = 4 << 20
+DEFAULT_CHUNK = 16 << 20
 #: zstd's levels (zstd.h ZSTD_maxCLevel() is 22; levels below 1 trade ratio for speed)
 ZSTD_LEVELS = range(-7, 23)
 
