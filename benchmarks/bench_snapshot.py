@@ -273,11 +273,12 @@ def _pauses(spinner: str, root: str, npages: int, delay_us: int, reps: int,
 def bench_pause(args: argparse.Namespace, root: str) -> tuple[list[str], dict[str, Any]]:
     spinner = build_spinner()
     reps = max(2, args.rounds // 3)
-    sizes = [128, 256, 512, 1024]
-    delays = [100_000, 16_000, 4_000, 1_000, 250]  # us per 64 page writes
+    sizes = [32, 64] if args.quick else [128, 256, 512, 1024]
+    delays = [16_000, 1_000] if args.quick else [100_000, 16_000, 4_000, 1_000, 250]
+    big = sizes[-1] << 20 >> 12  # pages of the dirty-rate sweep's target
     by_size = {mib: _pauses(spinner, root, mib << 20 >> 12, 16_000, reps, args.max_pause)
                for mib in sizes}
-    by_rate = {dl: _pauses(spinner, root, 1 << 18, dl, reps, args.max_pause) for dl in delays}
+    by_rate = {dl: _pauses(spinner, root, big, dl, reps, args.max_pause) for dl in delays}
     med = statistics.median
 
     def row(label: str, r: dict[str, Any]) -> str:
@@ -298,7 +299,7 @@ def bench_pause(args: argparse.Namespace, root: str) -> tuple[list[str], dict[st
         "| delta, pre-copy | pre-copy rounds (median), deltas converged |",
         "|---|---|---|---|---|---|---|",
         *[row(f"{mib} MiB", by_size[mib]) for mib in sizes],
-        *[row(f"1 GiB, {64e6 / (dl + 60):.0f} pages/s asked", by_rate[dl]) for dl in delays],
+        *[row(f"{sizes[-1]} MiB, 64 pages per {dl} us", by_rate[dl]) for dl in delays],
     ]
     return lines, {"sizes": sizes, "by_size": by_size, "by_rate": by_rate, "delays": delays}
 
@@ -325,7 +326,7 @@ def plot(data: dict[str, Any], path: str, max_pause: float) -> None:
         ax.grid(True, which="both", alpha=0.3)
     a.set_xlabel("memory written at start (MiB), 16 MB/s dirtied")
     a.set_xscale("log", base=2)
-    b.set_xlabel("dirty rate (MB/s of distinct pages), 1 GiB")
+    b.set_xlabel(f"dirty rate (MB/s of distinct pages), {sizes[-1]} MiB")
     b.set_xscale("log")
     a.set_title("pause vs size")
     b.set_title("pause vs dirty rate")
@@ -476,6 +477,7 @@ def main() -> None:
     ap.add_argument("--only", default="speed,dedup,pause,postgres")
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--plot", default=None, metavar="PNG")
+    ap.add_argument("--quick", action="store_true", help="small pause sweeps (a smoke test)")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     root = tempfile.mkdtemp(prefix="ww-bench-snap-", dir=args.dir)

@@ -94,6 +94,11 @@ class PageArena:
         while len(self.blocks) * self.bp < nslots:
             self.blocks.append(self._new_block())
 
+    def reserve(self, npages: int) -> None:
+        """Have blocks for ``npages`` more pages, their memory faulted in now: a block
+        first touched during the stop would add its page faults to the pause."""
+        self._grow(self.nslots + npages)
+
     def read(self, src: Source, pages: Pages, *, strict: bool) -> int:
         """Read ``pages`` from ``src`` into their slots and mark them valid; returns the bytes
         read. Not ``strict`` (the target runs): a range that cannot be read (unmapped
@@ -262,9 +267,10 @@ class Budget:
 
 
 def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None,
-           paused: Callable[[], Any], tracked: bool) -> Gathered:
+           paused: Callable[[], Any], tracked: bool, expect: int = 0) -> Gathered:
     """Read every page the snapshot needs into ``arena``: stop-and-copy when ``budget`` is
-    None, else pre-copy rounds first (:mod:`this module <.precopy>`)."""
+    None, else pre-copy rounds first (:mod:`this module <.precopy>`). ``expect``: how many
+    pages the stop is expected to read (the last save's), reserved before it."""
     written = Pages((), src.page_size)
     rounds = running = reread = 0
     why, converged, predicted = "", None, 0.0
@@ -304,6 +310,10 @@ def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None
             running += got_bytes
             reread += again.nbytes
             rounds += 1
+    # the stop's destination memory is faulted in before it: what is known to be needed
+    # now, or what the last stop read
+    ahead, _, _ = want_of(src.regions(src.maps()), written)
+    arena.reserve(max(expect, len(ahead - arena.valid_pages())))
     with paused():
         maps = src.maps()
         regions = src.regions(maps)

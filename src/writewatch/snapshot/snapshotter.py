@@ -211,8 +211,8 @@ class Snapshotter:
     "pause" (stop them during each save too).
     """
 
-    #: chunk buffers kept for reuse between saves
-    POOL = 16
+    #: bytes of chunk buffers kept for reuse between saves
+    POOL_BYTES = 64 << 20
 
     def __init__(self, target: Any, store: Store | str | os.PathLike[str], *,
                  compress: str | None = None, level: int = 1, chunk_size: int = DEFAULT_CHUNK,
@@ -264,12 +264,13 @@ class Snapshotter:
             buf = self._free.get_nowait()
         except queue.Empty:
             buf = np.empty(cap, np.uint8)
+            buf[::LINUX.page_size] = 0  # its page faults now, not where it is first filled
         return buf if nbytes is None else buf[:nbytes]
 
     def _release(self, buf: np.ndarray) -> None:
         base = buf.base if isinstance(buf.base, np.ndarray) else buf
-        if base.nbytes == self.chunk_pages * self.source.page_size and \
-                self._free.qsize() < self.POOL:
+        cap = self.chunk_pages * self.source.page_size
+        if base.nbytes == cap and self._free.qsize() < max(1, self.POOL_BYTES // cap):
             self._free.put(base)
 
     def _plan(self, want: Pages) -> list[np.ndarray]:
@@ -419,7 +420,8 @@ class Snapshotter:
                 g = self._stream(src, want_of, packed, pview)
             else:
                 g = gather(src, want_of, arena, self.budget, self._paused(src),
-                           tracked=bool(src.tracked()))
+                           tracked=bool(src.tracked()),
+                           expect=self._last_paused // src.page_size)
                 with _progress("save", g.want.nbytes, self.progress) as advance:
                     for runs in self._plan(g.want):
                         rows, pooled = arena.gather(runs, self._buffer)
@@ -570,6 +572,7 @@ class Snapshotter:
             stats["pause_collect"] = round(g.t_collect, 6)
             stats["pause_read"] = round(g.t_read, 6)
             stats["paused_bytes"] = g.report.paused_bytes
+            self._last_paused = g.report.paused_bytes
             hook = float(getattr(src, "hook_time", 0.0) or 0.0)
             if hook:
                 stats["pause_verify"] = round(hook, 6)  # the full read of save(verify=True)
@@ -583,6 +586,7 @@ class Snapshotter:
         return stats
 
     _pause_taken: float | None = None
+    _last_paused = 0
 
     # -- reading (delegated) ----------------------------------------------------------------------
     def restore(self, snapshot: Any = "latest", into: Any = None, *,

@@ -192,6 +192,10 @@ class DirStore(Store):
             os.makedirs(self.path, mode=0o700, exist_ok=True)
             for sub in ("chunks", "snapshots", "tmp"):
                 _mkdir(os.path.join(self.path, sub))
+            # every chunk subdirectory up front: a save then never adds one (and never has
+            # chunks/ itself to fsync)
+            for i in range(256):
+                _mkdir(os.path.join(self.path, "chunks", f"{i:02x}"))
             meta = json.dumps({"format": self.FORMAT, "hash": hash_name}).encode()
             tmp = os.path.join(self.path, f".STORE.{secrets.token_hex(4)}")
             try:
