@@ -395,6 +395,7 @@ def _pg_run(args: argparse.Namespace, c: Cluster, root: str
             ) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
     seconds = 48
     t = writewatch.attach(c.postmaster, tree=True, follow_forks=True)
+    wall0 = time.time()
     bench = c.pgbench("-c", "4", "-j", "2", "-T", str(seconds), "-P", "1")
     t0 = time.monotonic()
     saves: list[dict[str, Any]] = []
@@ -408,10 +409,13 @@ def _pg_run(args: argparse.Namespace, c: Cluster, root: str
                 s.budget = budget if mode == "pc" else None
                 a = time.monotonic() - t0
                 info = s.save(full=full)
+                st = s.snapshots.manifest(info.name).stats
+                stop = st["paused_at"] - wall0
                 saves.append({"mode": mode, "full": full, "start": a,
                               "end": time.monotonic() - t0, "pause": info.pause,
-                              "rounds": info.rounds, "converged": info.converged,
-                              "processes": len(t.processes)})
+                              "stop": (stop, stop + info.pause), "collect": st["pause_collect"],
+                              "read": st["pause_read"], "rounds": info.rounds,
+                              "converged": info.converged, "processes": len(t.processes)})
     finally:
         _, err = bench.communicate(timeout=seconds + 60)
         t.close()
@@ -423,24 +427,28 @@ def _pg_run(args: argparse.Namespace, c: Cluster, root: str
 
 def _pg_table(args: argparse.Namespace, saves: list[dict[str, Any]],
               tps: list[tuple[float, float]]) -> list[str]:
-    def during(s: dict[str, Any]) -> list[float]:
+    def overlapping(lo: float, hi: float) -> list[float]:
         # pgbench's interval ending at t covers (t - 1, t]
-        return [v for t, v in tps if t > s["start"] and t - 1 < s["end"]]
+        return [v for t, v in tps if t > lo and t - 1 < hi]
 
     busy = {t for s in saves for t, _ in tps if t > s["start"] and t - 1 < s["end"]}
     quiet = [v for t, v in tps if t not in busy and t > 2]
     med = statistics.median
+
+    def m(xs: list[float]) -> str:
+        return f"{med(xs):.0f}" if xs else "-"
+
     lines = [
         f"### PostgreSQL 15 under pgbench -c 4 (shared_buffers 256 MB, scale 10): the whole "
         f"tree ({saves[-1]['processes']} processes) every 3 s, stop-and-copy and pre-copy "
         f"(max_pause {args.max_pause * MS:.0f} ms) alternating",
         "",
-        f"TPS without a snapshot in the second: {med(quiet):.0f} "
-        f"({min(quiet):.0f}-{max(quiet):.0f}, {len(quiet)} s).",
+        f"TPS in the seconds no snapshot overlapped: {m(quiet)} "
+        f"({min(quiet, default=0):.0f}-{max(quiet, default=0):.0f}, {len(quiet)} s).",
         "",
-        "| snapshot | pause, median (min-max) | TPS in the seconds it overlapped, median "
-        "| pre-copy rounds, converged |",
-        "|---|---|---|---|",
+        "| snapshot | pause, ms | of it: collect / read, ms (medians) | TPS in the seconds of "
+        "the stop | TPS during the whole save | pre-copy rounds, converged |",
+        "|---|---|---|---|---|---|",
     ]
     for full in (True, False):
         for mode in ("sc", "pc"):
@@ -449,12 +457,15 @@ def _pg_table(args: argparse.Namespace, saves: list[dict[str, Any]],
                 continue
             label = ("full" if full else "delta") + \
                 (", stop-and-copy" if mode == "sc" else ", pre-copy")
-            t_in = [v for s in ss for v in during(s)]
             pre = "" if mode == "sc" else \
                 f"{med([s['rounds'] for s in ss]):.0f}, " \
                 f"{sum(bool(s['converged']) for s in ss)}/{len(ss)}"
-            lines.append(f"| {label} ({len(ss)}) | {spread([s['pause'] for s in ss], MS, '.0f')}"
-                         f" | {med(t_in) if t_in else float('nan'):.0f} | {pre} |")
+            lines.append(
+                f"| {label} ({len(ss)}) | {spread([s['pause'] for s in ss], MS, '.0f')} | "
+                f"{med([s['collect'] for s in ss]) * MS:.0f} / "
+                f"{med([s['read'] for s in ss]) * MS:.0f} | "
+                f"{m([v for s in ss for v in overlapping(*s['stop'])])} | "
+                f"{m([v for s in ss for v in overlapping(s['start'], s['end'])])} | {pre} |")
     return lines
 
 

@@ -102,6 +102,7 @@ def test_no_convergence_is_reported_and_still_exact(spin, tmp_path) -> None:
     with Snapshotter(writewatch.attach(sp.pid), store(tmp_path / "s"), max_pause=1e-6,
                      precopy_rounds=3) as s:
         for _ in range(2):
+            s.budget.stop_cost = 0.0  # a free stop: only the writes keep it from converging
             info = s.save(verify=True)
             assert info.converged is False and 1 <= info.rounds <= 3, info
             why = s.snapshots.manifest(info.name).stats["precopy"]["why"]
@@ -157,6 +158,7 @@ def test_pages_written_between_rounds_are_read_again(writer_bin, tmp_path, monke
                          precopy_rounds=4) as s:
             for _ in range(3):
                 before = len(rounds)
+                s.budget.stop_cost = 0.0  # a free stop: the rounds run to their limit
                 info = s.save(verify=True)
                 assert info.rounds == len(rounds) - before >= 2, (info, rounds)
                 assert info.reread_bytes > 0
@@ -260,3 +262,14 @@ def test_sigkill_during_a_precopy_round(spin, tmp_path) -> None:
         # the chain continues by content from the surviving snapshot
         assert (info.parent, info.delta_by) == ("000001", "content")
     assert sp.running()
+
+
+def test_a_stop_dearer_than_the_budget_ends_the_rounds(spin, tmp_path) -> None:
+    """When stopping and collecting alone cost more than the budget, rounds stop as soon as
+    what is left is small next to that cost: it is reported, and the image is exact."""
+    sp = spin(4096, hot=8)
+    with Snapshotter(writewatch.attach(sp.pid), store(tmp_path / "s"), max_pause=1e-3) as s:
+        s.budget.stop_cost, s.budget.read_rate = 0.05, 1e9  # 50 ms per stop, 16 MiB: 17 ms
+        info = s.save(verify=True)
+        why = s.snapshots.manifest(info.name).stats["precopy"]["why"]
+        assert (info.converged, why) == (False, "stop cost") and info.rounds >= 1, info

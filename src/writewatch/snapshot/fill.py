@@ -54,8 +54,8 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class _Task:
     chunk: int  #: index into the keys
-    dst: np.ndarray  #: destination rows, sorted by ``src``
-    src: np.ndarray  #: pages of the chunk, ascending
+    dst: np.ndarray  #: destination rows, ascending
+    src: np.ndarray  #: the page of the chunk for each (ascending too when read whole)
     offset: int = -1  #: >= 0: page j goes to row offset + j (read whole)
 
 
@@ -112,13 +112,14 @@ class ChunkFiller:
         data = np.flatnonzero(chunk >= 0)
         if not len(data):
             return []
-        order = data[np.lexsort((page[data], chunk[data]))]
+        # by chunk, rows ascending within each (a stable sort on one key)
+        order = data[np.argsort(chunk[data], kind="stable")]
         cs, ps_ = chunk[order], page[order]
         starts = np.concatenate([[0], np.flatnonzero(np.diff(cs)) + 1])
         ends = np.concatenate([starts[1:], [len(order)]])
         off = order - ps_  # destination row minus chunk page
         lo, hi = np.minimum.reduceat(off, starts), np.maximum.reduceat(off, starts)
-        last = ps_[ends - 1]
+        last = np.maximum.reduceat(ps_, starts)
         # page j of the chunk to row off + j for every page it gives (then no page twice)
         whole = (lo == hi) & (lo >= 0) & (lo + last < nrows)
         # a chunk read whole writes rows off .. off + last: none may be another such

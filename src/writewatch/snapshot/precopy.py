@@ -19,8 +19,10 @@ kept was read after p's last write before the stop. Pages the tracker does not c
 such guarantee: they are read during the stop, whatever the budget.
 
 When writes outpace reads (the budget is not met after ``rounds`` rounds or ``seconds``, or
-three rounds in a row leave no less to read), the target is stopped anyway and the report
-says so (``converged=False``). The image is exact either way; only the pause is longer.
+three rounds in a row leave no less to read), or when the stop alone (stopping, collecting)
+costs more than the budget and what is left to read is already small next to it, the
+target is stopped anyway and the report says so (``converged=False``). The image is exact
+either way; only the pause is longer.
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ class PrecopyReport:
     paused_bytes: int = 0  #: bytes read while it was stopped
     converged: bool | None = None  #: what was left fitted the budget (None: no pre-copy)
     #: why the rounds ended: "converged", "rounds", "time", "no progress" (writes outpace
-    #: reads), "no tracker" (nothing says which pages were written), or "" (stop-and-copy)
+    #: reads), "stop cost" (stopping and collecting alone take longer than the budget),
+    #: "no tracker" (nothing says which pages were written), or "" (stop-and-copy)
     why: str = ""
     predicted_pause: float = 0.0  #: the pause the last round predicted
 
@@ -260,10 +263,12 @@ class Budget:
     stop_cost: float | None = None  #: measured: a stop's time minus its reading
     read_rate: float | None = None  #: measured bytes/s of reads
 
+    def fixed(self, t_collect: float) -> float:
+        """A stop's cost without reading: measured, or guessed from a collect's."""
+        return self.stop_cost if self.stop_cost is not None else 2 * t_collect + 1e-3
+
     def predict(self, nbytes: int, t_collect: float) -> float:
-        rate = self.read_rate or 1e9
-        fixed = self.stop_cost if self.stop_cost is not None else 2 * t_collect + 1e-3
-        return fixed + nbytes / rate
+        return self.fixed(t_collect) + nbytes / (self.read_rate or 1e9)
 
 
 def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None,
@@ -291,6 +296,12 @@ def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None
             predicted = budget.predict(todo.nbytes + untracked.nbytes, t_coll)
             if predicted <= budget.max_pause:
                 why, converged = "converged", True
+                break
+            fixed = budget.fixed(t_coll)
+            if fixed > budget.max_pause and \
+                    predicted - fixed <= max(budget.max_pause, 0.1 * fixed):
+                # the stop alone (its collect) exceeds the budget: more rounds cannot help
+                why, converged = "stop cost", False
                 break
             stale = stale + 1 if todo.nbytes >= best else 0
             best = min(best, todo.nbytes)

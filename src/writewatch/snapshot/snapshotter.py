@@ -568,6 +568,7 @@ class Snapshotter:
         pause = getattr(self, "_pause_taken", None)
         if pause is not None:
             stats["pause"] = round(pause, 6)
+            stats["paused_at"] = round(self._paused_at, 6)  # wall clock, time.time()
             stats["stopped_by"] = getattr(src, "stopped_by", "")
             stats["pause_collect"] = round(g.t_collect, 6)
             stats["pause_read"] = round(g.t_read, 6)
@@ -586,6 +587,7 @@ class Snapshotter:
         return stats
 
     _pause_taken: float | None = None
+    _paused_at = 0.0
     _last_paused = 0
 
     # -- reading (delegated) ----------------------------------------------------------------------
@@ -642,6 +644,7 @@ class _Timed:
 
     def __enter__(self) -> Any:
         self.t0 = time.perf_counter()
+        self.owner._paused_at = time.time()
         return self.inner.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
