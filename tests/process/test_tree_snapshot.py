@@ -128,8 +128,8 @@ def test_tree_precopy_rounds_are_exact(tree_target: TreeDriver, tmp_path, monkey
     real = precopy.PageArena.read
     k = [0]
 
-    def read(self, src, pages, *, strict):  # type: ignore[no-untyped-def]
-        n = real(self, src, pages, strict=strict)
+    def read(self, src, pages, *, strict, **kw):  # type: ignore[no-untyped-def]
+        n = real(self, src, pages, strict=strict, **kw)
         if not strict:
             k[0] += 1
             d.write([k[0] % 64, (k[0] * 7) % 64])

@@ -144,8 +144,8 @@ def test_pages_written_between_rounds_are_read_again(writer_bin, tmp_path, monke
         rounds = []
         real = precopy.PageArena.read
 
-        def read(self, src, pages, *, strict):  # type: ignore[no-untyped-def]
-            n = real(self, src, pages, strict=strict)
+        def read(self, src, pages, *, strict, **kw):  # type: ignore[no-untyped-def]
+            n = real(self, src, pages, strict=strict, **kw)
             if not strict:  # the target writes right after each round's read
                 k = len(rounds)
                 rounds.append(n)
@@ -223,14 +223,14 @@ KILLER = textwrap.dedent(r"""
     from writewatch.snapshot import DirStore, Snapshotter, precopy
     reads = -1
     real = precopy.PageArena.read
-    def read(self, src, pages, *, strict):
+    def read(self, src, pages, *, strict, **kw):
         global reads
         if not strict and reads >= 0:
             reads += 1
             if reads == 2:  # the second round of the second save, while the target runs
                 print("killing", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, src, pages, strict=strict)
+        return real(self, src, pages, strict=strict, **kw)
     precopy.PageArena.read = read
     s = Snapshotter(writewatch.attach(int(sys.argv[1])), DirStore(sys.argv[2]),
                     max_pause=1e-6, precopy_rounds=5)

@@ -169,26 +169,10 @@ class ChunkFiller:
                 if k < n:
                     pieces.append(memoryview(self._scratch((n - k) * ps).data).cast("B"))
                 return [hdr, *pieces]
-            # chunk page j -> destination row, or -1 (scratch)
-            target = np.full(n, -1, np.int64)
-            target[used] = dst[first]
-            rs, rl = _runs(np.where(target >= 0, target, -2 - np.arange(n)))
-            if len(rs) > _MAX_PIECES:
-                # scattered pages: one read into scratch, then a copy per page is cheaper
-                # than an iovec and a checksum update per page
-                layout["scatter"] = self._scratch(n * ps)
-                pieces.extend(split(memoryview(layout["scatter"].data).cast("B")))
-                return [hdr, *pieces]
-            unused = np.flatnonzero(target < 0)
-            scratch = memoryview(self._scratch(len(unused) * ps).data).cast("B")
-            target[unused] = -2 - np.arange(len(unused))  # consecutive in scratch too
-            rs, rl = _runs(target)
-            for r, ln in zip(target[rs].tolist(), rl.tolist(), strict=True):
-                if r >= 0:
-                    pieces.append(flat[r * ps:(r + ln) * ps])
-                else:
-                    u = -2 - r
-                    pieces.append(scratch[u * ps:(u + ln) * ps])
+            scatter = self._pieces(n, ps, used, dst[first], flat, pieces)
+            if scatter is not None:
+                layout["scatter"] = scatter
+                pieces.extend(split(memoryview(scatter.data).cast("B")))
             return [hdr, *pieces]
 
         try:
@@ -216,6 +200,30 @@ class ChunkFiller:
         if dup.any():  # one chunk page restored to several rows (identical pages)
             src_row = dst[first][np.searchsorted(used, src[dup])]
             rows[dst[dup]] = rows[src_row]
+
+    def _pieces(self, n: int, ps: int, used: np.ndarray, rows_of: np.ndarray,
+                flat: memoryview, pieces: list[Any]) -> np.ndarray | None:
+        """The iovecs of a chunk of ``n`` pages whose pages ``used`` go to rows ``rows_of``:
+        each run of pages consecutive in both is one, the pages not used go to scratch. Or,
+        when there would be more than _MAX_PIECES (scattered pages), a scratch buffer for
+        the whole chunk, returned, to be copied row by row: cheaper than an iovec and a
+        checksum update per page."""
+        target = np.full(n, -1, np.int64)  # chunk page -> destination row, or -1
+        target[used] = rows_of
+        rs, _ = _runs(np.where(target >= 0, target, -2 - np.arange(n)))
+        if len(rs) > _MAX_PIECES:
+            return self._scratch(n * ps)
+        unused = np.flatnonzero(target < 0)
+        scratch = memoryview(self._scratch(len(unused) * ps).data).cast("B")
+        target[unused] = -2 - np.arange(len(unused))  # consecutive in scratch too
+        rs, rl = _runs(target)
+        for r, ln in zip(target[rs].tolist(), rl.tolist(), strict=True):
+            if r >= 0:
+                pieces.append(flat[r * ps:(r + ln) * ps])
+            else:
+                u = -2 - r
+                pieces.append(scratch[u * ps:(u + ln) * ps])
+        return None
 
     def _decoded(self, blob: np.ndarray, key: bytes, owner: str, dst: np.ndarray,
                  src: np.ndarray, rows: np.ndarray) -> None:

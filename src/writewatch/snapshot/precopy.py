@@ -27,6 +27,7 @@ either way; only the pause is longer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -63,11 +64,24 @@ def _mask_in(addrs: np.ndarray, pages: Pages) -> np.ndarray:
     return np.cumsum(d[:-1]) > 0
 
 
+def _pages_of(addrs: np.ndarray, ps: int) -> Pages:
+    """Sorted, distinct page addresses as a page set (no sort)."""
+    if not len(addrs):
+        return Pages((), ps)
+    brk = np.flatnonzero(np.diff(addrs.astype(np.int64)) != ps) + 1
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [len(addrs)]])
+    out = np.stack([addrs[starts], addrs[ends - 1] + _U64(ps)], axis=1)
+    return Pages._trusted(np.ascontiguousarray(out, _U64), ps)
+
+
 class PageArena:
     """Copies of pages read during one save, in fixed-size blocks (from the Snapshotter's
-    buffer pool), with a validity bit each. A page keeps its slot for the whole save: a
-    re-read overwrites it; pages read for the first time take consecutive slots, so a run of
-    them is read straight into its block."""
+    buffer pool). ``valid`` (a page set) says which copies are current. Pages read for the
+    first time take consecutive slots, so a run of them is read straight into its block;
+    a page read again while the target runs is read into a scratch buffer and copied over
+    its slot; a page read again during the stop (``fresh``) takes a new slot instead, so the
+    stop only reads, straight into blocks, and does no work proportional to the image."""
 
     def __init__(self, page_size: int, block_pages: int, new_block: Callable[[], np.ndarray],
                  release: Callable[[np.ndarray], None]) -> None:
@@ -78,15 +92,16 @@ class PageArena:
         self.blocks: list[np.ndarray] = []
         self.addr = np.empty(0, _U64)  # sorted
         self.slot = np.empty(0, np.int64)
-        self.valid = np.empty(0, bool)
+        self.valid = Pages((), page_size)
         self.nslots = 0
+        self._tmp = np.empty(0, np.uint8)
 
     def valid_pages(self) -> Pages:
-        a = self.addr[self.valid]
-        return Pages.from_addresses(a, self.ps) if len(a) else Pages((), self.ps)
+        return self.valid
 
     def invalidate(self, pages: Pages) -> None:
-        self.valid &= ~_mask_in(self.addr, pages)
+        if pages and self.valid:
+            self.valid = self.valid - pages
 
     def _rows(self, slot0: int, n: int) -> np.ndarray:
         b, r = divmod(slot0, self.bp)
@@ -101,39 +116,42 @@ class PageArena:
         first touched during the stop would add its page faults to the pause."""
         self._grow(self.nslots + npages)
 
-    def read(self, src: Source, pages: Pages, *, strict: bool) -> int:
-        """Read ``pages`` from ``src`` into their slots and mark them valid; returns the bytes
-        read. Not ``strict`` (the target runs): a range that cannot be read (unmapped
-        meanwhile) is left invalid instead of raising."""
+    def read(self, src: Source, pages: Pages, *, strict: bool, fresh: bool = False
+             ) -> tuple[int, int]:
+        """Read ``pages`` from ``src`` and mark them valid; returns (bytes read, of them
+        bytes of pages read before). Not ``strict`` (the target runs): a range that cannot be
+        read (unmapped meanwhile) is left invalid instead of raising. ``fresh``: every page
+        takes a new slot (no copying)."""
         want = _expand(pages)
         if not len(want):
-            return 0
+            return 0, 0
         pos = np.searchsorted(self.addr, want)
         pc = np.minimum(pos, max(len(self.addr) - 1, 0))
         old = (pos < len(self.addr)) & (self.addr[pc] == want) if len(self.addr) else \
             np.zeros(len(want), bool)
-        new = want[~old]
-        slots = np.empty(len(want), np.int64)
-        slots[old] = self.slot[pc[old]]
-        slots[~old] = self.nslots + np.arange(len(new))
-        self._grow(self.nslots + len(new))
-        self.nslots += len(new)
         ok = np.ones(len(want), bool)
-        self._read_new(src, want[~old], slots[~old], ok, np.flatnonzero(~old), strict)
-        self._read_old(src, want[old], slots[old], ok, np.flatnonzero(old), strict)
-        if len(new):
-            addr = np.concatenate([self.addr, new])
-            order = np.argsort(addr, kind="stable")
-            self.addr = addr[order]
-            self.slot = np.concatenate([self.slot, slots[~old]])[order]
-            self.valid = np.concatenate([self.valid, np.zeros(len(new), bool)])[order]
-        pos = np.searchsorted(self.addr, want)
-        self.valid[pos[ok]] = True
-        return int(ok.sum()) * self.ps
+        move = np.ones(len(want), bool) if fresh else ~old  # pages taking new slots
+        slots = self.nslots + np.cumsum(move) - 1
+        self._grow(self.nslots + int(move.sum()))
+        self.nslots += int(move.sum())
+        where = np.flatnonzero(move)
+        self._read_new(src, want[where], slots[where], ok, where, strict)
+        if not fresh and old.any():
+            where = np.flatnonzero(old)
+            self._read_old(src, want[where], self.slot[pc[where]], ok, where, strict)
+        if fresh and old.any():  # re-read pages point at their new slots
+            self.slot[pc[old]] = slots[old]
+        new = ~old
+        if new.any():  # insert the new pages, keeping addr sorted (no re-sort)
+            at = pos[new]
+            self.addr = np.insert(self.addr, at, want[new])
+            self.slot = np.insert(self.slot, at, slots[new])
+        self.valid = self.valid | _pages_of(want[ok], self.ps)
+        return int(ok.sum()) * self.ps, int((old & ok).sum()) * self.ps
 
     def _read_new(self, src: Source, addrs: np.ndarray, slots: np.ndarray, ok: np.ndarray,
                   where: np.ndarray, strict: bool) -> None:
-        """Pages read for the first time: consecutive slots, read straight into blocks."""
+        """Pages taking new, consecutive slots: read straight into blocks."""
         if not len(addrs):
             return
         ps = self.ps
@@ -152,12 +170,12 @@ class PageArena:
 
     def _read_old(self, src: Source, addrs: np.ndarray, slots: np.ndarray, ok: np.ndarray,
                   where: np.ndarray, strict: bool) -> None:
-        """Pages read again: into a temporary buffer, then copied to their slots."""
-        if not len(addrs):
-            return
+        """Pages read again while the target runs: into scratch, then over their slots."""
         ps = self.ps
-        tmp = np.empty(len(addrs) * ps, np.uint8)
-        runs = Pages.from_addresses(addrs, ps).ranges
+        if self._tmp.nbytes < len(addrs) * ps:  # kept for the next rounds
+            self._tmp = np.empty(len(addrs) * ps, np.uint8)
+        tmp = self._tmp[:len(addrs) * ps]
+        runs = _pages_of(addrs, ps).ranges
         _read(src, runs, tmp, ok, where, ps, strict)
         rows = tmp.reshape(-1, ps)
         blk = slots // self.bp
@@ -271,56 +289,63 @@ class Budget:
         return self.fixed(t_collect) + nbytes / (self.read_rate or 1e9)
 
 
+def _rounds(src: Source, want_of: WantFn, arena: PageArena, budget: Budget
+            ) -> tuple[Pages, PrecopyReport]:
+    """Pre-copy rounds while the target runs, until what is left fits ``budget`` or the
+    rounds end without convergence; the pages written so far, and the report's rounds part."""
+    written = Pages((), src.page_size)
+    rounds = running = reread = 0
+    t0 = time.perf_counter()
+    best, stale = math.inf, 0
+    while True:
+        regions = src.regions(src.maps())
+        tc = time.perf_counter()
+        got = src.collect()
+        t_coll = time.perf_counter() - tc
+        written = written | got
+        arena.invalidate(got)
+        want, _, untracked = want_of(regions, written)
+        todo = (want - untracked) - arena.valid_pages()
+        predicted = budget.predict(todo.nbytes + untracked.nbytes, t_coll)
+        fixed = budget.fixed(t_coll)
+        stale = stale + 1 if todo.nbytes >= best else 0
+        best = min(best, todo.nbytes)
+        if predicted <= budget.max_pause:
+            why = "converged"
+        elif fixed > budget.max_pause and \
+                predicted - fixed <= max(budget.max_pause, 0.1 * fixed):
+            why = "stop cost"  # the stop alone (its collect) exceeds the budget
+        elif rounds >= budget.rounds:
+            why = "rounds"
+        elif stale >= 3:
+            why = "no progress"  # writes outpace reads
+        elif time.perf_counter() - t0 >= budget.seconds:
+            why = "time"
+        else:
+            tr = time.perf_counter()
+            got_bytes, again = arena.read(src, todo, strict=False)
+            dt = time.perf_counter() - tr
+            if got_bytes and dt > 0:
+                budget.read_rate = got_bytes / dt
+            running += got_bytes
+            reread += again
+            rounds += 1
+            continue
+        return written, PrecopyReport(budget.max_pause, rounds, running, reread, 0,
+                                      why == "converged", why, predicted)
+
+
 def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None,
            paused: Callable[[], Any], tracked: bool, expect: int = 0) -> Gathered:
     """Read every page the snapshot needs into ``arena``: stop-and-copy when ``budget`` is
     None, else pre-copy rounds first (:mod:`this module <.precopy>`). ``expect``: how many
     pages the stop is expected to read (the last save's), reserved before it."""
     written = Pages((), src.page_size)
-    rounds = running = reread = 0
-    why, converged, predicted = "", None, 0.0
+    report = PrecopyReport(None)
     if budget is not None and not tracked:
-        why, converged = "no tracker", False
+        report = PrecopyReport(budget.max_pause, converged=False, why="no tracker")
     elif budget is not None:
-        t0 = time.perf_counter()
-        best, stale = math.inf, 0
-        while True:
-            regions = src.regions(src.maps())
-            tc = time.perf_counter()
-            got = src.collect()
-            t_coll = time.perf_counter() - tc
-            written = written | got
-            arena.invalidate(got)
-            want, _, untracked = want_of(regions, written)
-            todo = (want - untracked) - arena.valid_pages()
-            predicted = budget.predict(todo.nbytes + untracked.nbytes, t_coll)
-            if predicted <= budget.max_pause:
-                why, converged = "converged", True
-                break
-            fixed = budget.fixed(t_coll)
-            if fixed > budget.max_pause and \
-                    predicted - fixed <= max(budget.max_pause, 0.1 * fixed):
-                # the stop alone (its collect) exceeds the budget: more rounds cannot help
-                why, converged = "stop cost", False
-                break
-            stale = stale + 1 if todo.nbytes >= best else 0
-            best = min(best, todo.nbytes)
-            if rounds >= budget.rounds or stale >= 3 or \
-                    time.perf_counter() - t0 >= budget.seconds:
-                why = "rounds" if rounds >= budget.rounds else \
-                    "no progress" if stale >= 3 else "time"
-                converged = False
-                break
-            again = todo & Pages.from_addresses(arena.addr, src.page_size) \
-                if len(arena.addr) else Pages((), src.page_size)
-            tr = time.perf_counter()
-            got_bytes = arena.read(src, todo, strict=False)
-            dt = time.perf_counter() - tr
-            if got_bytes and dt > 0:
-                budget.read_rate = got_bytes / dt
-            running += got_bytes
-            reread += again.nbytes
-            rounds += 1
+        written, report = _rounds(src, want_of, arena, budget)
     # the stop's destination memory is faulted in before it: what is known to be needed
     # now, or what the last stop read
     ahead, _, _ = want_of(src.regions(src.maps()), written)
@@ -336,8 +361,7 @@ def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None
         want, content, untracked = want_of(regions, written)
         arena.invalidate(untracked)
         tr = time.perf_counter()
-        paused_bytes = arena.read(src, want - arena.valid_pages(), strict=True)
+        paused_bytes, _ = arena.read(src, want - arena.valid_pages(), strict=True, fresh=True)
         t_read = time.perf_counter() - tr
-    report = PrecopyReport(budget.max_pause if budget else None, rounds, running, reread,
-                           paused_bytes, converged, why, predicted)
+    report = dataclasses.replace(report, paused_bytes=paused_bytes)
     return Gathered(maps, regions, written, want, content, report, t_collect, t_read)
