@@ -112,8 +112,12 @@ class ChunkFiller:
         data = np.flatnonzero(chunk >= 0)
         if not len(data):
             return []
-        # by chunk, rows ascending within each (a stable sort on one key)
-        order = data[np.argsort(chunk[data], kind="stable")]
+        # by chunk, rows ascending within each (a stable sort on one key; numpy sorts 16-bit
+        # keys by radix, in linear time)
+        key = chunk[data]
+        if int(key.max()) < 1 << 15:
+            key = key.astype(np.int16)
+        order = data[np.argsort(key, kind="stable")]
         cs, ps_ = chunk[order], page[order]
         starts = np.concatenate([[0], np.flatnonzero(np.diff(cs)) + 1])
         ends = np.concatenate([starts[1:], [len(order)]])
