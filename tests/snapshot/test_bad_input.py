@@ -131,8 +131,8 @@ def test_concurrent_store_creation(tmp_path) -> None:
             "try:\n    s = DirStore(sys.argv[1]); s.acquire(); time.sleep(0.05)\n"
             "except StoreLocked:\n    sys.exit(3)\n")
     import time
-    for rnd in range(4):
-        start = time.time() + 1.0
+    for rnd in range(2):
+        start = time.time() + 1.5
         procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"s{rnd}"),
                                    str(start)], stderr=subprocess.PIPE, text=True)
                  for _ in range(4)]
