@@ -190,3 +190,19 @@ def test_format_1_stores_are_read_and_not_written(tmp_path) -> None:
     (d / "STORE").write_text(json.dumps({"format": 9, "hash": "xxh3_128"}))
     with pytest.raises(writewatch.WriteWatchError, match="format 9"):
         Snapshots(d)
+
+
+def test_index_follows_deletions_made_through_the_reader(tmp_path) -> None:
+    """Snapshots deleted through ``snapshotter.snapshots`` (not its prune): the next save
+    rebuilds its index instead of referring to collected chunks."""
+    d = tmp_path / "s"
+    buf = _random(8, 8)
+    with Snapshotter(buf, store(d), chunk_size=PAGE) as s:
+        s.save()
+        old = buf[:PAGE].copy()
+        buf[:PAGE] = 3
+        s.save()
+        s.snapshots.prune(1)
+        buf[:PAGE] = old
+        info = s.save()
+        assert np.array_equal(s.restore(info).data, buf) and s.verify().ok

@@ -250,6 +250,7 @@ class Snapshotter:
             Budget(float(max_pause), precopy_rounds, float(precopy_seconds))
         self._last: Manifest | None = None
         self._index: PageIndex | None = None
+        self._indexed: set[str] = set()  # the snapshots the index was built from
         self._zero_digest = np.frombuffer(self.snapshots.digest(bytes(ps)), PAGE_DIGEST)
         # chunk buffers are reused: a fresh multi-MiB array costs its page faults (and, with
         # THP, the zeroing of huge pages) on every save
@@ -323,10 +324,16 @@ class Snapshotter:
         return old.get("starttime") is not None and old.get("starttime") == \
             now.get("starttime")
 
-    def _page_index(self) -> PageIndex:
+    def _page_index(self, check: bool = False) -> PageIndex:
+        """The store's page index; ``check``: rebuilt first if a snapshot it was built from
+        is gone (deleted or pruned through ``self.snapshots``: its chunks may be too)."""
+        if self._index is not None and check and \
+                not self._indexed <= set(self.snapshots.names()):
+            self._index = None
         if self._index is None:
-            self._index = PageIndex.build(self.snapshots.manifest(n)
-                                          for n in self.snapshots.names())
+            names = self.snapshots.names()
+            self._index = PageIndex.build(self.snapshots.manifest(n) for n in names)
+            self._indexed = set(names)
         return self._index
 
     # -- saving ---------------------------------------------------------------------------------
@@ -356,7 +363,7 @@ class Snapshotter:
                                                "this process is never paused)")
                 src.on_pause = lambda s: (truth.update(_live_images(s)),
                                           hook(s) if hook else None)
-            index = self._page_index()
+            index = self._page_index(check=True)
             state = index.snapshot_state()
             try:
                 m = self._save(src, parent, by, t0)
@@ -370,6 +377,7 @@ class Snapshotter:
                 if verify:
                     src.on_pause = hook  # type: ignore[attr-defined]
             self.snapshots._cache[m.name] = m
+            self._indexed.add(m.name)
             self._last = m
             if verify:
                 self._verify_live(m, truth)
