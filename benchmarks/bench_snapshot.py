@@ -288,7 +288,7 @@ def _pauses(spinner: str, root: str, npages: int, delay_us: int, reps: int,
 
 def bench_pause(args: argparse.Namespace, root: str) -> tuple[list[str], dict[str, Any]]:
     spinner = build_spinner()
-    reps = max(2, args.rounds // 3)
+    reps = max(3, args.rounds // 2)
     sizes = [32, 64] if args.quick else [128, 256, 512, 1024]
     delays = [16_000, 1_000] if args.quick else [100_000, 16_000, 4_000, 1_000, 250]
     big = sizes[-1] << 20 >> 12  # pages of the dirty-rate sweep's target
@@ -340,7 +340,7 @@ def plot(data: dict[str, Any], path: str, max_pause: float) -> None:
         ax.set_yscale("log")
         ax.set_ylabel("pause (ms)")
         ax.grid(True, which="both", alpha=0.3)
-    a.set_xlabel("memory written at start (MiB), 16 MB/s dirtied")
+    a.set_xlabel("memory size (MiB), the writer at 64 pages per 16 ms")
     a.set_xscale("log", base=2)
     b.set_xlabel(f"dirty rate (MB/s of distinct pages), {sizes[-1]} MiB")
     b.set_xscale("log")
