@@ -111,3 +111,28 @@ def test_subcommands_plug_into_the_dispatcher(monkeypatch, capsys):
         assert "usage" in capsys.readouterr().out
     assert entry.main(["snapshots", "/nonexistent/store"]) == 1
     assert "not a snapshot store" in capsys.readouterr().err
+
+
+def test_a_second_run_continues_the_chain(tmp_path, capsys):
+    """Two `writewatch snapshot PID --count 1` runs on one store: the second snapshot is a
+    delta by content against the first (--full makes a new base), with pre-copy."""
+    from memutil import require_uffd_async
+    require_uffd_async()
+    p = subprocess.Popen([sys.executable, "-c", WRITER, "30"], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        store = str(tmp_path / "st")
+        for extra in ([], ["--max-pause", "50ms"], ["--full"]):
+            assert call(snapshot, [str(p.pid), "--store", store, "--count", "1", *extra]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "full" in out[0] and "delta by content" in out[1] and "pre-copy" in out[1]
+        assert "full" in out[2] and "delta" not in out[2]
+        infos = Snapshots(store).list()
+        assert [i.delta_by for i in infos] == ["", "content", ""]
+        assert infos[1].parent == infos[0].name and infos[1].pages < infos[0].pages
+        # the new base stores little: most of its pages are in the store already
+        assert infos[2].dedup_bytes > infos[2].stored_bytes
+    finally:
+        p.kill()
+        p.wait()

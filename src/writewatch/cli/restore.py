@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
+from .. import errors
 from ._fmt import human_bytes
 
 HELP = "write a snapshot's memory to an image file (restoring a live process is CRIU's job)"
@@ -26,13 +28,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on long restores (default: on a terminal)")
 
 
+def _check_out(path: str) -> None:
+    """The image file can be written where asked: checked before anything is restored."""
+    if os.path.isdir(path):
+        raise errors.InvalidTarget(f"--out {path} is a directory",
+                                   hint="give a file name, e.g. --out image.bin")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise errors.InvalidTarget(f"--out {path}: directory {parent} does not exist",
+                                   hint="create it first, or write the image elsewhere")
+    if not os.access(parent, os.W_OK):
+        raise errors.PermissionDenied(f"--out {path}: cannot write in {parent}")
+
+
+def _write(path: str, data: Any, text: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w" if text else "wb") as f:
+            if text:
+                json.dump(data, f, indent=1)
+            else:
+                f.write(data)
+    except OSError as exc:
+        raise errors.KernelError(f"cannot write {path}: {exc.strerror or exc}",
+                                 errno=exc.errno) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..snapshot import Snapshots
+    _check_out(args.out)
     snaps = Snapshots(args.store)
     img = snaps.restore(args.snapshot, progress=args.progress)
-    fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(img.data.data)
+    _write(args.out, img.data.data)
     m = snaps.manifest(img.name)
     if m.source.get("kind") == "process" or len(img.regions) > 1:
         side = {
@@ -41,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
                         for r, o in zip(img.regions, img.offsets, strict=True)],
             "maps": [r.to_json() for r in img.maps],
         }
-        sfd = os.open(args.out + ".maps.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                      os.O_CLOEXEC, 0o600)
-        with os.fdopen(sfd, "w") as f:
-            json.dump(side, f, indent=1)
+        _write(args.out + ".maps.json", side, text=True)
     print(f"{img.name}: {len(img.regions)} region(s), {human_bytes(img.data.nbytes)} "
           f"-> {args.out}")
     return 0

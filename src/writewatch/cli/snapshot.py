@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from typing import Any
 
 from .. import errors
 from ._fmt import human_bytes
@@ -53,17 +54,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-live", action="store_true",
                         help="after each save, compare the snapshot with a full read of the "
                              "memory taken in the same pause (slow; fails on any difference)")
+    p = parser.add_argument_group("pause and chains")
+    p.add_argument("--max-pause", type=parse_duration, default=None, metavar="DURATION",
+                   help="pre-copy: read while the process runs, re-read what it writes "
+                        "meanwhile, and stop it only for what is left, aiming at this pause "
+                        "(e.g. 20ms); default: stop it for every page of a save")
+    p.add_argument("--precopy-rounds", type=int, default=12, metavar="N",
+                   help="with --max-pause: stop anyway after N rounds (default 12)")
+    p.add_argument("--full", action="store_true",
+                   help="make the first snapshot a full base even when the store holds "
+                        "snapshots of this process (default: continue its chain by content)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..snapshot import Snapshotter
+def _check(args: argparse.Namespace) -> list[str]:
+    """Every option checked before anything is started or attached."""
     target = list(args.target)
     if target and target[0] == "--":
         target = target[1:]
     if not target:
         raise errors.InvalidTarget("no process given", hint="give a PID or -- CMD ARGS")
-    if args.count < 0 or args.keep < 0:
-        raise errors.InvalidTarget("--count and --keep take N >= 0")
+    for name in ("count", "keep", "precopy_rounds"):
+        if getattr(args, name) < 0:
+            raise errors.InvalidTarget(f"--{name.replace('_', '-')} {getattr(args, name)}: "
+                                       "takes N >= 0")
+    return target
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..snapshot import DirStore, Snapshotter
+    target = _check(args)
+    # the store is opened (created) and locked before a command is started or a process
+    # attached: a bad --store or a store another writer holds fails first
+    store = DirStore(args.store)
+    try:
+        store.acquire()
+        return _snapshots(args, target, store, Snapshotter)
+    finally:
+        store.close()
+
+
+def _snapshots(args: argparse.Namespace, target: list[str], store: object,
+               snapshotter: type) -> int:
     process = None
     if len(target) == 1 and target[0].isdigit():
         what: object = int(target[0])
@@ -77,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
         process = what.process
     n = 0
     try:
-        with Snapshotter(what, args.store, compress=args.compress, backend=args.backend,
-                         progress=args.progress, shared=args.shared) as snap:
-            pid = snap.source.pid  # type: ignore[attr-defined]
+        with snapshotter(what, store, compress=args.compress, backend=args.backend,
+                         progress=args.progress, shared=args.shared,
+                         max_pause=args.max_pause, precopy_rounds=args.precopy_rounds) as snap:
+            pid = snap.source.pid
             why = getattr(snap.source, "untracked_reason", None)
             if why:
                 print(f"note: no write tracker on {pid} ({why}); pages are compared by "
@@ -87,15 +119,12 @@ def run(args: argparse.Namespace) -> int:
             next_at = time.monotonic()
             while True:
                 try:
-                    info = snap.save(verify=args.verify_live)
+                    info = snap.save(verify=args.verify_live, full=args.full and n == 0)
                 except errors.NoSuchProcess:
                     print(f"process {pid} exited", file=sys.stderr)
                     break
                 n += 1
-                pause = f", paused {info.pause * 1e3:.1f} ms" if info.pause is not None else ""
-                print(f"{info.name} {info.kind:5} {info.pages} pages, stored "
-                      f"{human_bytes(info.stored_bytes)} of {human_bytes(info.image_bytes)}"
-                      f"{pause}", flush=True)
+                print(_line(info), flush=True)
                 if args.keep:
                     snap.prune(args.keep)
                 if args.count and n >= args.count:
@@ -116,3 +145,19 @@ def run(args: argparse.Namespace) -> int:
             # like `time CMD`: a program started here runs to its end
             process.wait()
     return 0
+
+
+def _line(info: object) -> str:
+    """One line per save: what it stored and how long the process was stopped."""
+    i: Any = info
+    kind = i.kind if i.kind == "full" else f"delta by {i.delta_by}"
+    out = (f"{i.name} {kind:17} {i.pages} pages, stored {human_bytes(i.stored_bytes)} of "
+           f"{human_bytes(i.image_bytes)}")
+    if i.dedup_bytes:
+        out += f" ({human_bytes(i.dedup_bytes)} deduplicated)"
+    if i.pause is not None:
+        out += f", paused {i.pause * 1e3:.1f} ms"
+    if i.converged is not None:
+        state = "converged" if i.converged else "did not converge"
+        out += f" (pre-copy: {i.rounds} rounds, {state}, {human_bytes(i.reread_bytes)} re-read)"
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from ._fmt import dump_json, human_bytes, table
 
@@ -19,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _precopy(i: object) -> str:
+    info: Any = i
+    if info.converged is None:
+        return ""
+    return f"{info.rounds} rounds, {'converged' if info.converged else 'not converged'}"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..snapshot import Snapshots
     snaps = Snapshots(args.store)
@@ -32,12 +40,18 @@ def run(args: argparse.Namespace) -> int:
                    "problems": [str(p) for p in report.problems] if report else None})
         return 0 if report is None or report.ok else 1
     table(f"Snapshots in {args.store}",
-          ["name", "kind", "parent", "created", "pages", "stored", "image", "regions", "pause"],
-          [(i.name, i.kind, i.parent or "", time.strftime("%Y-%m-%d %H:%M:%S",
-                                                          time.localtime(i.created)),
-            i.pages, human_bytes(i.stored_bytes), human_bytes(i.image_bytes), i.regions,
-            f"{i.pause * 1e3:.1f} ms" if i.pause is not None else "")
+          ["name", "kind", "parent", "created", "pages", "stored", "dedup", "image",
+           "regions", "pause", "pre-copy"],
+          [(i.name, i.kind if i.kind == "full" else f"delta ({i.delta_by})", i.parent or "",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
+            i.pages, human_bytes(i.stored_bytes), human_bytes(i.dedup_bytes),
+            human_bytes(i.image_bytes), i.regions,
+            f"{i.pause * 1e3:.1f} ms" if i.pause is not None else "", _precopy(i))
            for i in infos])
+    total = sum(i.stored_bytes for i in infos)
+    dedup = sum(i.dedup_bytes for i in infos)
+    print(f"{len(infos)} snapshot(s): {human_bytes(total)} stored, "
+          f"{human_bytes(dedup)} deduplicated")
     if report is not None:
         if report.ok:
             print(f"verified {report.snapshots} snapshot(s), {report.chunks} chunk(s): ok")

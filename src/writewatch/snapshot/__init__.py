@@ -10,14 +10,24 @@
 See docs/snapshot.md for the store layout, consistency and numbers.
 """
 
-from .errors import CorruptSnapshot, NoSuchSnapshot, SizeMismatch, SnapshotError, StoreLocked
+from .errors import (
+    BadStorePath,
+    CorruptSnapshot,
+    NoSuchSnapshot,
+    SizeMismatch,
+    SnapshotError,
+    StoreLocked,
+)
 from .format import Manifest, Region
-from .snapshotter import Diff, Image, SnapshotInfo, Snapshots, Snapshotter, VerifyReport
+from .precopy import PrecopyReport
+from .reader import Diff, Image, SnapshotInfo, Snapshots, VerifyReport
+from .snapshotter import Snapshotter
 from .source import BufferSource, ProcessSource, Source
 from .store import BlobNotFound, DirStore, Store, open_store
 from .tree import SharedWithUntracked, TreeSource
 
 __all__ = [
+    "BadStorePath",
     "BlobNotFound",
     "BufferSource",
     "CorruptSnapshot",
@@ -26,6 +36,7 @@ __all__ = [
     "Image",
     "Manifest",
     "NoSuchSnapshot",
+    "PrecopyReport",
     "ProcessSource",
     "Region",
     "SharedWithUntracked",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ..errors import InvalidTarget, WriteWatchError
 
-__all__ = ["CorruptSnapshot", "NoSuchSnapshot", "SizeMismatch", "SnapshotError", "StoreLocked"]
+__all__ = ["BadStorePath", "CorruptSnapshot", "NoSuchSnapshot", "SizeMismatch", "SnapshotError",
+           "StoreLocked"]
 
 
 class SnapshotError(WriteWatchError):
@@ -52,5 +53,12 @@ class SizeMismatch(SnapshotError, InvalidTarget):
 
 class StoreLocked(SnapshotError):
     """Another writer holds the store's lock."""
+
+    __module__ = "writewatch.snapshot"
+
+
+class BadStorePath(SnapshotError, InvalidTarget):
+    """The store path cannot be a snapshot store: empty, a regular file, under a file, a
+    directory holding other files, or on a file system that refuses it (/proc, /sys)."""
 
     __module__ = "writewatch.snapshot"

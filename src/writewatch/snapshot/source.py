@@ -32,6 +32,8 @@ _U64 = np.uint64
 class Source(abc.ABC):
     kind: str
     page_size: int
+    #: whether :meth:`paused` stops the writers (a pause is then measured and reported)
+    stops: bool = False
 
     @abc.abstractmethod
     def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
@@ -72,11 +74,21 @@ class BufferSource(Source):
 
     kind = "buffer"
 
-    def __init__(self, tracker: Any, *, owned: bool = False) -> None:
+    def __init__(self, tracker: Any, *, owned: bool = False, pause: Any = None) -> None:
         self.tracker = tracker
         self.page_size = tracker.page_size
         self.owned = owned
+        #: the caller's way to stop the writers: a context manager, or a callable making one
+        self.pause = pause
+        self.stops = pause is not None
         self._views: dict[tuple[int, int], np.ndarray] = {}
+
+    def paused(self) -> contextlib.AbstractContextManager[Any]:
+        if self.pause is None:
+            return contextlib.nullcontext()
+        if hasattr(self.pause, "__enter__") and not isinstance(self.pause, type):
+            return self.pause  # type: ignore[no-any-return]
+        return self.pause()  # type: ignore[no-any-return]
 
     def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
         ps = self.page_size
@@ -124,7 +136,9 @@ class BufferSource(Source):
             if i == j:
                 continue
             idx = ((addrs[i:j] - _U64(s.start)) // _U64(ps)).astype(np.intp)
-            np.take(self._rows(s.start, s.end), idx, axis=0, out=rows[i:j])
+            # mode="clip": with the default "raise" numpy copies through a temporary buffer
+            # (numpy.take: "out is always buffered if mode='raise'"); idx is in range
+            np.take(self._rows(s.start, s.end), idx, axis=0, out=rows[i:j], mode="clip")
             pos += j - i
         if pos != len(addrs):
             raise SnapshotError("asked to read pages outside the tracked spans")
@@ -240,10 +254,12 @@ class ProcessSource(Source):
         #: why there is no tracker (pages are then compared by content hash)
         self.untracked_reason: str | None = None
         self.stop = stop
+        self.stops = bool(stop)
         self.page_size = LINUX.page_size
         self.last_pause = 0.0
         self.stopped_by = ""  #: "ptrace" or "sigstop": how the last pause stopped the target
         self.on_pause: Any = None  #: called with the source while the target is stopped
+        self.hook_time = 0.0  #: seconds the last pause spent in on_pause (verification)
         if not os.path.exists(f"/proc/{pid}"):
             raise errors.NoSuchProcess(pid)
 
@@ -283,8 +299,11 @@ class ProcessSource(Source):
                 self._stack = stack
                 self.stopped_by = how
                 yield
+                self.hook_time = 0.0
                 if self.on_pause is not None:
+                    th = time.perf_counter()
                     self.on_pause(self)
+                    self.hook_time = time.perf_counter() - th
         finally:
             self._stack = None
             self.last_pause = time.perf_counter() - t0
@@ -298,7 +317,9 @@ class ProcessSource(Source):
                 errors="replace").strip()
         except errors.WriteWatchError:
             cmd = ""
+        st = procfs.read_stat(self.pid)
         return {"kind": self.kind, "pid": self.pid, "cmdline": cmd,
+                "starttime": st.starttime if st else None,
                 "tracker": getattr(self.tracker, "backend", None) if self.tracker else None,
                 "untracked_reason": self.untracked_reason}
 

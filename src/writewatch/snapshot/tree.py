@@ -22,6 +22,7 @@ mappings are saved by content.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ class TreeSource(Source):
     follow_forks, a cgroup, several pids) as one snapshot source."""
 
     kind = "tree"
+    stops = True
 
     def __init__(self, tracker: Any, *, owned: bool = False, shared: str = "fail") -> None:
         if shared not in ("fail", "pause"):
@@ -114,6 +116,7 @@ class TreeSource(Source):
         self.last_pause = 0.0
         self.stopped_by = "ptrace"
         self.on_pause: Any = None
+        self.hook_time = 0.0  #: seconds the last pause spent in on_pause (verification)
         self._spaces: dict[tuple[Any, ...], _Space] = {}
         self._maps: dict[int, tuple[procfs.Mapping, ...]] = {}
         self._views: dict[int, list[tuple[procfs.Mapping, int]]] = {}  # object space -> views
@@ -240,24 +243,38 @@ class TreeSource(Source):
                 self._stack = stack
                 self._maps = {}
                 yield
+                self.hook_time = 0.0
                 if self.on_pause is not None:
+                    th = time.perf_counter()
                     self.on_pause(self)
+                    self.hook_time = time.perf_counter() - th
         finally:
             self.last_pause = time.perf_counter() - t0
 
     def read(self, runs: np.ndarray, out: np.ndarray) -> None:
-        """Copy encoded ranges: a process's from it, an object's through a member's view."""
-        pos = 0
-        for lo, hi in runs.tolist():
-            space, addr = split_address(int(lo))
-            n = int(hi) - int(lo)
-            dst = out[pos:pos + n]
-            sp = next(s for s in self._spaces.values() if s.index == space)
+        """Copy encoded ranges: a process's from it (one process_vm_readv batch for each
+        stretch of ranges in its space), an object's through a member's view."""
+        runs = np.ascontiguousarray(runs, _U64)
+        if not len(runs):
+            return
+        space = (runs[:, 0] >> _U64(SPACE_SHIFT)).astype(np.int64)
+        lengths = (runs[:, 1] - runs[:, 0]).astype(np.int64)
+        offs = np.concatenate([[0], np.cumsum(lengths)])
+        brk = np.flatnonzero(np.diff(space)) + 1
+        bounds = np.concatenate([[0], brk, [len(runs)]]).tolist()
+        by_index = {s.index: s for s in self._spaces.values()}
+        for i, j in itertools.pairwise(bounds):
+            sp = by_index.get(int(space[i]))
+            if sp is None:
+                raise SnapshotError(f"no space {int(space[i])} in this tree snapshot")
+            dst = out[int(offs[i]):int(offs[j])]
             if sp.kind == "process":
-                process_vm_readv(sp.pid, np.array([[addr, addr + n]], _U64), dst)
-            else:
-                self._read_object(space, addr, dst)
-            pos += n
+                local = runs[i:j] & _U64(_MASK)
+                process_vm_readv(sp.pid, local, dst)
+                continue
+            for k in range(i, j):
+                _, addr = split_address(int(runs[k, 0]))
+                self._read_object(sp.index, addr, out[int(offs[k]):int(offs[k + 1])])
 
     def _read_object(self, space: int, offset: int, dst: np.ndarray) -> None:
         end = offset + dst.nbytes
@@ -293,7 +310,9 @@ class TreeSource(Source):
                 d.update(dev=s.key[0], inode=s.key[1], path=s.path)
             spaces.append(d)
         root = self.tracker.pid
-        return {"kind": self.kind, "pid": root, "root_space": self._process_space(root).index
+        st = procfs.read_stat(root)
+        return {"kind": self.kind, "pid": root, "starttime": st.starttime if st else None,
+                "root_space": self._process_space(root).index
                 if root in self._maps else 0, "processes": list(self._maps),
                 "spaces": spaces, "untracked": list(self._untracked),
                 "tracker": getattr(self.tracker, "backend", None)}
