@@ -7,6 +7,8 @@ PAGEMAP_SCAN ioctl on Linux 6.7+; synchronous uffd-wp and soft-dirty on older ke
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .backends.uffd_sync import LiveSnapshot, live_snapshot
 from .errors import (
     AlreadyTracked,
@@ -32,6 +34,9 @@ from .process import (
 )
 from .snapshot import Snapshotter
 from .tracker import CollectInfo, PartialPageWarning, Target, Tracker, track, zeros
+
+if TYPE_CHECKING:  # at run time: __getattr__ below (the package is imported on first use)
+    from .monitor.api import monitor
 
 __version__ = "0.1.0"
 
@@ -64,6 +69,16 @@ __all__ = [
     "features",
     "launch",
     "live_snapshot",
+    "monitor",
     "track",
     "zeros",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # applications are imported on first use, so that ``import writewatch`` stays light:
+    # ``writewatch.monitor(tracker, interval=..., ...)`` (the package is callable)
+    if name == "monitor":
+        import importlib
+        return importlib.import_module(f"{__name__}.monitor")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
