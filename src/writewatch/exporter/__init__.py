@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from .metrics import BUCKETS, METRICS, STATES
 from .service import Exporter, parse_listen
-from .targets import KINDS, REASONS, Target, TargetSpec, mapping_kind, parse_target, reason_class
+from .targets import (
+           ERRORS,
+           KINDS,
+           REASONS,
+           Target,
+           TargetSpec,
+           mapping_kind,
+           parse_target,
+           reason_class,
+)
 
-__all__ = ["BUCKETS", "KINDS", "METRICS", "REASONS", "STATES", "Exporter", "Target",
+__all__ = ["BUCKETS", "ERRORS", "KINDS", "METRICS", "REASONS", "STATES", "Exporter", "Target",
            "TargetSpec", "mapping_kind", "parse_listen", "parse_target", "reason_class"]

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .targets import Target
+from .targets import ERRORS, REASONS, Target
 
 __all__ = ["BUCKETS", "METRICS", "STATES", "SnapshotCollector", "families"]
 
@@ -60,7 +60,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "writewatch_collects_total": ("counter", ("target",), "Collects completed"),
     "writewatch_errors_total": (
         "counter", ("target", "kind"), "Failed attaches, collects and closes, by exception "
-        "class (PermissionDenied, Unsupported, NoSuchProcess, KernelError, InvalidTarget...)"),
+        "class (NoSuchProcess, PermissionDenied, Unsupported, InvalidTarget, KernelError, "
+        "WriteWatchError: any other)"),
     "writewatch_forks_total": ("counter", ("target",), "Processes forked by tracked ones"),
     "writewatch_exits_total": ("counter", ("target",), "Tracked processes that exited"),
     "writewatch_target_up": ("gauge", ("target",), "1 while the target is tracked"),
@@ -126,8 +127,9 @@ def families(targets: Sequence[Target], hist: Histograms, *, page_size: int,
             lab = [name, str(st.pid), st.comm]
             for kind, n in st.written.items():
                 f["writewatch_written_pages_total"].add_metric([*lab, kind], n)
-            for reason, n in st.conservative.items():
-                f["writewatch_conservative_pages_total"].add_metric([*lab, reason], n)
+            for reason in REASONS:  # every class, from 0: rate() needs the series to exist
+                f["writewatch_conservative_pages_total"].add_metric(
+                    [*lab, reason], st.conservative.get(reason, 0))
             f["writewatch_dirty_rate_bytes_per_second"].add_metric(lab, st.rate)
             f["writewatch_working_set_bytes"].add_metric(lab, st.working_set)
             f["writewatch_armed_bytes"].add_metric(lab, st.armed)
@@ -138,8 +140,8 @@ def families(targets: Sequence[Target], hist: Histograms, *, page_size: int,
         f["writewatch_tree_dirty_rate_bytes_per_second"].add_metric([name], t.tree_rate)
         f["writewatch_tracked_processes"].add_metric([name], len(t.procs))
         f["writewatch_collects_total"].add_metric([name], t.collects)
-        for kind, n in t.errors.items():
-            f["writewatch_errors_total"].add_metric([name, kind], n)
+        for kind in ERRORS:
+            f["writewatch_errors_total"].add_metric([name, kind], t.errors.get(kind, 0))
         f["writewatch_forks_total"].add_metric([name], t.forks)
         f["writewatch_exits_total"].add_metric([name], t.exits)
         f["writewatch_target_up"].add_metric([name], 1.0 if t.state == "up" else 0.0)

@@ -29,7 +29,7 @@ import numpy as np
 from .. import errors
 from ..pages import Pages
 
-__all__ = ["KINDS", "REASONS", "ProcStats", "Target", "TargetSpec", "mapping_kind",
+__all__ = ["ERRORS", "KINDS", "REASONS", "ProcStats", "Target", "TargetSpec", "mapping_kind",
            "parse_target", "reason_class"]
 
 log = logging.getLogger("writewatch.exporter")
@@ -39,6 +39,12 @@ KINDS = ("heap", "stack", "anon", "shmem", "file", "other")
 #: values of the ``reason`` label of conservative pages (see :func:`reason_class`)
 REASONS = ("new_mapping", "attached_late", "fork", "exit_exec", "untracked_sharer",
            "refused", "mixed", "other")
+
+#: values of the ``kind`` label of ``writewatch_errors_total``: the library's exception classes
+#: (writewatch/errors.py), subclasses counted under their parent here ("WriteWatchError": any
+#: other)
+ERRORS = ("NoSuchProcess", "PermissionDenied", "Unsupported", "InvalidTarget", "KernelError",
+          "WriteWatchError")
 
 #: /proc/PID/maps names of shared anonymous memory (mm/shmem.c shmem_zero_setup, ipc/shm.c,
 #: mm/memfd.c "memfd:" names) and POSIX shared memory (tmpfs at /dev/shm)
@@ -209,7 +215,8 @@ class Target:
         self.state, self.detail = state, detail
 
     def _error(self, exc: BaseException, what: str) -> None:
-        kind = type(exc).__name__
+        kind = next((k for k in ERRORS if any(c.__name__ == k for c in type(exc).__mro__)),
+                    "WriteWatchError")
         self.errors[kind] = self.errors.get(kind, 0) + 1
         log.warning("target %s: %s: %s", self.spec.name, what, exc)
 
