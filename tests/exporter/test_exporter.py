@@ -202,3 +202,79 @@ def test_sigterm_detaches_everything_and_leaves_the_targets_running(uffd_async,
         if p.stderr is not None:
             p.stderr.close()
     assert a.proc.poll() is None and _wp_registered(a.pid) == 0
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _query(base: str, expr: str) -> list[dict]:
+    import json
+    import urllib.parse
+    import urllib.request
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc = json.load(r)
+    assert doc["status"] == "success", doc
+    return list(doc["data"]["result"])
+
+
+def test_a_real_prometheus_scrapes_the_known_rate(serve, pacers, tmp_path) -> None:
+    """Debian's prometheus scrapes the exporter every second; rate() over its samples gives
+    back what the target wrote."""
+    import shutil
+    import urllib.request
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    a = pacers(1500)
+    r = serve([parse_target("pid", str(a.pid))], interval=1.0)
+    port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: writewatch\n"
+        f"    static_configs: [{{targets: ['{r.url.split('/')[2]}']}}]\n")
+    prom = subprocess.Popen([exe, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready, and scraping us
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2):
+                    pass
+                if _query(base, 'up{job="writewatch"} == 1'):
+                    break
+            except OSError:
+                pass
+            assert prom.poll() is None, "prometheus exited"
+            assert time.monotonic() < deadline, "prometheus did not start scraping"
+            time.sleep(0.5)
+        time.sleep(12)
+        lab = f'target="pid:{a.pid}",pid="{a.pid}"'
+        got = _query(base, f'sum(rate(writewatch_written_pages_total{{{lab}}}[10s]))')
+        rate = float(got[0]["value"][1])
+        # 1500 pages/s; the exporter's 1 s intervals and Prometheus' 1 s scrapes are not
+        # aligned, so a 10 s window holds 9-10 intervals' worth: +-12 % sampling error
+        assert 1500 * 0.85 <= rate <= 1500 * 1.15, rate
+        gauge = float(_query(base, f'avg_over_time(writewatch_dirty_rate_bytes_per_second'
+                                   f'{{{lab}}}[10s])')[0]["value"][1]) / PS
+        assert 1500 * 0.9 <= gauge <= 1500 * 1.1, gauge
+        tree = float(_query(base, f'rate(writewatch_tree_written_pages_total'
+                                  f'{{target="pid:{a.pid}"}}[10s])')[0]["value"][1])
+        assert tree == pytest.approx(rate, rel=0.05)
+        cpu = _query(base, 'rate(process_cpu_seconds_total{job="writewatch"}[10s])')
+        assert cpu and 0 <= float(cpu[0]["value"][1]) < 1.0
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(20)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
