@@ -14,7 +14,7 @@ import pytest
 from fakes import ANON, HEAP, PS, STACK, FakeClock, FakeTracker, M
 
 import writewatch
-from writewatch.monitor import MIB, Outputs, Region, Sampler, format_rate, format_summary
+from writewatch.monitor import MIB, Region, Sampler, format_rate, format_summary
 from writewatch.monitor import parse_focus as focus
 
 HERE = Path(__file__).resolve().parent
