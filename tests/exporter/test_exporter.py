@@ -271,6 +271,12 @@ def test_a_real_prometheus_scrapes_the_known_rate(serve, pacers, tmp_path) -> No
         assert tree == pytest.approx(rate, rel=0.05)
         cpu = _query(base, 'rate(process_cpu_seconds_total{job="writewatch"}[10s])')
         assert cpu and 0 <= float(cpu[0]["value"][1]) < 1.0
+        # every query of the Grafana dashboard is valid PromQL and finds data
+        from test_deploy import dashboard_exprs
+        for expr in dashboard_exprs():
+            q = (expr.replace("$__rate_interval", "10s").replace("$target", ".*")
+                 .replace("$job", ".*").replace("$link_gbps", "10"))
+            assert _query(base, q), f"no data for the dashboard's {q}"
     finally:
         prom.terminate()
         try:
