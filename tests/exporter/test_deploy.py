@@ -54,7 +54,7 @@ def test_dashboard_is_valid_grafana_json_of_served_metrics() -> None:
     for p in d["panels"]:
         g = p["gridPos"]
         assert p["type"] in ("timeseries", "stat") and p["targets"], p["title"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
         assert p["datasource"]["uid"] == "${datasource}"
         for t in p["targets"]:
             assert t["refId"] and t["expr"]
