@@ -90,3 +90,10 @@ def test_systemd_unit_runs_a_command_the_cli_accepts() -> None:
     assert argv[0].endswith("/writewatch") and argv[1] == "exporter"
     args = build_parser().parse_args(argv[1:])
     assert args.listen.startswith("127.0.0.1:") and args.cgroup and args.follow_forks
+
+
+def test_docs_list_every_metric_and_no_other() -> None:
+    text = (DEPLOY.parent / "docs" / "exporter.md").read_text()
+    rows = re.findall(r"^\| `(writewatch_\w+)` \| (\w+) \| ([^|]*) \|", text, re.M)
+    assert {n: (k, tuple(x.strip() for x in lab.split(",") if x.strip() != "—"))
+            for n, k, lab in rows} == {n: (k, labels) for n, (k, labels, _) in METRICS.items()}
