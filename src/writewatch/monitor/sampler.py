@@ -105,6 +105,13 @@ class Sampler:
 
     # -- mappings ---------------------------------------------------------------------------
     def _read_mappings(self) -> list[Region] | None:
+        if self._listed:
+            # a process tracker's last collect lists the root's mappings as it saw them
+            # (ProcessCollectInfo.mappings): no second read of /proc/PID/maps per sample
+            seen = getattr(getattr(self.source, "last", None), "mappings", None)
+            if seen:
+                from ..process.mappings import trackable
+                return [_region(m) for m in seen if trackable(m)]
         fn = getattr(self.source, "mappings", None)
         if callable(fn):
             try:
