@@ -218,8 +218,9 @@ def own_cost(args: argparse.Namespace) -> dict:
         js = Path(d) / "s.json"
         base = [sys.executable, "-c", CLI, "attach", str(tree.pid), "--tree", "--quiet"]
         try:
-            start, share, late, samples, coll = [], [], [], [], []
+            start, share, late, samples, coll, imp = [], [], [], [], [], []
             for _ in range(args.rounds):
+                imp.append(_timed([sys.executable, "-c", "import writewatch"])[0])
                 c, code = _timed([*base, "--duration", "10ms"])
                 assert code == 0, code
                 start.append(c)
@@ -243,7 +244,8 @@ def own_cost(args: argparse.Namespace) -> dict:
                 os.kill(pid, 9)
             tree.kill()
             tree.wait()
-    return {"start": start, "share": share, "late": late, "samples": samples, "collect": coll}
+    return {"start": start, "share": share, "late": late, "samples": samples, "collect": coll,
+            "import": imp}
 
 
 def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
@@ -271,6 +273,8 @@ def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
         "|---|---:|---:|",
         f"| start-up CPU (attach 10 processes, 1 sample, exit) | {spread(r['start'], '.3f')} s "
         "| < 0.3 s |",
+        f"| of which: the interpreter and `import writewatch` | {spread(r['import'], '.3f')} s "
+        "| |",
         f"| sampling CPU at 100 ms | {spread(r['share'], '.2f', 100)} % of a core | ≤ 5 % |",
         f"| collect of the tree (median per run) | {spread(r['collect'], '.2f', 1e3)} ms | |",
         f"| late samples | {late} | counted, shown |",

@@ -284,3 +284,12 @@ def test_a_real_prometheus_scrapes_the_known_rate(serve, pacers, tmp_path) -> No
         except subprocess.TimeoutExpired:
             prom.kill()
             prom.wait()
+
+
+def test_importing_the_exporter_needs_numpy_only() -> None:
+    code = ("import sys, writewatch, writewatch.exporter, writewatch.cli.exporter; "
+            "print([m for m in ('prometheus_client', 'rich', 'matplotlib', 'perfetto') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
