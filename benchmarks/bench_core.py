@@ -3,10 +3,11 @@
 On a populated anonymous region (1 GiB by default) with 0.1 %, 1 % and 10 % of its pages
 written between collects:
 
-1. ``Tracker.collect()`` (``writewatch.track((addr, length))``) against the minimal C program
-   doing the same PAGEMAP_SCAN get + write-protect (benchmarks/c/scan_bench.c, compiled here
-   with ``cc``), run side by side: the rounds alternate between the two so both see the same
-   machine noise. The kernel layer alone (``pagemap.scan_all``) is a third column.
+1. ``Tracker.collect()`` of ``writewatch.zeros(length)`` (the README's object) against the
+   minimal C program doing the same PAGEMAP_SCAN get + write-protect
+   (benchmarks/c/scan_bench.c, compiled here with ``cc``), run side by side: the rounds
+   alternate between the two so both see the same machine noise. The kernel layer alone
+   (``pagemap.scan_all``) is a third column.
 2. The classic approaches a user would otherwise write: reading ``/proc/self/pagemap`` for the
    range (numpy decode), and hashing every page (xxh3_64 and blake2b).
 3. The cost added to the writer: the first write to an armed page against a write to an
@@ -81,9 +82,12 @@ class Region:
     """Anonymous memory, 4 KiB pages (MADV_NOHUGEPAGE, as the C baseline), optionally
     populated with MADV_POPULATE_WRITE."""
 
-    def __init__(self, length: int, populate: bool = True) -> None:
+    def __init__(self, length: int, populate: bool = True, zeros: bool = False) -> None:
         self.length = length
-        self.addr = _sys.mmap(0, length, RW, ANON)
+        #: ``zeros``: the README's object, ``writewatch.zeros(length)`` (kept alive here)
+        self.array = writewatch.zeros(length) if zeros else None
+        self.addr = (self.array.ctypes.data if self.array is not None
+                     else _sys.mmap(0, length, RW, ANON))
         _sys.madvise(self.addr, length, U.MADV_NOHUGEPAGE)
         if populate:
             _sys.madvise(self.addr, length, U.MADV_POPULATE_WRITE)
@@ -99,7 +103,9 @@ class Region:
 
     def unmap(self) -> None:
         del self.bytes, self.pages
-        _sys.munmap(self.addr, self.length)
+        if self.array is None:
+            _sys.munmap(self.addr, self.length)
+        self.array = None
 
 
 class CServer:
@@ -183,8 +189,8 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def bench_collect(length: int, reps: int, binary: Path) -> list[dict[str, float]]:
     cserv = CServer(binary, length)
-    rt, rk = Region(length), Region(length)
-    tracker = writewatch.track((rt.addr, length))
+    rt, rk = Region(length, zeros=True), Region(length)
+    tracker = writewatch.track(rt.array)
     kern = KernelLayer(rk)
     inproc = CInProcess(kern)
     tracker.collect()

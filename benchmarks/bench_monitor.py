@@ -21,8 +21,16 @@ monitor competing for CPUs).
 ``--interval`` changes the sampling period (e.g. 0.1 to see the cost grow with the collect
 rate). ``--markdown PATH`` also writes the table with the machine, date and command.
 
+``--own-cost`` measures the monitor's own cost instead (issue-10 row "one sampler per tree"):
+``writewatch attach ROOT --tree --interval 100ms`` on a tree of 10 processes
+(tests/exporter/targets/pacer.c, each writing 200 pages per second), its CPU (the monitor
+process's user + system time from ``wait4``) as a share of one core, and its start-up CPU:
+the same command with ``--duration 10ms`` (interpreter start, imports, attaching the 10
+processes, one sample, the summary, exit). ``--own-markdown PATH`` writes that table.
+
 Run: ``.venv/bin/python benchmarks/bench_monitor.py [--rounds 5]
-[--markdown benchmarks/results-monitor.md]``
+[--markdown benchmarks/results-monitor.md]`` or ``... --own-cost [--own-markdown
+benchmarks/results-monitor-own.md]``
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 SOURCE = r"""
@@ -169,6 +178,111 @@ def fault_cost(mib: int, rounds: int) -> dict:
             "us_per_fault": (a - w) / n * 1e6, "collect_ms": statistics.median(collect) * 1e3}
 
 
+PACER = HERE.parent / "tests" / "exporter" / "targets" / "pacer.c"
+
+
+def _tree(exe: str, procs: int) -> subprocess.Popen:
+    """A shell that starts ``procs - 1`` pacers in the background, then execs the last: a
+    tree of ``procs`` pacers rooted at the shell's pid."""
+    bg = " ".join([f"{exe} 1024 200 >/dev/null &"] * (procs - 1))
+    p = subprocess.Popen(["/bin/sh", "-c", f"{bg} exec {exe} 1024 200 >/dev/null"])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            comm = Path(f"/proc/{p.pid}/comm").read_text().strip()
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        except OSError:
+            comm, kids = "", []
+        if comm == "pacer" and len(kids) == procs - 1:
+            return p
+        if time.monotonic() > deadline:
+            sys.exit("the tree did not start")
+        time.sleep(0.05)
+
+
+def _timed(argv: list[str]) -> tuple[float, int]:
+    """CPU seconds (user + system) of a command, and its exit status."""
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_utime + ru.ru_stime, p.returncode
+
+
+def own_cost(args: argparse.Namespace) -> dict:
+    """The monitor's CPU on a 10-process tree at 100 ms, and its start-up CPU."""
+    cc = shutil.which("cc") or sys.exit("needs a C compiler (cc)")
+    with tempfile.TemporaryDirectory(prefix="ww-bench-monitor-") as d:
+        exe = str(Path(d) / "pacer")
+        subprocess.run([cc, "-O1", "-o", exe, str(PACER)], check=True)
+        tree = _tree(exe, args.procs)
+        js = Path(d) / "s.json"
+        base = [sys.executable, "-c", CLI, "attach", str(tree.pid), "--tree", "--quiet"]
+        try:
+            start, share, late, samples, coll, imp = [], [], [], [], [], []
+            for _ in range(args.rounds):
+                imp.append(_timed([sys.executable, "-c", "import writewatch"])[0])
+                c, code = _timed([*base, "--duration", "10ms"])
+                assert code == 0, code
+                start.append(c)
+                c, code = _timed([*base, "--interval", "100ms", "--duration",
+                                  f"{args.own_seconds:g}", "--json", str(js)])
+                assert code == 0, code
+                doc = json.loads(js.read_text())
+                s = doc["summary"]
+                share.append((c - statistics.median(start)) / args.own_seconds)
+                late.append(s["late_samples"])
+                samples.append(s["intervals"])
+                coll.append(s["collect_p50"])
+                procs = {p for iv in doc["intervals"] for p, _ in iv["by_process"]}
+                assert len(procs) == args.procs, procs
+                print(f"start-up {start[-1]:.3f} s CPU; sampling {share[-1] * 100:.2f} % of a "
+                      f"core, {late[-1]} late of {samples[-1]} samples, collect median "
+                      f"{coll[-1] * 1e3:.2f} ms", flush=True)
+        finally:
+            for pid in [int(x) for x in Path(f"/proc/{tree.pid}/task/{tree.pid}/children")
+                        .read_text().split()]:
+                os.kill(pid, 9)
+            tree.kill()
+            tree.wait()
+    return {"start": start, "share": share, "late": late, "samples": samples, "collect": coll,
+            "import": imp}
+
+
+def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
+                       load: tuple[float, float]) -> None:
+    def spread(xs: list[float], f: str, scale: float = 1.0) -> str:
+        return (f"{statistics.median(xs) * scale:{f}} ({min(xs) * scale:{f}}-"
+                f"{max(xs) * scale:{f}})")
+    late = ", ".join(f"{a} of {b}" for a, b in zip(r["late"], r["samples"], strict=True))
+    lines = [
+        "# The monitor's own cost: one sampler for a 10-process tree",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        f"Command: `.venv/bin/python benchmarks/bench_monitor.py {shlex.join(sys.argv[1:])}`",
+        f"Load average (1 min) when it started / ended: {load[0]:.1f} / {load[1]:.1f}.",
+        "",
+        f"`writewatch attach ROOT --tree` on {args.procs} processes (pacer.c, 200 pages/s "
+        "each, 4 MiB buffers), one collect of the whole tree per sample. CPU: the monitor "
+        "process's user + system time (`wait4`). Start-up: the same command with "
+        "`--duration 10ms` (interpreter, imports, attaching every process, one sample, the "
+        f"summary). Sampling: a {args.own_seconds:g} s run at `--interval 100ms`, minus the "
+        f"median start-up, per second. Medians of {args.rounds} rounds (min-max).",
+        "",
+        "| measure | result | goal |",
+        "|---|---:|---:|",
+        f"| start-up CPU (attach 10 processes, 1 sample, exit) | {spread(r['start'], '.3f')} s "
+        "| < 0.3 s |",
+        f"| of which: the interpreter and `import writewatch` | {spread(r['import'], '.3f')} s "
+        "| |",
+        f"| sampling CPU at 100 ms | {spread(r['share'], '.2f', 100)} % of a core | ≤ 5 % |",
+        f"| collect of the tree (median per run) | {spread(r['collect'], '.2f', 1e3)} ms | |",
+        f"| late samples | {late} | counted, shown |",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,256", help="buffer sizes in MiB (comma separated)")
@@ -182,7 +296,18 @@ def main() -> None:
                     help="alternate plain and monitored runs instead of running each pair at "
                          "once (use on an otherwise idle machine)")
     ap.add_argument("--markdown", metavar="PATH")
+    ap.add_argument("--own-cost", action="store_true",
+                    help="measure the monitor's own CPU on a process tree instead")
+    ap.add_argument("--procs", type=int, default=10, help="processes in the --own-cost tree")
+    ap.add_argument("--own-seconds", type=float, default=10.0)
+    ap.add_argument("--own-markdown", metavar="PATH")
     args = ap.parse_args()
+    if args.own_cost:
+        l0 = os.getloadavg()[0]
+        r = own_cost(args)
+        if args.own_markdown:
+            write_own_markdown(Path(args.own_markdown), r, args, (l0, os.getloadavg()[0]))
+        return
     rows = []
     faults = []
     args.load_before = os.getloadavg()

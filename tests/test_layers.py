@@ -36,6 +36,7 @@ EXCEPTIONS = {
     ("model.profiles", "lab.profiles"),
     # the facade names the applications' entry points and imports them when first used
     ("__init__", "snapshot"), ("__init__", "snapshot.live"), ("__init__", "monitor"),
+    ("__init__", "monitor.api"),
 }
 
 

@@ -59,22 +59,15 @@ from .tracker import (
     zeros,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # at run time: __getattr__ below (imported on first use)
+    from .monitor.api import monitor
     from .snapshot import Snapshotter
     from .snapshot.live import LiveSnapshot, live_snapshot
 
-#: public names of the applications -> the module that defines them
+#: public names of the applications -> the module that defines them ("" for the module
+#: itself: ``writewatch.monitor(tracker, interval=..., ...)``, the package is callable)
 _LAZY = {"Snapshotter": "snapshot", "LiveSnapshot": "snapshot.live",
-         "live_snapshot": "snapshot.live"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+         "live_snapshot": "snapshot.live", "monitor": ""}
 
 __version__ = "0.1.0"
 
@@ -110,6 +103,20 @@ __all__ = [
     "features",
     "launch",
     "live_snapshot",
+    "monitor",
     "track",
     "zeros",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The applications are imported on first use, so that ``import writewatch`` stays
+    light (numpy only)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    where = _LAZY[name]
+    module = importlib.import_module(f".{where or name}", __name__)
+    value = getattr(module, name) if where else module
+    globals()[name] = value
+    return value

@@ -9,8 +9,8 @@ import pytest
 from fakes import ANON, HEAP, PS, FakeTracker
 
 import writewatch
-from writewatch.monitor import read_csv
-from writewatch.monitor.app import _check_outputs, add_monitor_arguments, finish, monitor_tracker
+from writewatch.cli._monitor import add_monitor_arguments, outputs
+from writewatch.monitor import Outputs, read_csv
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -28,13 +28,34 @@ def test_interval_and_duration_units() -> None:
         parse("--interval", "5ms")
     with pytest.raises(SystemExit):
         parse("--duration", "soon")
+    for bad in ("nan", "inf", "-inf", "infms"):
+        with pytest.raises(SystemExit):
+            parse("--duration", bad)
+        with pytest.raises(SystemExit):
+            parse("--interval", bad)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"interval": float("inf")}, "interval inf"), ({"interval": float("nan")}, "interval nan"),
+    ({"interval": "1"}, "interval '1'"), ({"duration": float("nan")}, "duration nan"),
+    ({"duration": 0}, "duration 0"), ({"duration": True}, "duration True")])
+def test_monitor_refuses_bad_times(kw, match) -> None:
+    with pytest.raises(writewatch.InvalidTarget, match=match):
+        writewatch.monitor(FakeTracker([[]]), **kw)
 
 
 def test_unwritable_output_is_refused_before_starting(tmp_path) -> None:
     with pytest.raises(writewatch.WriteWatchError, match="not writable"):
-        _check_outputs(parse("--json", str(tmp_path / "no" / "such" / "x.json")))
+        outputs(parse("--json", str(tmp_path / "no" / "such" / "x.json")))
     with pytest.raises(writewatch.WriteWatchError, match="stdout"):
-        _check_outputs(parse("--json", "-", "--csv", "-"))
+        outputs(parse("--json", "-", "--csv", "-"))
+    with pytest.raises(writewatch.WriteWatchError, match="not writable"):
+        Outputs(perfetto=str(tmp_path / "no" / "t.pftrace")).check()
+    with pytest.raises(writewatch.WriteWatchError, match="unit"):
+        Outputs(unit="GB").check()
+    for opt in ("json", "csv", "heatmap", "plot", "record", "perfetto"):
+        with pytest.raises(writewatch.WriteWatchError, match="is a directory"):
+            Outputs(**{opt: str(tmp_path)}).check()
 
 
 def test_all_outputs_from_one_run(tmp_path, capsys) -> None:
@@ -44,8 +65,8 @@ def test_all_outputs_from_one_run(tmp_path, capsys) -> None:
     args = parse("--interval", "10ms", "--no-live",
                  *[x for k, f in files.items() for x in (f"--{k}", str(f))])
     tr = FakeTracker(script, exits=True)
-    series = monitor_tracker(tr, args, "fake target", pid=4242)
-    finish(series, args)
+    series = writewatch.monitor(tr, interval=args.interval, outputs=outputs(args),
+                                target="fake target", pid=4242)
     out = capsys.readouterr().out
     assert series.ended == "target exited"
     lines = out.splitlines()
@@ -65,8 +86,8 @@ def test_all_outputs_from_one_run(tmp_path, capsys) -> None:
 
 def test_json_to_stdout_moves_the_human_output_to_stderr(capsys) -> None:
     args = parse("--interval", "10ms", "--json", "-")
-    series = monitor_tracker(FakeTracker([[(HEAP[0], HEAP[0] + PS)]], exits=True), args, "f")
-    finish(series, args)
+    writewatch.monitor(FakeTracker([[(HEAP[0], HEAP[0] + PS)]], exits=True),
+                       interval=args.interval, outputs=outputs(args), target="f")
     cap = capsys.readouterr()
     assert json.loads(cap.out)["intervals"][0]["pages"] == 1
     assert "summary:" in cap.err

@@ -211,8 +211,9 @@ def test_csv_round_trip() -> None:
 
 
 def test_the_monitor_core_imports_numpy_only() -> None:
-    code = ("import sys, writewatch.monitor, writewatch.monitor.record, writewatch.monitor.app;"
-            "bad = [m for m in ('matplotlib', 'rich') if m in sys.modules]; print(bad)")
+    code = ("import sys, writewatch.monitor, writewatch.monitor.record, writewatch.monitor.api,"
+            " writewatch.monitor.perfetto; bad = [m for m in ('matplotlib', 'rich', 'perfetto',"
+            " 'google') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

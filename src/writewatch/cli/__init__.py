@@ -14,4 +14,5 @@ COMMANDS: tuple[str, ...] = (
     "restore",
     "diff",
     "model",
+    "exporter",
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import errors
-from ..monitor.app import add_monitor_arguments, finish, monitor_tracker, process_name
+from ._monitor import add_monitor_arguments, outputs, process_name
 
 HELP = "monitor the dirty rate of a running process: live view, time series, heatmap, trace"
 
@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import writewatch
+    from writewatch.monitor import parse_focus
 
-    from ..monitor.app import _check_outputs
-    _check_outputs(args)
+    out = outputs(args)
+    parse_focus(args.mapping)  # a malformed spec fails before attaching
     attach = writewatch.attach
     if not args.pid and not args.cgroup:
         raise errors.InvalidTarget("no process given", hint="give a PID or --cgroup PATH")
@@ -45,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if len(tracker.processes) > 1 and not args.cgroup:
         what += f" and {len(tracker.processes) - 1} more"
     try:
-        series = monitor_tracker(tracker, args, what, pid=root)
+        series = writewatch.monitor(tracker, interval=args.interval, duration=args.duration,
+                                    outputs=out, mapping=args.mapping, target=what, pid=root,
+                                    on_end=lambda _: tracker.close())
     finally:
         tracker.close()
-    finish(series, args)
     return 1 if series.ended.startswith("error") else 0

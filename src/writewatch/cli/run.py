@@ -8,7 +8,7 @@ import signal
 from typing import Any
 
 from .. import errors
-from ..monitor.app import add_monitor_arguments, finish, monitor_tracker
+from ._monitor import add_monitor_arguments, outputs
 
 HELP = "run a command under write tracking: live dirty rate, time series, heatmap, trace"
 
@@ -70,41 +70,52 @@ def _end(proc: Any, pid: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import writewatch
+    from writewatch.monitor import Series, parse_focus
 
-    from ..monitor.app import _check_outputs
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
         raise errors.InvalidTarget("no command given",
                                    hint="usage: writewatch run [options] -- CMD [ARG...]")
-    _check_outputs(args)
-    launch = writewatch.launch
+    out = outputs(args)
+    parse_focus(args.mapping)  # a malformed spec fails before launching
     kw = {} if args.backend == "auto" else {"backend": args.backend}
-    tracker = launch(cmd, follow_forks=args.follow_forks, **kw)
+    tracker = writewatch.launch(cmd, follow_forks=args.follow_forks, **kw)
     proc = getattr(tracker, "process", None)
     pid = int(getattr(proc, "pid", 0) or getattr(tracker, "pid", 0) or 0)
-    target = f"pid {pid} ({os.path.basename(cmd[0])})"
     ended_by_us = False
-    series = None
-    try:
-        series = monitor_tracker(tracker, args, target, pid=pid, argv=cmd,
-                                 alive=lambda: _poll(proc) is None)
-    finally:
+
+    def end(series: Series) -> None:
+        """Sampling is over: close the tracker, let the command finish or end it, and
+        record its exit status before the summary is printed."""
+        nonlocal ended_by_us
         tracker.close()
-        if series is not None and series.ended == "target exited" and _poll(proc) is None:
+        if series.ended == "target exited" and _poll(proc) is None:
             # its memory is gone, it is exiting: let it finish (it is not ours to end)
             _wait(proc, GRACE)
         if _poll(proc) is None and not args.keep_running:
             # the duration ended, or the monitor was stopped: the command is ours to end
             ended_by_us = True
             _end(proc, pid)
+        code = _poll(proc)
+        if code is not None:
+            series.exit_status = code
+            if not ended_by_us:
+                series.ended = "command exited"
+
+    try:
+        series = writewatch.monitor(
+            tracker, interval=args.interval, duration=args.duration, outputs=out,
+            mapping=args.mapping, mapping_now=False,
+            target=f"pid {pid} ({os.path.basename(cmd[0])})", pid=pid, argv=cmd,
+            alive=lambda: _poll(proc) is None, on_end=end)
+    except BaseException:
+        tracker.close()
+        if _poll(proc) is None and not args.keep_running:
+            _end(proc, pid)
+        raise
     code = _poll(proc)
-    if code is not None:
-        series.exit_status = code
-        if not ended_by_us:
-            series.ended = "command exited"
-    finish(series, args)
     if ended_by_us and series.ended == "duration":
         return TIMEOUT_STATUS
     return _status(code) if code is not None else 0

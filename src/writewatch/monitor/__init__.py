@@ -1,21 +1,48 @@
 """Dirty-rate monitor: sample a tracker at a fixed interval and keep the time series of the
 pages written, with summary statistics and renderers (JSON, CSV, heatmap and rate PNGs,
-terminal views, model traces).
+terminal views, model traces, Perfetto traces).
 
-Importing this package needs numpy only; matplotlib and rich are imported by the renderers.
+:func:`monitor` is the entry point (also ``writewatch.monitor(...)``: this module is
+callable, so the top-level name works whether or not the package was imported before).
+Importing this package needs numpy only; matplotlib, rich and perfetto are imported by the
+renderers that use them.
 """
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
+from .api import VIEWS, Outputs, monitor
+from .focus import Focus, parse_focus
 from .sampler import MIN_INTERVAL, Sampler, Source
-from .series import CSV_COLUMNS, Interval, MappingChange, Region, Series, Summary, read_csv
+from .series import (
+    CSV_COLUMNS,
+    MB,
+    MIB,
+    UNITS,
+    Interval,
+    MappingChange,
+    Region,
+    Series,
+    Summary,
+    read_csv,
+)
+from .view import format_rate, format_summary
 
-__all__ = ["CSV_COLUMNS", "MIN_INTERVAL", "Interval", "MappingChange", "Region", "Sampler",
-           "Series", "Source", "Summary", "monitor", "read_csv"]
+__all__ = ["CSV_COLUMNS", "MB", "MIB", "MIN_INTERVAL", "UNITS", "VIEWS", "Focus", "Interval",
+           "MappingChange", "Outputs", "Region", "Sampler", "Series", "Source", "Summary",
+           "format_rate", "format_summary", "monitor", "parse_focus", "read_csv"]
 
 
-def monitor(source: object, interval: float = 1.0, duration: float | None = None,
-            target: str = "") -> Series:
-    """Sample ``source`` (anything with ``collect() -> Pages``) every ``interval`` seconds for
-    ``duration`` seconds (until Ctrl-C or the target exits when None); return the series."""
-    return Sampler(source, interval, target=target).run(duration)
+class _CallableModule(types.ModuleType):
+    """``writewatch.monitor`` is both this package and the function :func:`monitor`: once
+    ``writewatch.monitor`` is imported the package's attribute is this module, so calling it
+    calls :func:`monitor`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Series:
+        return monitor(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import errors
 from ..pages import Pages
+from .focus import Focus
 from .series import Interval, MappingChange, Region, Series, bytes_in
 
 __all__ = ["MIN_INTERVAL", "Sampler", "Source"]
@@ -48,11 +49,15 @@ class Sampler:
         target: a description of what is sampled, for the outputs.
         alive: polled every 50 ms between samples; when it returns false (the target
             exited) sampling ends at once instead of at the next tick.
+        focus: keep only the pages of these mappings (:mod:`.focus`).
+        focus_now: a label or path of ``focus`` must match a mapping at the start (an
+            attached process); otherwise (a program just launched) it may match later.
         clock, wait: injectable time source and ``wait(seconds) -> stop requested`` (tests).
     """
 
     def __init__(self, source: Any, interval: float = 1.0, *, target: str = "",
-                 alive: Callable[[], bool] | None = None,
+                 alive: Callable[[], bool] | None = None, focus: Focus | None = None,
+                 focus_now: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  wait: Callable[[float], bool] | None = None) -> None:
         if not interval >= MIN_INTERVAL:
@@ -64,6 +69,8 @@ class Sampler:
         self.clock = clock
         self._stop = threading.Event()
         self._alive = alive
+        self._focus = focus
+        self._focus_now = focus_now
         self._wait = wait or self._wait_until
         ps = int(getattr(source, "page_size", 0) or 4096)
         self.series = Series(page_size=ps, interval=self.interval, target=target,
@@ -98,6 +105,13 @@ class Sampler:
 
     # -- mappings ---------------------------------------------------------------------------
     def _read_mappings(self) -> list[Region] | None:
+        if self._listed:
+            # a process tracker's last collect lists the root's mappings as it saw them
+            # (ProcessCollectInfo.mappings): no second read of /proc/PID/maps per sample
+            seen = getattr(getattr(self.source, "last", None), "mappings", None)
+            if seen:
+                from ..process.mappings import trackable
+                return [_region(m) for m in seen if trackable(m)]
         fn = getattr(self.source, "mappings", None)
         if callable(fn):
             try:
@@ -165,11 +179,18 @@ class Sampler:
         self._t0 = self._last_t = self.clock()
         self.series.started_at = time.time()
         self._update_mappings(0.0)
+        if self._focus is not None:
+            if self._focus_now:
+                self._focus.check(self.regions)
+            self._focus.ranges(self.regions)  # fixes 'largest' now
+            self.series.mapping = self._focus.description
 
     def sample(self) -> Interval:
         """Collect once and record the interval since the previous sample."""
         t = self.clock()
+        c0 = time.perf_counter()
         pages = self.source.collect()
+        cost = time.perf_counter() - c0
         t_end = t - self._t0
         last = getattr(self.source, "last", None)
         if getattr(last, "gone", False):
@@ -182,9 +203,15 @@ class Sampler:
             if reason not in self.series.notes and len(self.series.notes) < 100:
                 self.series.notes.append(reason)
         new, gone, gone_idx = self._update_mappings(t_end)
-        self._ws = self._ws | pages
         per = getattr(last, "per_process", ()) or ()
-        multi = len(per) > 1 or bool(getattr(last, "forked", ()))
+        if self._focus is not None:
+            # the focus is on the root's address space: other processes' rows are left out
+            pages = self._focus.select(pages, self.regions)
+            cons = cons & pages
+            per = ()
+            self.series.mapping = self._focus.description
+        self._ws = self._ws | pages
+        multi = len(per) > 1 or (bool(getattr(last, "forked", ())) and self._focus is None)
         iv = Interval(index=len(self.series.intervals), t_start=self._last_t - self._t0,
                       t_end=t_end, written=pages, working_set_pages=len(self._ws),
                       conservative=cons, by_region=self._attribute(pages, gone_idx),
@@ -194,7 +221,7 @@ class Sampler:
                       forked=tuple(getattr(last, "forked", ()) or ()),
                       exited=tuple(p for p in getattr(last, "exited", ()) or ()
                                    if isinstance(p, int)),
-                      late=self._late, delay=self._delay)
+                      late=self._late, delay=self._delay, collect_s=cost)
         self._late, self._delay = 0, 0.0
         self._last_t = t
         self.series.intervals.append(iv)

@@ -19,6 +19,9 @@ from ..pages import Pages
 __all__ = [
     "CSV_COLUMNS",
     "FORMAT",
+    "MB",
+    "MIB",
+    "UNITS",
     "Interval",
     "MappingChange",
     "Region",
@@ -30,12 +33,17 @@ __all__ = [
 
 FORMAT = "writewatch-monitor"
 VERSION = 1
-MB = 1_000_000  #: rates are in MB/s (10**6 bytes per second), like QEMU's calc-dirty-rate
+MB = 1_000_000  #: rates are in MB/s: 10**6 bytes per second
+#: QEMU's calc-dirty-rate reports "MB/s" computed with 2**20 bytes (migration/dirtyrate.c
+#: divides the dirtied bytes by 1 MiB): the monitor's ``MiB`` unit is that one
+MIB = 1 << 20
+#: rate units the views offer: bytes per unit
+UNITS = {"MB": MB, "MiB": MIB}
 
 #: CSV columns, one row per interval
 CSV_COLUMNS = ("index", "t_start", "t_end", "pages", "bytes", "rate_mb_s", "working_set_pages",
                "working_set_bytes", "conservative_pages", "new_mappings", "removed_mappings",
-               "top_mapping", "processes", "union_pages", "late")
+               "top_mapping", "processes", "union_pages", "late", "rate_mib_s")
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,52 @@ class Region:
     def length(self) -> int:
         return self.end - self.start
 
+    @property
+    def kind(self) -> str:
+        """What backs it: "heap", "stack", "anon" (private anonymous), "shmem" (shared
+        anonymous, SysV, memfd, /dev/shm), "file", or "other" ([vdso]-style, span labels)."""
+        lab = self.label
+        if lab == "[heap]":
+            return "heap"
+        if lab.startswith("[stack"):
+            return "stack"
+        if not lab or lab == "[anon]":
+            return "shmem" if self.perms[3:4] == "s" else "anon"
+        if lab.startswith(_SHMEM_LABELS):
+            return "shmem"
+        return "file" if lab.startswith("/") else "other"
+
+    @property
+    def ident(self) -> str:
+        """A name that tells mappings of one kind apart: anonymous memory by its start
+        address and size (``[anon] 0x7f12a4000000 1.0 GiB``), a memfd by its name
+        (``memfd:pc.ram``, as QEMU and Firecracker name guest memory backends), a file by its
+        base name."""
+        if self.kind in ("anon", "shmem") and not self.label.startswith(("/memfd:",
+                                                                          "/dev/shm/")):
+            return f"{self.name} {self.start:#x} {_size(self.length)}"
+        if self.label.startswith("/memfd:"):
+            return self.label[1:].removesuffix(" (deleted)")
+        return self.name
+
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "label": self.label, "perms": self.perms}
+        return {"start": self.start, "end": self.end, "label": self.label, "perms": self.perms,
+                "name": self.ident, "kind": self.kind}
+
+
+#: labels of shared anonymous memory in /proc/PID/maps (mm/shmem.c shmem_zero_setup,
+#: ipc/shm.c, mm/memfd.c "memfd:" names, POSIX shm under /dev/shm)
+_SHMEM_LABELS = ("/dev/zero", "/SYSV", "/memfd:", "/dev/shm/")
+
+
+def _size(n: int) -> str:
+    """Bytes in binary units: "4.0 KiB", "1.0 GiB"."""
+    x = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if x < 1024:
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{x:.1f} TiB"
 
 
 @dataclass(frozen=True)
@@ -101,6 +153,7 @@ class Interval:
     #: is then longer; its rate uses the measured length)
     late: int = 0
     delay: float = 0.0  #: seconds after its due time the sample started
+    collect_s: float = 0.0  #: seconds the collect took (the monitor's own cost per sample)
 
     def was_late(self, interval: float) -> bool:
         """Started more than a tenth of the period after it was due."""
@@ -142,6 +195,16 @@ class Interval:
         """Dirty rate over the interval, MB/s (10**6 bytes/s)."""
         return self.nbytes / MB / self.dt if self.dt > 0 else 0.0
 
+    @property
+    def bytes_per_second(self) -> float:
+        """Dirty rate over the interval, bytes/s."""
+        return self.nbytes / self.dt if self.dt > 0 else 0.0
+
+    @property
+    def tree_bytes_per_second(self) -> float:
+        """Dirty rate of the whole tree, bytes/s, shared pages counted once."""
+        return self.tree_pages * self.written.page_size / self.dt if self.dt > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -166,12 +229,19 @@ class Summary:
     exits: int = 0
     late_samples: int = 0  #: samples taken late (their ticks were skipped)
     skipped_ticks: int = 0
+    #: (mapping, pages written, working-set pages) per distinct mapping (:attr:`Region.ident`:
+    #: anonymous mappings told apart by address and size)
+    top_mappings: tuple[tuple[str, int, int], ...] = ()
+    collect_p50: float = 0.0  #: seconds, median duration of a collect
+    collect_max: float = 0.0  #: seconds, the longest collect
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["top"] = [{"mapping": n, "pages_written": p, "working_set_pages": w}
                     for n, p, w in self.top]
         d["processes"] = [{"pid": p, "pages_written": n} for p, n in self.processes]
+        d["top_mappings"] = [{"mapping": n, "pages_written": p, "working_set_pages": w}
+                             for n, p, w in self.top_mappings]
         return d
 
 
@@ -216,6 +286,8 @@ class Series:
     ended: str = ""  #: why sampling stopped: "duration", "target exited", "interrupted"...
     exit_status: int | None = None  #: the target's exit status, when it exited and is known
     notes: list[str] = field(default_factory=list)  #: conservative-report reasons, once each
+    #: the ``mapping=`` focus: only pages of these mappings were kept ("" when none)
+    mapping: str = ""
     _ws: Pages | None = field(default=None, repr=False)
 
     # -- derived ----------------------------------------------------------------------------
@@ -251,11 +323,13 @@ class Series:
                 out[r] = out.get(r, 0) + n
         return out
 
-    def by_name(self) -> list[tuple[str, int, int]]:
-        """(mapping name, pages written, working-set pages), most written first."""
+    def by_name(self, key: str = "name") -> list[tuple[str, int, int]]:
+        """(mapping name, pages written, working-set pages), most written first. ``key``:
+        "name" groups mappings of one name (every anonymous mapping is ``[anon]``); "ident"
+        tells them apart (:attr:`Region.ident`)."""
         written: dict[str, int] = {}
         for r, n in self.region_pages().items():
-            name = self.regions[r].name if r >= 0 else "[unmapped]"
+            name = getattr(self.regions[r], key) if r >= 0 else "[unmapped]"
             written[name] = written.get(name, 0) + n
         ws = self.working_set.ranges
         wsn: dict[str, int] = {}
@@ -264,7 +338,7 @@ class Series:
             hi = np.array([g.end for g in self.regions])
             # regions of one name may overlap in time (a heap that grew): count pages once
             for name in written:
-                idx = [i for i, g in enumerate(self.regions) if g.name == name]
+                idx = [i for i, g in enumerate(self.regions) if getattr(g, key) == name]
                 if not idx:
                     continue
                 cover = Pages(np.stack([lo[idx], hi[idx]], axis=1).astype(np.uint64),
@@ -299,11 +373,14 @@ class Series:
             p50_rate=_pct(rates, 50), p95_rate=_pct(rates, 95),
             conservative_pages=sum(iv.conservative_pages for iv in self.intervals),
             top=tuple(self.by_name()[:top]), processes=tuple(procs), tree_pages=tree,
+            top_mappings=tuple(self.by_name("ident")[:top]),
             tree_mean_rate=tree * self.page_size / MB / dur if dur > 0 else 0.0,
             forks=sum(len(iv.forked) for iv in self.intervals),
             exits=sum(len(iv.exited) for iv in self.intervals),
             late_samples=sum(1 for iv in self.intervals if iv.was_late(self.interval)),
-            skipped_ticks=sum(iv.late for iv in self.intervals))
+            skipped_ticks=sum(iv.late for iv in self.intervals),
+            collect_p50=_pct([iv.collect_s for iv in self.intervals], 50),
+            collect_max=max((iv.collect_s for iv in self.intervals), default=0.0))
 
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -312,12 +389,14 @@ class Series:
             "target": self.target, "backend": self.backend, "page_size": self.page_size,
             "interval": self.interval, "started_at": self.started_at, "ended": self.ended,
             "exit_status": self.exit_status, "notes": list(self.notes),
+            "mapping": self.mapping,
             "summary": self.summary().to_dict(),
             "regions": [g.to_dict() for g in self.regions],
             "changes": [{"t": c.t, "kind": c.kind, "region": c.region} for c in self.changes],
             "intervals": [{
                 "index": iv.index, "t_start": iv.t_start, "t_end": iv.t_end,
                 "pages": iv.pages, "bytes": iv.nbytes, "rate_mb_s": iv.rate,
+                "bytes_per_second": iv.bytes_per_second,
                 "working_set_pages": iv.working_set_pages,
                 "conservative_pages": iv.conservative_pages,
                 "conservative_ranges": (iv.conservative.ranges.tolist()
@@ -328,6 +407,7 @@ class Series:
                 "by_process": [[p, n] for p, n in iv.by_process],
                 "union_pages": iv.union_pages, "forked": list(iv.forked),
                 "exited": list(iv.exited), "late": iv.late, "delay": iv.delay,
+                "collect_s": iv.collect_s,
             } for iv in self.intervals],
         }
 
@@ -341,7 +421,7 @@ class Series:
         s = cls(page_size=ps, interval=float(d["interval"]), target=d.get("target", ""),
                 backend=d.get("backend", ""), started_at=float(d.get("started_at", 0.0)),
                 ended=d.get("ended", ""), exit_status=d.get("exit_status"),
-                notes=list(d.get("notes", ())))
+                notes=list(d.get("notes", ())), mapping=d.get("mapping", ""))
         s.regions = [Region(int(g["start"]), int(g["end"]), g.get("label", ""),
                             g.get("perms", "")) for g in d["regions"]]
         s.changes = [MappingChange(float(c["t"]), c["kind"], int(c["region"]))
@@ -359,7 +439,7 @@ class Series:
             union_pages=int(i.get("union_pages", 0)),
             forked=tuple(int(p) for p in i.get("forked", ())),
             exited=tuple(int(p) for p in i.get("exited", ())), late=int(i.get("late", 0)),
-            delay=float(i.get("delay", 0.0)))
+            delay=float(i.get("delay", 0.0)), collect_s=float(i.get("collect_s", 0.0)))
             for i in d["intervals"]]
         return s
 
@@ -383,7 +463,7 @@ class Series:
                          f"{iv.rate:.6f}", iv.working_set_pages,
                          iv.working_set_pages * self.page_size, iv.conservative_pages,
                          iv.new_mappings, iv.removed_mappings, top, len(iv.by_process) or 1,
-                         iv.tree_pages, iv.late))
+                         iv.tree_pages, iv.late, f"{iv.bytes_per_second / MIB:.6f}"))
         return rows
 
     def write_csv(self, file: IO[str]) -> None:
@@ -412,5 +492,5 @@ def read_csv(file: IO[str] | str) -> list[dict[str, Any]]:
             "union_pages", "late"}
     for row in csv.DictReader(f):
         out.append({k: int(v) if k in ints else float(v) if k in
-                    ("t_start", "t_end", "rate_mb_s") else v for k, v in row.items()})
+                    ("t_start", "t_end", "rate_mb_s", "rate_mib_s") else v for k, v in row.items()})
     return out

@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import IO, Any
 
-from .series import Interval, Series
+from .series import MB, UNITS, Interval, Series
 
 __all__ = ["LineView", "LiveView", "format_rate", "format_summary", "human_bytes"]
 
@@ -20,18 +20,25 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def format_rate(mb_s: float) -> str:
-    """A dirty rate: MB/s (10**6 bytes/s), or KB/s below 0.01 MB/s."""
-    if 0 < mb_s < 0.01:
-        return f"{mb_s * 1000:.2f} KB/s"
-    return f"{mb_s:.2f} MB/s"
+def in_unit(mb_s: float, unit: str = "MB") -> float:
+    """A rate in MB/s (10**6 bytes/s) converted to ``unit``/s ("MB" or "MiB")."""
+    return mb_s * MB / UNITS[unit]
 
 
-def _tree_note(iv: Interval) -> str:
+def format_rate(mb_s: float, unit: str = "MB") -> str:
+    """A dirty rate given in MB/s, shown in ``unit``/s: MB/s (10**6 bytes/s) or MiB/s
+    (2**20 bytes/s); below 0.01 of the unit in KB/s (10**3) or KiB/s (2**10)."""
+    v = in_unit(mb_s, unit)
+    if 0 < v < 0.01:
+        return f"{v * 1000:.2f} KB/s" if unit == "MB" else f"{v * 1024:.2f} KiB/s"
+    return f"{v:.2f} {unit}/s"
+
+
+def _tree_note(iv: Interval, unit: str = "MB") -> str:
     parts = []
     if iv.by_process:
         parts.append(f"{len(iv.by_process)} procs, tree {iv.tree_pages} pages "
-                     f"{format_rate(iv.tree_rate)}")
+                     f"{format_rate(iv.tree_rate, unit)}")
     if iv.forked:
         parts.append("forked " + ",".join(map(str, iv.forked)))
     if iv.exited:
@@ -41,11 +48,12 @@ def _tree_note(iv: Interval) -> str:
     return "  " + "; ".join(parts) if parts else ""
 
 
-def by_name(iv: Interval, series: Series) -> dict[str, int]:
-    """Pages written in the interval per mapping name, most first."""
+def by_name(iv: Interval, series: Series, key: str = "name") -> dict[str, int]:
+    """Pages written in the interval per mapping name (``key``: "name", or "ident" to tell
+    anonymous mappings apart), most first."""
     out: dict[str, int] = {}
     for r, pages in iv.by_region:
-        name = series.regions[r].name if r >= 0 else "[unmapped]"
+        name = getattr(series.regions[r], key) if r >= 0 else "[unmapped]"
         out[name] = out.get(name, 0) + pages
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -57,8 +65,9 @@ def _top_names(iv: Interval, series: Series, n: int = 3) -> str:
 class LineView:
     """One line per interval (for logs, pipes and ``--no-live``)."""
 
-    def __init__(self, file: IO[str] | None = None) -> None:
+    def __init__(self, file: IO[str] | None = None, unit: str = "MB") -> None:
         self.file = file or sys.stdout
+        self.unit = unit
         self._header = False
 
     def __enter__(self) -> LineView:
@@ -69,7 +78,8 @@ class LineView:
 
     def update(self, iv: Interval, series: Series) -> None:
         if not self._header:
-            print(f"{'t(s)':>8} {'pages':>8} {'written':>10} {'MB/s':>9} {'working set':>12}  "
+            print(f"{'t(s)':>8} {'pages':>8} {'written':>10} {self.unit + '/s':>9} "
+                  f"{'working set':>12}  "
                   "top mappings (pages)", file=self.file)
             self._header = True
         extra = ""
@@ -77,8 +87,9 @@ class LineView:
             extra += f"  maps +{iv.new_mappings}/-{iv.removed_mappings}"
         if iv.conservative_pages:
             extra += f"  conservative {iv.conservative_pages}"
-        extra += _tree_note(iv)
-        print(f"{iv.t_end:8.2f} {iv.pages:8d} {human_bytes(iv.nbytes):>10} {iv.rate:9.2f} "
+        extra += _tree_note(iv, self.unit)
+        print(f"{iv.t_end:8.2f} {iv.pages:8d} {human_bytes(iv.nbytes):>10} "
+              f"{in_unit(iv.rate, self.unit):9.2f} "
               f"{human_bytes(iv.working_set_pages * series.page_size):>12}  "
               f"{_top_names(iv, series)}{extra}", file=self.file, flush=True)
 
@@ -87,11 +98,12 @@ class LiveView:
     """A rich live panel, redrawn at each interval: dirty rate, pages in the last interval,
     working set so far, and the mappings written most."""
 
-    def __init__(self, file: IO[str] | None = None, top: int = 10) -> None:
+    def __init__(self, file: IO[str] | None = None, top: int = 10, unit: str = "MB") -> None:
         from rich.console import Console
         from rich.live import Live
         self.console = Console(file=file or sys.stdout)
         self.top = top
+        self.unit = unit
         self._live = Live(console=self.console, auto_refresh=False, transient=False)
         self._rates: list[float] = []
 
@@ -117,12 +129,15 @@ class LiveView:
 
         self._rates.append(iv.rate)
         s = series.summary(top=self.top)
+        u = self.unit
         head = Text.assemble(
             ("writewatch ", "bold"), (series.target or "", "cyan"),
             f"  backend {series.backend or '?'}  interval {series.interval * 1000:g} ms  "
-            f"t={iv.t_end:.1f} s\n",
-            ("dirty rate ", ""), (f"{format_rate(iv.rate):>15}", "bold red"),
-            f"   peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  p95 {s.p95_rate:.2f}\n",
+            f"t={iv.t_end:.1f} s" + (f"  mapping {series.mapping}" if series.mapping else "")
+            + "\n",
+            ("dirty rate ", ""), (f"{format_rate(iv.rate, u):>15}", "bold red"),
+            f"   peak {in_unit(s.peak_rate, u):.2f}  mean {in_unit(s.mean_rate, u):.2f}  "
+            f"p95 {in_unit(s.p95_rate, u):.2f} ({u}/s)\n",
             ("pages      ", ""), (f"{iv.pages:10d}", "bold"),
             f"  ({human_bytes(iv.nbytes)} in the last {iv.dt * 1000:.0f} ms)\n",
             ("working set", ""), (f"{human_bytes(s.working_set_bytes):>15}", "bold blue"),
@@ -133,14 +148,14 @@ class LiveView:
         tab.add_column("last interval", justify="right")
         tab.add_column("pages written", justify="right")
         tab.add_column("working set", justify="right")
-        last = by_name(iv, series)
-        for name, pages, ws in s.top:
+        last = by_name(iv, series, "ident")
+        for name, pages, ws in s.top_mappings:
             tab.add_row(Text(name), str(last.get(name, 0)), str(pages),
                         human_bytes(ws * series.page_size))
         parts: list[Any] = [head, tab]
         if iv.by_process:
             procs = Table(title=f"processes: {len(iv.by_process)}, tree {iv.tree_pages} pages "
-                          f"({format_rate(iv.tree_rate)}, shared pages once)",
+                          f"({format_rate(iv.tree_rate, u)}, shared pages once)",
                           title_justify="left", expand=False)
             procs.add_column("pid", justify="right")
             procs.add_column("last interval", justify="right")
@@ -152,8 +167,8 @@ class LiveView:
         foot = Text(f"mappings +{iv.new_mappings}/-{iv.removed_mappings} this interval"
                     + (f", {iv.conservative_pages} conservative pages"
                        if iv.conservative_pages else "")
-                    + _tree_note(iv) + (f"   late samples {s.late_samples}"
-                                        if s.late_samples else "")
+                    + _tree_note(iv, u) + (f"   late samples {s.late_samples} of "
+                                           f"{s.intervals}" if s.late_samples else "")
                     + "   Ctrl-C: stop and summarise", style="dim")
         parts.append(foot)
         return Group(*parts)
@@ -172,15 +187,19 @@ def status_text(code: int) -> str:
         return f"killed by signal {-code}"
 
 
-def format_summary(series: Series) -> str:
+def format_summary(series: Series, unit: str = "MB") -> str:
+    """The summary printed at the end of a run; rates in ``unit``/s ("MB": 10**6 bytes/s,
+    "MiB": 2**20 bytes/s)."""
     s = series.summary()
+    u = unit
     lines = [
         f"summary: {series.target or 'target'} ({series.backend or '?'}), "
         f"{s.intervals} intervals of {series.interval * 1000:g} ms over {s.duration:.2f} s"
         + (f", ended: {series.ended}" if series.ended else "")
         + (f", {status_text(series.exit_status)}" if series.exit_status is not None else ""),
-        f"  dirty rate MB/s: peak {s.peak_rate:.2f}  mean {s.mean_rate:.2f}  "
-        f"p50 {s.p50_rate:.2f}  p95 {s.p95_rate:.2f}",
+        f"  dirty rate {u}/s ({UNITS[u]} bytes/s): peak {in_unit(s.peak_rate, u):.2f}  "
+        f"mean {in_unit(s.mean_rate, u):.2f}  p50 {in_unit(s.p50_rate, u):.2f}  "
+        f"p95 {in_unit(s.p95_rate, u):.2f}",
         f"  written: {s.pages_written} pages ({human_bytes(s.bytes_written)}) in total; "
         f"write working set {s.working_set_pages} pages ({human_bytes(s.working_set_bytes)})",
     ]
@@ -188,7 +207,7 @@ def format_summary(series: Series) -> str:
         lines.append(
             f"  process tree: {len(s.processes)} processes, {s.forks} forks, {s.exits} exits; "
             f"{s.tree_pages} pages written in the tree (shared pages once), mean "
-            f"{format_rate(s.tree_mean_rate)}")
+            f"{format_rate(s.tree_mean_rate, u)}")
         for pid, pages in s.processes[:8]:
             lines.append(f"    pid {pid:<8} {pages:>9} pages")
     if s.conservative_pages:
@@ -198,16 +217,18 @@ def format_summary(series: Series) -> str:
             f"{s.working_set_conservative_pages} pages "
             f"({human_bytes(s.working_set_conservative_pages * series.page_size)}) of the "
             "working set were only ever reported that way")
-    if s.late_samples:
-        lines.append(f"  late samples: {s.late_samples} of {s.intervals} started more than a "
-                     f"tenth of the interval late; {s.skipped_ticks} tick(s) skipped")
+    lines.append(f"  sampling: {s.intervals} samples; {s.late_samples} late (started more than "
+                 f"a tenth of the interval after due), {s.skipped_ticks} tick(s) skipped; "
+                 f"collect median {s.collect_p50 * 1e3:.2f} ms, max {s.collect_max * 1e3:.2f} ms")
     changes = len(series.changes)
     if changes:
         new = sum(c.kind == "new" for c in series.changes)
         lines.append(f"  mapping changes: {new} new, {changes - new} removed")
-    if s.top:
+    if series.mapping:
+        lines.append(f"  mapping: {series.mapping} (only its pages are counted)")
+    if s.top_mappings:
         lines.append("  top mappings (pages written / working set):")
-        w = max(len(n) for n, _, _ in s.top)
-        for name, pages, ws in s.top:
+        w = max(len(n) for n, _, _ in s.top_mappings)
+        for name, pages, ws in s.top_mappings:
             lines.append(f"    {name:<{w}}  {pages:>9}  {human_bytes(ws * series.page_size):>10}")
     return "\n".join(lines)
