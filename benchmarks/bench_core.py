@@ -78,6 +78,14 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    """The range of the middle half of ``xs`` (its spread, next to its median)."""
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
 class Region:
     """Anonymous memory, 4 KiB pages (MADV_NOHUGEPAGE, as the C baseline), optionally
     populated with MADV_POPULATE_WRITE."""
@@ -229,8 +237,9 @@ def bench_collect(length: int, reps: int, binary: Path) -> list[dict[str, float]
             rows.append({"fraction": frac, "pages": want, "c_ms": median(c_ms),
                          "collect_ms": median(py_ms), "kernel_ms": median(k_ms),
                          "c_inproc_ms": median(ci_ms),
-                         "collect_ratio": median([p / c for p, c in zip(py_ms, c_ms,
-                                                                          strict=True)]),
+                         "collect_ratio": median(ratios := [p / c for p, c in
+                                                            zip(py_ms, c_ms, strict=True)]),
+                         "collect_iqr": quartiles(ratios),
                          "kernel_ratio": median([k / c for k, c in zip(k_ms, c_ms,
                                                                          strict=True)])})
     finally:
@@ -419,9 +428,10 @@ def main(argv: list[str] | None = None) -> int:
 
     mib = f"{args.size_mib} MiB"
     t1 = table(["written", "pages", "C program (ms)", "collect() (ms)", "collect()/C",
-                "kernel layer (ms)", "kernel layer/C", "C in-process (ms)"],
+                "middle half", "kernel layer (ms)", "kernel layer/C", "C in-process (ms)"],
                [[f"{r['fraction']:.1%}", str(r["pages"]), f"{r['c_ms']:.3f}",
                  f"{r['collect_ms']:.3f}", f"{r['collect_ratio']:.2f}x",
+                 "{:.2f}-{:.2f}x".format(*r["collect_iqr"]),
                  f"{r['kernel_ms']:.3f}", f"{r['kernel_ratio']:.2f}x",
                  f"{r['c_inproc_ms']:.3f}"] for r in coll])
     t2 = table(["approach (whole range)", "time (ms)", "collect() at 1 % (ms)", "ratio"],

@@ -26,7 +26,7 @@ from writewatch import _uapi as U
 from writewatch import errors
 from writewatch.backends import soft_dirty as sd
 from writewatch.backends.base import Span
-from writewatch.kernel import LINUX, _sys
+from writewatch.kernel import LINUX, _sys, procfs
 
 SD_BIT = int(U.PagemapBit.SOFT_DIRTY)
 
@@ -202,7 +202,7 @@ def test_exactly_the_written_pages(region) -> None:
 def test_both_read_paths_report_the_written_pages(region, method: str) -> None:
     """PAGE_IS_SOFT_DIRTY through PAGEMAP_SCAN (6.8+) and bit 55 of the pagemap file: the
     same pages, present or not, and nothing else."""
-    if method == "scan" and not sd.scan_supported():
+    if method == "scan" and not LINUX.capabilities().categories & U.PageCategory.SOFT_DIRTY:
         pytest.skip("PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY needs Linux 6.8")
     r = region(64)
     for i in range(0, 64, 2):
@@ -448,7 +448,7 @@ _CHILD = textwrap.dedent("""\
 
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat", "rb") as f:
-        return sd.parse_stat_state(f.read())
+        return procfs.parse_stat_state(f.read())
 
 
 @pytestmark_sd
@@ -472,13 +472,13 @@ def test_another_process() -> None:
         assert written(b) == set()
 
         # an error while it is stopped still continues it
-        def boom(spans):
+        def boom(ranges):
             raise errors.KernelError("injected")
-        b._read_seam = boom  # type: ignore[method-assign]
+        b._read_other = boom  # type: ignore[method-assign]
         with pytest.raises(errors.KernelError):
             b.collect()
         assert _state(child.pid) not in "Tt"
-        del b._read_seam
+        del b._read_other
         child.stdin.write("3\n")
         child.stdin.flush()
         assert child.stdout.readline() == "ok\n"

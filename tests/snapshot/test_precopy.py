@@ -21,8 +21,8 @@ import pytest
 from snaphelp import store
 
 import writewatch
+from writewatch.kernel.procfs import thread_states as _thread_states
 from writewatch.snapshot import Snapshots, Snapshotter
-from writewatch.snapshot.source import _thread_states
 
 pytestmark = pytest.mark.usefixtures("uffd_async")
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from snaphelp import store
 
+from writewatch.kernel import LINUX
+from writewatch.kernel.procfs import thread_states as _thread_states
 from writewatch.snapshot import ProcessSource, Snapshots, Snapshotter
-from writewatch.snapshot.source import _thread_states, process_vm_readv
 
 LOAD = r"""
 import sys, threading, numpy as np
@@ -47,8 +48,23 @@ def _full_read(src: ProcessSource, into: dict) -> None:
     regions = src.regions()
     runs = np.array([(r.start, r.end) for r in regions], np.uint64)
     buf = np.empty(int((runs[:, 1] - runs[:, 0]).sum()), np.uint8)
-    process_vm_readv(src.pid, runs, buf)
+    LINUX.process_vm_readv(src.pid, runs, buf)
     into["regions"], into["data"] = regions, buf
+
+
+def _differences(img, data: np.ndarray) -> str:
+    """Which regions and pages of an image differ from the bytes read at its pause."""
+    out, off = [], 0
+    for r in img.regions:
+        n = r.end - r.start
+        diff = np.flatnonzero(img.data[off:off + n] != data[off:off + n])
+        if diff.size:
+            pages = np.unique(diff // 4096)
+            out.append(f"{r.start:#x}-{r.end:#x} {r.perms} {r.path or '[anon]'}: "
+                       f"{pages.size} pages, first {pages[:4].tolist()}, "
+                       f"image {img.data[off + diff[0]]} vs {data[off + diff[0]]}")
+        off += n
+    return "; ".join(out)
 
 
 @pytest.mark.parametrize("mode", ["attach", "hash"])
@@ -87,7 +103,8 @@ def test_base_plus_deltas_equal_a_full_read_at_the_same_pause(tmp_path, loaded, 
             img = s.restore(info)
             want = truth[info.name]
             assert img.regions == want["regions"]
-            assert np.array_equal(img.data, want["data"]), f"snapshot {info.name}"
+            assert np.array_equal(img.data, want["data"]), \
+                f"snapshot {info.name}: {_differences(img, want['data'])}"
         d = s.diff(infos[0], infos[-1])
         assert len(d.changed) > 0
     assert all(st not in "Tt" for st in _thread_states(loaded.pid)), "target left stopped"

@@ -59,7 +59,7 @@ class KernelCalls(Protocol):
                         clear: bool) -> list[np.ndarray | None]:
         """This process's soft-dirty state of each range, then clear_refs 4, with no other
         thread of this interpreter running in between (:mod:`.softdirty`)."""
-    def stopped(self, pid: int) -> AbstractContextManager[str]:
+    def stopped(self, pid: int, how: str = "auto") -> AbstractContextManager[str]:
         """Hold every thread of ``pid`` stopped (:func:`.stop.stopped`)."""
     def capabilities(self, refresh: bool = False) -> Capabilities:
         """What this kernel offers (:mod:`.probes`)."""

@@ -379,7 +379,7 @@ class ModelKernel:
             self.clear_refs(self._pagemap_mm(fd, "clear_refs").pid, U.CLEAR_REFS_SOFT_DIRTY)
         return out
 
-    def stopped(self, pid: int) -> contextlib.AbstractContextManager[str]:
+    def stopped(self, pid: int, how: str = "auto") -> contextlib.AbstractContextManager[str]:
         """A model process runs only when called: it is always held."""
         self._proc(pid, "stop")
         return contextlib.nullcontext("model")

@@ -9,7 +9,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..kernel import LINUX, _sys, procfs
+from ..kernel import LINUX, procfs
 from ..pages import Pages
 from .errors import SnapshotError
 from .format import Region
@@ -154,83 +153,6 @@ class BufferSource(Source):
 
 # -- other processes --------------------------------------------------------------------------
 
-def _thread_states(pid: int) -> list[str]:
-    states = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            continue
-        # state follows the ")" closing comm (fs/proc/array.c do_task_stat)
-        states.append(data[data.rindex(b")") + 2:][:1].decode())
-    return states
-
-
-@contextlib.contextmanager
-def sigstopped(pid: int, timeout: float = 5.0) -> Iterator[float]:
-    """Stop every thread of ``pid`` with SIGSTOP, yield, and resume it with SIGCONT.
-
-    SIGSTOP is delivered asynchronously: this waits until every thread shows state ``T``
-    (stopped) or ``t`` (traced) in /proc/PID/task/TID/stat. A process that was already
-    stopped when called stays stopped. If this process dies while the target is stopped,
-    the target stays stopped (a group stop outlives its sender): :func:`stopped` prefers
-    ptrace, which the kernel undoes when the tracer dies. Yields the time the stop took."""
-    t0 = time.perf_counter()
-    try:
-        before = _thread_states(pid)
-    except FileNotFoundError:
-        raise errors.NoSuchProcess(pid) from None
-    if before and all(s in "Tt" for s in before):
-        yield 0.0
-        return
-    _sys.os_call("kill SIGSTOP", os.kill, pid, signal.SIGSTOP, pid=pid)
-    try:
-        delay = 1e-5
-        while True:
-            states = _thread_states(pid)
-            if all(s in "TtXZ" for s in states):
-                break
-            if time.perf_counter() - t0 > timeout:
-                raise SnapshotError(f"process {pid} did not stop within {timeout:g} s",
-                                    hint="is it in uninterruptible sleep (state D)?")
-            time.sleep(delay)
-            delay = min(delay * 2, 1e-3)
-        yield time.perf_counter() - t0
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-
-
-@contextlib.contextmanager
-def stopped(pid: int, how: str = "auto") -> Iterator[str]:
-    """Every thread of ``pid`` stopped for the duration; yields the method used.
-
-    ``"ptrace"``: PTRACE_SEIZE + PTRACE_INTERRUPT on each thread (CRIU's compel does the
-    same), PTRACE_DETACH after. When the tracer dies the kernel detaches its tracees and a
-    thread in a ptrace stop resumes (kernel/ptrace.c __ptrace_unlink), so the target is never
-    left stopped. ``"sigstop"``: SIGSTOP/SIGCONT (:func:`sigstopped`). ``"auto"``: ptrace,
-    or SIGSTOP when the process already has a tracer (a debugger) or ptrace is refused."""
-    if how in ("auto", "ptrace"):
-        try:
-            from ..kernel.inject import ThreadGroupStop
-            group = ThreadGroupStop(pid)
-            group.__enter__()
-        except (errors.PermissionDenied, errors.KernelError, ImportError):
-            if how == "ptrace":
-                raise
-        else:
-            try:
-                yield "ptrace"
-            finally:
-                group.release()
-            return
-    with sigstopped(pid):
-        yield "sigstop"
-
-
 class ProcessSource(Source):
     """Every readable, writable mapping of process ``pid``.
 
@@ -270,8 +192,7 @@ class ProcessSource(Source):
     def regions(self, maps: tuple[Region, ...] = ()) -> tuple[Region, ...]:
         return tuple(r for r in (maps or self.maps())
                      if r.perms[0] == "r" and r.perms[1] == "w"
-                     and r.path not in ("[vsyscall]", "[vvar]", "[vdso]", "[vvar_vclock]",
-                                        "[uprobes]"))
+                     and r.path not in procfs.SPECIAL)
 
     def collect(self) -> Pages:
         if self.tracker is None:
@@ -295,7 +216,8 @@ class ProcessSource(Source):
             return
         try:
             with contextlib.ExitStack() as stack, \
-                    stopped(self.pid, "auto" if self.stop is True else str(self.stop)) as how:
+                    LINUX.stopped(self.pid, "auto" if self.stop is True else str(self.stop)) \
+                    as how:
                 self._stack = stack
                 self.stopped_by = how
                 yield

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from ..kernel import procfs
+from ..kernel import LINUX, procfs
 from ..pages import Pages
 from .errors import SnapshotError
 from .format import Region
-from .source import Source, process_vm_readv, stopped
+from .source import Source, process_vm_readv
 
 __all__ = ["SPACE_SHIFT", "SharedWithUntracked", "TreeSource", "assemble", "split_address"]
 
@@ -76,7 +76,7 @@ def hold_untracked(info: Any, shared: str, stack: contextlib.ExitStack | None
     if stack is not None:
         for pid in pids:
             with contextlib.suppress(errors.WriteWatchError):
-                stack.enter_context(stopped(pid, "auto"))
+                stack.enter_context(LINUX.stopped(pid))
     return pids
 
 
@@ -237,7 +237,7 @@ class TreeSource(Source):
                         if pid not in held:
                             held.add(pid)
                             with contextlib.suppress(errors.NoSuchProcess):
-                                stack.enter_context(stopped(pid, "auto"))
+                                stack.enter_context(LINUX.stopped(pid))
                     if not self.tracker.refresh() and held >= set(self.tracker.processes):
                         break
                 self._stack = stack
