@@ -14,6 +14,7 @@ from .errors import (
     BadStorePath,
     CorruptSnapshot,
     NoSuchSnapshot,
+    SharedWithUntracked,
     SizeMismatch,
     SnapshotError,
     StoreLocked,
@@ -24,7 +25,7 @@ from .reader import Diff, Image, SnapshotInfo, Snapshots, VerifyReport
 from .snapshotter import Snapshotter
 from .source import BufferSource, ProcessSource, Source
 from .store import BlobNotFound, DirStore, Store, open_store
-from .tree import SharedWithUntracked, TreeSource
+from .tree import TreeSource
 
 __all__ = [
     "BadStorePath",

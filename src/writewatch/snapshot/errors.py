@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import InvalidTarget, WriteWatchError
 
-__all__ = ["BadStorePath", "CorruptSnapshot", "NoSuchSnapshot", "SizeMismatch", "SnapshotError",
-           "StoreLocked"]
+__all__ = ["BadStorePath", "CorruptSnapshot", "NoSuchSnapshot", "SharedWithUntracked",
+           "SizeMismatch", "SnapshotError", "StoreLocked"]
 
 
 class SnapshotError(WriteWatchError):
@@ -62,3 +64,18 @@ class BadStorePath(SnapshotError, InvalidTarget):
     directory holding other files, or on a file system that refuses it (/proc, /sys)."""
 
     __module__ = "writewatch.snapshot"
+
+
+class SharedWithUntracked(SnapshotError):
+    """Processes outside the snapshotted set map its shared memory writable: an image of it
+    would not be one moment of that memory, and their writes are invisible to the tracker.
+    ``pids`` names them."""
+
+    __module__ = "writewatch.snapshot"
+
+    def __init__(self, message: str, *, pids: tuple[int, ...] = (), **kw: Any) -> None:
+        self.pids = pids
+        kw.setdefault("hint", "snapshot the whole tree (writewatch snapshot --tree PID, or "
+                              "attach(pid, tree=True, follow_forks=True)), or pass "
+                              "shared='pause' (--shared pause) to stop them during each save")
+        super().__init__(message, **kw)

@@ -207,7 +207,7 @@ class Snapshotter:
     a cgroup, launch) is saved as a tree (:mod:`writewatch.snapshot.tree`): every process at
     one pause, shared memory once; ``restore(ref, pid=...)`` gives one process's image.
     ``shared``: what to do when processes outside the tracked set map its shared memory
-    writable: "fail" (raise :class:`~writewatch.snapshot.tree.SharedWithUntracked`) or
+    writable: "fail" (raise :class:`~writewatch.snapshot.SharedWithUntracked`) or
     "pause" (stop them during each save too).
     """
 

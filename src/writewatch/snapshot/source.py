@@ -18,7 +18,7 @@ import numpy as np
 from .. import errors
 from ..kernel import LINUX, procfs
 from ..pages import Pages
-from .errors import SnapshotError
+from .errors import SharedWithUntracked, SnapshotError
 from .format import Region
 
 __all__ = ["BufferSource", "ProcessSource", "Source", "process_vm_readv"]
@@ -153,6 +153,26 @@ class BufferSource(Source):
 
 # -- other processes --------------------------------------------------------------------------
 
+def hold_untracked(info: Any, shared: str, stack: contextlib.ExitStack | None
+                   ) -> tuple[int, ...]:
+    """After a collect inside a pause: the processes outside the tracked set that map its
+    shared memory writable. ``shared="fail"`` refuses them; ``"pause"`` stops them too, from
+    now until the pause ends: the tracker reported their objects whole, and what is read
+    next is then one moment of them."""
+    pids = tuple(getattr(info, "untracked", ()) or ())
+    if not pids:
+        return pids
+    if shared == "fail":
+        raise SharedWithUntracked(
+            f"processes {', '.join(map(str, pids))} outside the snapshotted set map its "
+            "shared memory writable", pids=pids)
+    if stack is not None:
+        for pid in pids:
+            with contextlib.suppress(errors.WriteWatchError):
+                stack.enter_context(LINUX.stopped(pid))
+    return pids
+
+
 class ProcessSource(Source):
     """Every readable, writable mapping of process ``pid``.
 
@@ -198,7 +218,6 @@ class ProcessSource(Source):
         if self.tracker is None:
             return Pages((), self.page_size)
         got: Pages = self.tracker.collect()
-        from .tree import hold_untracked
         hold_untracked(getattr(self.tracker, "last", None), self.shared, self._stack)
         return got
 

@@ -298,15 +298,19 @@ class DirStore(Store):
         assert isinstance(data, bytearray)
         return data if len(mv) == len(data) else data[:len(mv)]
 
-    def get_into(self, name: str, buf: bytearray) -> memoryview:
+    def _open_blob(self, name: str) -> tuple[int, str]:
+        """A descriptor of the blob (a put of it in flight finished first) and its path."""
         fut = self._pending.get(name)
         if fut is not None:
             fut.result()
         path = self._file(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), path
         except FileNotFoundError:
             raise BlobNotFound(f"{self.path}: no blob {name}") from None
+
+    def get_into(self, name: str, buf: bytearray) -> memoryview:
+        fd, path = self._open_blob(name)
         try:
             size = os.fstat(fd).st_size
             mv = memoryview(buf) if len(buf) >= size else memoryview(bytearray(size))
@@ -326,14 +330,7 @@ class DirStore(Store):
 
     def read_into(self, name: str, buffers: Callable[[int], Sequence[Any]],
                   each: Callable[[Any], None] | None = None) -> int:
-        fut = self._pending.get(name)
-        if fut is not None:
-            fut.result()
-        path = self._file(name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobNotFound(f"{self.path}: no blob {name}") from None
+        fd, path = self._open_blob(name)
         try:
             size = os.fstat(fd).st_size
             given = list(buffers(size))

@@ -35,49 +35,14 @@ from ..kernel import LINUX, procfs
 from ..pages import Pages
 from .errors import SnapshotError
 from .format import Region
-from .source import Source, process_vm_readv
+from .source import Source, hold_untracked, process_vm_readv
 
-__all__ = ["SPACE_SHIFT", "SharedWithUntracked", "TreeSource", "assemble", "split_address"]
+__all__ = ["SPACE_SHIFT", "TreeSource", "assemble", "split_address"]
 
 #: bits below the space number in a tree manifest's addresses
 SPACE_SHIFT = 52
 _MASK = (1 << SPACE_SHIFT) - 1
 _U64 = np.uint64
-
-
-class SharedWithUntracked(SnapshotError):
-    """Processes outside the snapshotted set map its shared memory writable: an image of it
-    would not be one moment of that memory, and their writes are invisible to the tracker.
-    ``pids`` names them."""
-
-    __module__ = "writewatch.snapshot"
-
-    def __init__(self, message: str, *, pids: tuple[int, ...] = (), **kw: Any) -> None:
-        self.pids = pids
-        kw.setdefault("hint", "snapshot the whole tree (writewatch snapshot --tree PID, or "
-                              "attach(pid, tree=True, follow_forks=True)), or pass "
-                              "shared='pause' (--shared pause) to stop them during each save")
-        super().__init__(message, **kw)
-
-
-def hold_untracked(info: Any, shared: str, stack: contextlib.ExitStack | None
-                   ) -> tuple[int, ...]:
-    """After a collect inside a pause: the processes outside the tracked set that map its
-    shared memory writable. ``shared="fail"`` refuses them; ``"pause"`` stops them too, from
-    now until the pause ends: the tracker reported their objects whole, and what is read
-    next is then one moment of them."""
-    pids = tuple(getattr(info, "untracked", ()) or ())
-    if not pids:
-        return pids
-    if shared == "fail":
-        raise SharedWithUntracked(
-            f"processes {', '.join(map(str, pids))} outside the snapshotted set map its "
-            "shared memory writable", pids=pids)
-    if stack is not None:
-        for pid in pids:
-            with contextlib.suppress(errors.WriteWatchError):
-                stack.enter_context(LINUX.stopped(pid))
-    return pids
 
 
 def encode(space: int, addr: int) -> int:
