@@ -24,7 +24,7 @@ LAYERS = {
     "cli": 6, "__main__": 6,
 }
 #: the applications: each stands on the core, none on another
-APPLICATIONS = ("snapshot", "monitor", "lab")
+APPLICATIONS = ("snapshot", "monitor", "lab", "exporter")
 
 #: imports that go up a layer, and why they may
 EXCEPTIONS = {
