@@ -12,6 +12,7 @@ from memutil import PAGE, RW, Region
 
 import writewatch
 from writewatch import _uapi as U
+from writewatch.features import pmd_holes_reported
 from writewatch.kernel import _sys
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -72,7 +73,11 @@ def test_munmap_and_a_new_mapping_there_are_reported_by_content(region, backend)
         got = written(t)
         assert r.pages([2]) <= got  # written before the collect that found the mapping
         if backend == "uffd-async":
-            assert got == r.pages([2]) and not t.last.conservative
+            extra = got - r.pages([2])
+            if pmd_holes_reported():
+                assert not extra and not t.last.conservative
+            else:  # before the 2026 fixes the hole scan reports unwritten holes, as such
+                assert extra <= {int(a) for a in t.last.conservative.addresses()}
         r.write(3)
         assert r.pages([3]) <= written(t)
 
