@@ -186,6 +186,34 @@ def test_dontneed_is_a_change(region) -> None:
         assert written(t) == r.pages([3])
 
 
+def test_hole_scan_survives_a_mapping_made_during_the_collect(region, backend: str) -> None:
+    """The hole scan (kernels without the 2026 PMD-hole fix) runs after the collect's own
+    scan, while the target keeps running: memory mapped into the span in between is not
+    registered yet. The collect must not fail (PAGEMAP_SCAN's CHECK_WPASYNC says EPERM
+    there); the next collect finds the mapping as new memory and reports what was written."""
+    if backend != "uffd-async":
+        pytest.skip("hole_scan is an option of the uffd-async backend")
+    r = region(8)
+    _sys.munmap(r.page(4), 2 * PAGE)  # a gap the span covers
+    with writewatch.track(r.span, hole_scan=True) as t:
+        b = t._backend
+        real = b._scan
+
+        def scan_then_map(*a, **kw):
+            got = real(*a, **kw)
+            if b._scan is scan_then_map:
+                b._scan = real
+                _sys.mmap(r.page(4), 2 * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | U.MAP_FIXED)
+            return got
+
+        r.write(1)
+        b._scan = scan_then_map
+        assert r.pages([1]) <= written(t)
+        r.write(5)
+        assert r.pages([5]) <= written(t)
+
+
 @pytest.mark.parametrize("hole_scan", [False, True])
 def test_thp_split_and_zap_stay_exact(region, hole_scan: bool, backend: str) -> None:
     if backend != "uffd-async" and hole_scan:

@@ -456,11 +456,29 @@ class UffdAsyncBackend(Backend):
         return res.regions[:, :2], res.walk_end
 
     def _holes(self, start: int, end: int) -> np.ndarray:
-        """Pages neither present nor swapped (no PTE, no marker): zapped since armed."""
+        """Pages neither present nor swapped (no PTE, no marker): zapped since armed.
+
+        The target runs while it is collected: a VMA mapped into the range after this
+        collect's scan is not registered yet (CHECK_WPASYNC: EPERM). It holds no armed page,
+        and the next collect finds it as new memory; the registered VMAs are then scanned
+        one by one."""
+        try:
+            return self._hole_scan(start, end)
+        except errors.NotRegistered:
+            got = []
+            for m in self.read_maps():
+                lo, hi = max(m.start, start), min(m.end, end)
+                if lo < hi:
+                    with contextlib.suppress(errors.NotRegistered):
+                        got.append(self._hole_scan(lo, hi))
+            return np.concatenate(got) if got else _EMPTY
+
+    def _hole_scan(self, start: int, end: int) -> np.ndarray:
         res = self.kernel.scan_all(self.pagemap, start, end, batch=self.batch,
-                       flags=int(U.PmScanFlag.CHECK_WPASYNC), category_inverted=_PRESENT_OR_SWAPPED,
-                       category_mask=_PRESENT_OR_SWAPPED, return_mask=0,
-                       page_size=self.page_size)
+                                   flags=int(U.PmScanFlag.CHECK_WPASYNC),
+                                   category_inverted=_PRESENT_OR_SWAPPED,
+                                   category_mask=_PRESENT_OR_SWAPPED, return_mask=0,
+                                   page_size=self.page_size)
         self.stats.scan_calls += 1
         return res.regions[:, :2]
 
