@@ -18,7 +18,7 @@ import secrets
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -581,8 +581,3 @@ def open_store(store: Store | str | os.PathLike[str], *, create: bool = True,
     if isinstance(store, Store):
         return store
     return DirStore(store, create=create, **options)
-
-
-def iter_chunks(store: Store) -> Iterator[bytes]:
-    for name in store.list("chunks/"):
-        yield bytes.fromhex(name.partition("/")[2])
