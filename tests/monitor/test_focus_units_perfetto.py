@@ -93,7 +93,8 @@ def test_perfetto_trace_of_a_process_tree_reads_back(uffd_async, tmp_path) -> No
     subprocess.run([cc, "-O1", "-o", str(exe), str(PACER)], check=True)
     trace = tmp_path / "t.pftrace"
     # a forked child (sh runs the first pacer), then the root itself execs the second
-    script = f"{exe} 4096 1000 1.4 >/dev/null & sleep 0.4; exec {exe} 4096 250 1.4 >/dev/null"
+    # (3 s each: at least 4 samples per pacer even on a loaded machine)
+    script = f"{exe} 4096 1000 3 >/dev/null & sleep 0.4; exec {exe} 4096 250 3 >/dev/null"
     p = subprocess.run([sys.executable, "-m", "writewatch", "run", "--interval", "0.2",
                         "--quiet", "--perfetto", str(trace), "--", "/bin/sh", "-c", script],
                        capture_output=True, text=True, timeout=120)
