@@ -35,22 +35,12 @@ def _finish(p: subprocess.Popen) -> None:
     p.stdout.close()
 
 
-def test_strict_seccomp_is_refused_and_the_target_lives(states_bin: str) -> None:
-    p = _start(states_bin, "strict")
+@pytest.mark.parametrize(("mode", "match"), [("strict", "strict seccomp"),
+                                           ("filter", "seccomp filter")])
+def test_seccomp_is_refused_and_the_target_lives(states_bin: str, mode: str, match: str) -> None:
+    p = _start(states_bin, mode)
     try:
-        with pytest.raises(writewatch.Unsupported, match="strict seccomp"):
-            writewatch.attach(p.pid)
-        _finish(p)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def test_seccomp_filter_is_refused(states_bin: str) -> None:
-    p = _start(states_bin, "filter")
-    try:
-        with pytest.raises(writewatch.Unsupported, match="seccomp filter"):
+        with pytest.raises(writewatch.Unsupported, match=match):
             writewatch.attach(p.pid)
         _finish(p)
     finally:
