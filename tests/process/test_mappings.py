@@ -69,7 +69,8 @@ def test_fork_child_untracked_parent_exact(c_target: Driver) -> None:
         assert {d.base + i * d.ps for i in idx} <= {a for a in (d.base + i * d.ps
                                                                  for i in idx) if a in got}
         logged = d.write([7])
-        assert all(a in t.collect() for a in logged)
+        got = t.collect()
+        assert all(a in got for a in logged)
 
 
 def test_exec_detected_and_reattached(c_target: Driver) -> None:
@@ -88,6 +89,60 @@ def test_exec_detected_and_reattached(c_target: Driver) -> None:
         assert all(a in got for a in logged)
         buf = writewatch.Pages([(d.base, d.base + d.npages * d.ps)], d.ps)
         assert len(got & buf) == len(logged)
+
+
+def test_exec_during_a_collect_is_an_exec_not_an_exit(c_target: Driver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The exec lands between the check of the mm and the scan: PAGEMAP_SCAN on the old mm
+    fails with ESRCH. That is an exec (the process lives on), not an exit."""
+    from writewatch.process.member import Member
+
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        d.cmd("x")
+        d.read_base()
+        real = Member.mm_state
+        first = [True]
+
+        def late(self):  # type: ignore[no-untyped-def]
+            if first[0]:
+                first[0] = False
+                return "alive"  # as it was just before the exec
+            return real(self)
+
+        monkeypatch.setattr(Member, "mm_state", late)
+        got = t.collect()
+        info = _info(t)
+        assert info.exec and not info.exited and t.exec_count == 1, info.reasons
+        assert d.base in got and d.base in info.conservative
+        t.collect()
+        logged = d.write([3, 8])
+        got = t.collect()
+        assert all(a in got for a in logged)
+
+
+def test_collects_racing_a_chain_of_execs_never_end_tracking_early(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A shell that execs itself 200 times, then sleeps 0.5 s, collected back to back:
+    every exec that lands inside a collect is an exec, and tracking ends only once the
+    process has exited (an exec taken for an exit ended it while the chain still ran)."""
+    chain = tmp_path / "chain.sh"
+    chain.write_text('n=$1; [ "$n" -lt 200 ] && exec /bin/sh "$0" $((n + 1)); sleep 0.5\n')
+    for _ in range(4):
+        t = writewatch.launch(["/bin/sh", str(chain), "0"])
+        proc = t.process
+        execs = 0
+        try:
+            with pytest.raises(writewatch.NoSuchProcess):
+                while True:
+                    t.collect()
+                    execs += _info(t).exec
+            assert proc.wait(0.3) == 0, execs  # it had exited: TimeoutExpired if not
+        finally:
+            t.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert execs >= 1
 
 
 def test_exit_last_collect_then_no_such_process(c_target: Driver) -> None:

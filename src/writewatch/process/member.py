@@ -251,21 +251,23 @@ class Member:
             raise errors.NoSuchProcess(self.pid, f"process {self.pid} has exited",
                                        hint="its last collect was already returned")
         state = self.mm_state()
-        if state == "exited":
-            return self._exited()
-        if state == "exec":
-            if not self.reattach_on_exec:
-                self.gone = True
-                raise errors.NoSuchProcess(self.pid, f"process {self.pid} exec'd a new "
-                                           "program; the memory tracked is gone",
-                                           hint="attach again, or keep reattach_on_exec")
-            return self._reattach()
+        if state != "alive":
+            return self._gone_mm(state)
         try:
             got = self._collect(reset, max_pages)
         except (errors.NoSuchProcess, errors.KernelError, errors.InvalidTarget):
-            if self.mm_state() == "exited":
-                return self._exited()
+            # the mm went away during the collect: PAGEMAP_SCAN fails with ESRCH once the
+            # mm has no users (fs/proc/task_mmu.c do_pagemap_scan: mmget_not_zero), which
+            # an exec causes as well as an exit
+            state = self.mm_state()
+            if state != "alive":
+                return self._gone_mm(state)
             raise
+        # an exec between the check above and the scan leaves a collect of the new program's
+        # maps made on the old mm's descriptors (UFFDIO_REGISTER: ENOMEM): it says nothing
+        state = self.mm_state()
+        if state != "alive":
+            return self._gone_mm(state)
         if self.whole_once and reset:
             whole = Pages([(m.start, m.end) for m in got.mappings if trackable(m)], ps)
             got = dataclasses.replace(got, written=got.written | whole,
@@ -273,6 +275,17 @@ class Member:
                                       reasons=(*got.reasons, self.whole_once))
             self.whole_once = None
         return got
+
+    def _gone_mm(self, state: str) -> MemberCollect:
+        """The mm that was armed is gone: the process exited, or exec'd a new program."""
+        if state == "exited":
+            return self._exited()
+        if not self.reattach_on_exec:
+            self.gone = True
+            raise errors.NoSuchProcess(self.pid, f"process {self.pid} exec'd a new "
+                                       "program; the memory tracked is gone",
+                                       hint="attach again, or keep reattach_on_exec")
+        return self._reattach()
 
     def _exited(self) -> MemberCollect:
         ps = self.kernel.page_size
