@@ -312,9 +312,11 @@ def _rounds(src: Source, want_of: WantFn, arena: PageArena, budget: Budget
         best = min(best, todo.nbytes)
         if predicted <= budget.max_pause:
             why = "converged"
-        elif fixed > budget.max_pause and \
+        elif budget.stop_cost is not None and fixed > budget.max_pause and \
                 predicted - fixed <= max(budget.max_pause, 0.1 * fixed):
-            why = "stop cost"  # the stop alone (its collect) exceeds the budget
+            # a stop measured by an earlier save exceeds the budget by itself (not guessed
+            # from a collect: the first after attaching arms and classifies everything)
+            why = "stop cost"
         elif rounds >= budget.rounds:
             why = "rounds"
         elif stale >= 3:
