@@ -117,8 +117,8 @@ def test_perfetto_trace_of_a_process_tree_reads_back(uffd_async, tmp_path) -> No
     # the pacers' steady intervals: 1000 and 250 pages/s (the root's "dirty rate" track is
     # the exec'd pacer's from 0.4 s on)
     medians = sorted(v[len(v) // 2] / PS for v in rate_of if len(v) >= 4)
-    assert any(900 <= m <= 1150 for m in medians), medians
-    assert any(200 <= m <= 300 for m in medians), medians
+    assert any(900 <= m <= 1150 for m in medians), (medians, p.stdout)
+    assert any(200 <= m <= 300 for m in medians), (medians, p.stdout)
     events = [pk.track_event.name for pk in t.packet if pk.HasField("track_event")
               and pk.track_event.type == pb.TrackEvent.TYPE_INSTANT]
     assert sum(e.startswith("fork ") for e in events) >= 2
