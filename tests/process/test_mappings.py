@@ -73,6 +73,67 @@ def test_fork_child_untracked_parent_exact(c_target: Driver) -> None:
         assert all(a in got for a in logged)
 
 
+def test_a_refusal_is_tried_again_once_the_maps_change(c_target: Driver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A new mapping whose registration fails (as when the target's brk or munmap races
+    with UFFDIO_REGISTER) is reported whole while refused, and tried again at the first
+    collect that sees the maps changed: tracked exactly from then on."""
+    from writewatch import errors
+    from writewatch.backends.uffd_async import UffdAsyncBackend
+
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        real = UffdAsyncBackend.adopt
+
+        def refuse(self, span, shared=False):  # type: ignore[no-untyped-def]
+            raise errors.KernelError("UFFDIO_REGISTER failed (a race)", op="UFFDIO_REGISTER")
+
+        monkeypatch.setattr(UffdAsyncBackend, "adopt", refuse)
+        _, addr, n = d.cmd("m 40").split()
+        addr, n = int(addr, 16), int(n)
+        new = writewatch.Pages([(addr, addr + n * d.ps)], d.ps)
+        got = t.collect()
+        assert new <= got and new <= _info(t).conservative
+        assert new <= t.collect()  # refused: reported whole again, the maps unchanged
+        monkeypatch.setattr(UffdAsyncBackend, "adopt", real)
+        d.cmd("m 2")  # the maps change
+        got = t.collect()
+        assert new <= got and new <= _info(t).conservative  # untracked until now
+        assert not any(m.start <= addr < m.end for m, _ in t.refused)
+        t.collect()
+        logged = d.write([1])
+        got = t.collect()
+        assert all(a in got for a in logged) and len(got & new) == 0
+
+
+def test_a_mapping_unmapped_while_it_is_being_armed_is_not_a_refusal(c_target: Driver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The target unmaps a new mapping between the collect's maps read and its
+    UFFDIO_REGISTER (the target runs): the failed registration is looked at again against
+    the maps as they are now, and nothing is refused."""
+    from writewatch.backends.uffd_async import UffdAsyncBackend
+
+    d = c_target
+    with attach(d.proc.pid) as t:
+        t.collect()
+        real = UffdAsyncBackend.adopt
+        raced: list[int] = []
+
+        def racing(self, span, shared=False):  # type: ignore[no-untyped-def]
+            if not raced:
+                raced.append(span.start)
+                assert d.cmd("u") == "ok"  # munmap in the target, now
+            return real(self, span, shared)
+
+        monkeypatch.setattr(UffdAsyncBackend, "adopt", racing)
+        _, addr, n = d.cmd("m 40").split()
+        t.collect()
+        assert raced == [int(addr, 16)]
+        assert not t.refused and not _info(t).conservative, _info(t).reasons
+        logged = d.write([2])
+        got = t.collect()
+        assert all(a in got for a in logged) and not _info(t).conservative
+
+
 def test_exec_detected_and_reattached(c_target: Driver) -> None:
     d = c_target
     with attach(d.proc.pid) as t:

@@ -19,8 +19,10 @@ What the kernel alone could miss, and what this backend does about it:
 * A span remapped while tracked (``mmap(MAP_FIXED)``, ``mremap``, ``munmap``): the new VMA is
   not registered, and PAGEMAP_SCAN with WP_MATCHING silently skips unregistered VMAs. The
   CHECK_WPASYNC EPERM above, and a mapping check per run (``msync(MS_ASYNC)`` here, the
-  maps the caller read for another process), catch it. The whole span is reported written
-  (conservatively) and what is mapped there now is registered and armed again.
+  maps the caller read for another process), catch it. What was replaced is reported
+  written (its content may differ), and what is mapped there now is registered and armed
+  again by a scan that shows which of its pages were written since it appeared: those are
+  proven, the others conservative.
 * A PMD-sized hole left by ``MADV_DONTNEED`` of a whole THP (or by CONFIG_PT_RECLAIM freeing an
   emptied PTE table) read "not written" before Kiryl Shutsemau's 2026 fix "fs/proc/task_mmu:
   fix PAGEMAP_SCAN written state for PMD holes". On kernels where the probe does not show the
@@ -681,15 +683,26 @@ class UffdAsyncBackend(Backend):
                 except errors.NotRegistered as exc:
                     got.append(_partial(exc))
                     replaced.append((a, b))
+        proven = 0
         for a, b in replaced:
-            conservative.append(np.array([[a, b]], np.uint64))
-            if reset:
-                self._rearm(span, a, b)
+            whole = np.array([[a, b]], np.uint64)
+            got.append(whole)  # what was there is gone: every page of it may differ now
+            armed = self._register_classified(span, a, b) if reset else None
+            if armed is None:
+                conservative.append(whole)
+                continue
+            # pages written in the new memory since it appeared are proven written; the
+            # others are reported because the memory was replaced
+            rest = Pages([(a, b)], self.page_size) - Pages.from_kernel(armed.prior,
+                                                                       self.page_size)
+            proven += (b - a) // self.page_size - len(rest)
+            conservative += [rest.ranges, armed.conservative]
         if replaced:
             self.stats.rearms += 1
             n = sum(b - a for a, b in replaced) // self.page_size
             reasons.append(f"{span.label or 'span'}: {n} page(s) remapped while tracked "
-                           "(the memory there was replaced); reported whole")
+                           f"(the memory there was replaced): reported whole, {n - proven} "
+                           "of them without a write seen in the new memory")
         return np.concatenate(got) if got else _EMPTY
 
     def _collect_changed(self, span: Span, prev: Sequence[tuple[int, int]],
@@ -725,30 +738,28 @@ class UffdAsyncBackend(Backend):
                 self._resident_changes(span, update=True)
         return np.concatenate(found)
 
-    def _rearm(self, span: Span, lo: int, hi: int) -> None:
-        """Register and arm ``[lo, hi)`` of ``span`` again; a refusal makes it untracked
-        (reported whole at every collect, with the reason)."""
+    def _register_classified(self, span: Span, lo: int, hi: int) -> Adopted | None:
+        """Register and arm ``[lo, hi)`` of ``span`` (memory that appeared there since the
+        last collect) and say what in it was written since (see :meth:`adopt`). None if it
+        was refused: it is untracked then (reported whole at every collect, with the
+        reason)."""
+        shared = any(m.shared for m in self._read_maps()
+                     if m.start < hi and lo < m.end)
         try:
             self._register(lo, hi)
-            self._arm(lo, hi)
+            return self._arm_classified(Span(lo, hi), shared)
         except errors.WriteWatchError as exc:
             self._untracked.setdefault(span, []).append((lo, hi, str(exc)))
             self._runs = None
+            return None
 
     def _adopt_piece(self, span: Span, lo: int, hi: int,
                      conservative: list[np.ndarray]) -> np.ndarray:
         """Register newly mapped ``[lo, hi)`` of ``span`` and return what in it may hold
         earlier writes (see :meth:`adopt`)."""
-        shared = any(m.shared for m in self._read_maps()
-                     if m.start < hi and lo < m.end)
-        try:
-            self._register(lo, hi)
-        except errors.WriteWatchError as exc:
-            self._untracked.setdefault(span, []).append((lo, hi, str(exc)))
-            self._runs = None
+        got = self._register_classified(span, lo, hi)
+        if got is None:
             return _EMPTY
-        piece = Span(lo, hi)
-        got = self._arm_classified(piece, shared)
         if len(got.conservative):
             conservative.append(got.conservative)
         return got.prior

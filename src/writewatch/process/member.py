@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno as E
 import fcntl
 import os
 from collections.abc import Sequence
@@ -195,7 +196,7 @@ class Member:
                      "time")
 
     def _arm(self, backend: Backend, info: MappingInfo, start: int, end: int,
-             adopt: bool = False) -> Collected | None:
+             adopt: bool = False, again: bool = True) -> Collected | None:
         """Register and arm ``[start, end)`` (part of mapping ``info``). With ``adopt`` (and a
         backend that can), the result says which pages may hold writes from before arming;
         otherwise every page of it may. On refusal record it in ``refused`` (reported whole
@@ -214,9 +215,28 @@ class Member:
                   f"tracker's): {exc}"
             self.busy.add((start, end))
         except (errors.Refused, errors.KernelError, errors.Unsupported) as exc:
+            if again and getattr(exc, "errno", None) in (E.EINVAL, E.ENOMEM):
+                now = self._writable_now(start, end)
+                if now != [(start, end)]:
+                    # the target changed its maps since they were read (a brk or munmap
+                    # racing with UFFDIO_REGISTER): arm what is mapped there now
+                    return self._arm_parts(backend, info, now, adopt)
             why = str(exc)
         self.refused_[(start, end)] = (info, why)
         return None
+
+    def _writable_now(self, start: int, end: int) -> list[tuple[int, int]]:
+        maps = [m for m in self.kernel.read_maps(self.pid) if trackable(MappingInfo.of(m))]
+        return procfs.coverage(maps, start, end)
+
+    def _arm_parts(self, backend: Backend, info: MappingInfo, parts: list[tuple[int, int]],
+                   adopt: bool) -> Collected | None:
+        got = [self._arm(backend, info, lo, hi, adopt, again=False) for lo, hi in parts]
+        done = [g for g in got if g is not None]
+        if parts and not done:
+            return None
+        return Collected(np.concatenate([g.written for g in done] or [_EMPTY]),
+                         np.concatenate([g.conservative for g in done] or [_EMPTY]))
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -325,6 +345,7 @@ class Member:
                                  got.reasons, self.maps,
                                  unmapped=None if got.unmapped is None else
                                  Pages.from_kernel(got.unmapped, ps))
+        changed = raw != self._raw
         self._raw = raw if reset else None
         infos = tuple(MappingInfo.of(m) for m in raw)
         writable = [m for m in infos if trackable(m)]
@@ -343,6 +364,11 @@ class Member:
             for key in list(self.refused_):
                 if reset and not contains(runs, starts, *key):  # changed: retried below
                     removed.append(self.refused_.pop(key)[0])
+                elif reset and changed and key not in self.busy:
+                    # the maps changed since it was refused: the refusal may have come from
+                    # that change (a brk or munmap racing with UFFDIO_REGISTER: EINVAL,
+                    # ENOMEM), so it is tried again below (reported whole once more)
+                    del self.refused_[key]
             covered = Pages([(s.start, s.end) for s in backend.spans] + list(self.refused_),
                             ps)
             new, cons, prior, reasons = self._arm_fresh(backend, writable, live - covered,
