@@ -21,7 +21,7 @@ monitor competing for CPUs).
 ``--interval`` changes the sampling period (e.g. 0.1 to see the cost grow with the collect
 rate). ``--markdown PATH`` also writes the table with the machine, date and command.
 
-``--own-cost`` measures the monitor's own cost instead (issue-10 row "one sampler per tree"):
+``--own-cost`` measures the monitor's own cost instead (one sampler per tree):
 ``writewatch attach ROOT --tree --interval 100ms`` on a tree of 10 processes
 (tests/exporter/targets/pacer.c, each writing 200 pages per second), its CPU (the monitor
 process's user + system time from ``wait4``) as a share of one core, and its start-up CPU:

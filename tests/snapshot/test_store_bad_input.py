@@ -1,4 +1,4 @@
-"""Bad input at the snapshot boundaries (issue 11): typed errors, nothing left open or
+"""Bad input at the snapshot boundaries: typed errors, nothing left open or
 running, and one-line errors from the CLI."""
 
 from __future__ import annotations
