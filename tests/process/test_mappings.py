@@ -100,6 +100,7 @@ def test_a_refusal_is_tried_again_once_the_maps_change(c_target: Driver, monkeyp
         got = t.collect()
         assert new <= got and new <= _info(t).conservative  # untracked until now
         assert not any(m.start <= addr < m.end for m, _ in t.refused)
+        assert not any(m.start <= addr < m.end for m in _info(t).new)  # it is not new
         t.collect()
         logged = d.write([1])
         got = t.collect()

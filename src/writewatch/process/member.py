@@ -354,6 +354,7 @@ class Member:
         starts = [lo for lo, _ in runs]
         # spans whose memory is entirely gone (or no longer writable): removed
         removed: list[MappingInfo] = []
+        retried: set[tuple[int, int]] = set()
         before = Pages([(s.start, s.end) for s in backend.spans] + list(self.refused_), ps)
         with backend.layout(raw):
             for s in list(backend.spans):
@@ -368,11 +369,13 @@ class Member:
                     # the maps changed since it was refused: the refusal may have come from
                     # that change (a brk or munmap racing with UFFDIO_REGISTER: EINVAL,
                     # ENOMEM), so it is tried again below (reported whole once more)
+                    retried.add(key)
                     del self.refused_[key]
             covered = Pages([(s.start, s.end) for s in backend.spans] + list(self.refused_),
                             ps)
             new, cons, prior, reasons = self._arm_fresh(backend, writable, live - covered,
                                                         before, reset)
+            new = [m for m in new if (m.start, m.end) not in retried]  # not new: retried
             got = backend.collect(reset=reset, max_pages=max_pages)
         for (lo, hi), (_info, why) in self.refused_.items():
             cons.append(np.array([[lo, hi]], np.uint64))
