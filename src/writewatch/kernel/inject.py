@@ -122,6 +122,7 @@ def find_syscall_insn(pid: int, maps: Iterable[procfs.Mapping] | None = None) ->
 class _Thread:
     tid: int
     saved: P.Regs | None = None  #: original registers, once modified
+    vector: tuple[int, bytes] | None = None  #: aarch64: its SVE/FPSIMD registers then
     held: list[int] = field(default_factory=list)  #: signals held back, to send again
 
 
@@ -228,6 +229,7 @@ class ThreadGroupStop:
                 raise errors.Unsupported(f"thread {tid} runs 32-bit code (cs={orig.cs:#x})",
                                          feature="syscall injection into compat tasks")
             if isinstance(orig, P.Arm64Regs):
+                th.vector = P.arm64_vector_state(tid)
                 orig = self._arm64_settle(th, orig)
             th.saved = P.copy_regs(orig)
         regs = P.copy_regs(th.saved)
@@ -341,6 +343,8 @@ class ThreadGroupStop:
                     P.setregs(th.tid, self._restored(th.saved))
                     if isinstance(th.saved, P.Arm64Regs):
                         P.arm64_set_syscallno(th.tid, -1)
+                        if th.vector is not None:
+                            P.arm64_set_vector_state(th.tid, th.vector)
             except errors.WriteWatchError:
                 pass
             try:

@@ -74,7 +74,9 @@ PTRACE_SYSCALL_INFO_SECCOMP = 3
 
 #: include/uapi/linux/elf.h
 NT_PRSTATUS = 1
+NT_PRFPREG = 2
 NT_ARM_SYSTEM_CALL = 0x404
+NT_ARM_SVE = 0x405
 
 #: include/uapi/linux/wait.h: wait for every child, clone or not (threads of a tracee)
 __WALL = 0x40000000
@@ -253,6 +255,32 @@ def copy_regs(regs: Regs) -> Regs:
     out = type(regs)()
     ctypes.memmove(ctypes.addressof(out), ctypes.addressof(regs), ctypes.sizeof(regs))
     return out
+
+
+def arm64_vector_state(tid: int) -> tuple[int, bytes] | None:
+    """The thread's SVE registers (``NT_ARM_SVE``: Z, P, FFR, or the FPSIMD view when SVE
+    is not live), else its FPSIMD registers (``NT_PRFPREG``), as ``(note, raw bytes)``.
+
+    A system call discards the SVE state beyond the FPSIMD registers
+    (the arm64 system-call entry, ``fp_user_discard``), which a thread interrupted
+    anywhere (not in a call of its own) still holds live: a call injected there must put
+    them back (:func:`arm64_set_vector_state`)."""
+    for note, size in ((NT_ARM_SVE, 1 << 16), (NT_PRFPREG, 1 << 10)):
+        buf = ctypes.create_string_buffer(size)
+        iov = _Iovec(ctypes.addressof(buf), size)
+        try:
+            ptrace("GETREGSET", PTRACE_GETREGSET, tid, note, ctypes.addressof(iov))
+        except errors.WriteWatchError:
+            continue  # EINVAL: no SVE on this CPU or kernel
+        return note, buf.raw[:iov.iov_len]
+    return None
+
+
+def arm64_set_vector_state(tid: int, state: tuple[int, bytes]) -> None:
+    note, data = state
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = _Iovec(ctypes.addressof(buf), len(data))
+    ptrace("SETREGSET", PTRACE_SETREGSET, tid, note, ctypes.addressof(iov))
 
 
 def arm64_get_syscallno(tid: int) -> int:
