@@ -270,24 +270,21 @@ class Member:
         if self.gone:
             raise errors.NoSuchProcess(self.pid, f"process {self.pid} has exited",
                                        hint="its last collect was already returned")
-        state = self.mm_state()
-        if state != "alive":
-            return self._gone_mm(state)
+        if (gone := self._if_gone()) is not None:
+            return gone
         try:
             got = self._collect(reset, max_pages)
         except (errors.NoSuchProcess, errors.KernelError, errors.InvalidTarget):
             # the mm went away during the collect: PAGEMAP_SCAN fails with ESRCH once the
             # mm has no users (fs/proc/task_mmu.c do_pagemap_scan: mmget_not_zero), which
             # an exec causes as well as an exit
-            state = self.mm_state()
-            if state != "alive":
-                return self._gone_mm(state)
+            if (gone := self._if_gone()) is not None:
+                return gone
             raise
         # an exec between the check above and the scan leaves a collect of the new program's
         # maps made on the old mm's descriptors (UFFDIO_REGISTER: ENOMEM): it says nothing
-        state = self.mm_state()
-        if state != "alive":
-            return self._gone_mm(state)
+        if (gone := self._if_gone()) is not None:
+            return gone
         if self.whole_once and reset:
             whole = Pages([(m.start, m.end) for m in got.mappings if trackable(m)], ps)
             got = dataclasses.replace(got, written=got.written | whole,
@@ -296,8 +293,12 @@ class Member:
             self.whole_once = None
         return got
 
-    def _gone_mm(self, state: str) -> MemberCollect:
-        """The mm that was armed is gone: the process exited, or exec'd a new program."""
+    def _if_gone(self) -> MemberCollect | None:
+        """None while the mm that was armed lives; else what its end means: the process
+        exited, or exec'd a new program (re-attached, or NoSuchProcess)."""
+        state = self.mm_state()
+        if state == "alive":
+            return None
         if state == "exited":
             return self._exited()
         if not self.reattach_on_exec:
