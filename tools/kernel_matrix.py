@@ -33,6 +33,7 @@ import json
 import lzma
 import os
 import queue
+import re
 import secrets
 import shlex
 import shutil
@@ -841,10 +842,10 @@ def parse_console(console: str, nonce: str) -> tuple[int | None, str, str]:
     if end is None:
         return None, "\n".join(lines[first:] if begin is not None else []), release
     head, _, tail = lines[end].partition(exit_mark)
-    try:
-        status: int | None = int(tail.split()[0])
-    except (IndexError, ValueError):
-        status = None
+    # the kernel's own console messages ("[  467.1] reboot: Power down") may follow the
+    # status on the same line: only its leading digits count
+    digits = re.match(r"-?\d+", tail)
+    status: int | None = int(digits.group()) if digits else None
     if status == NO_RESULT and begin is None:
         status = None  # init gave up before running the command
     out = lines[first:end] + ([head] if head else [])

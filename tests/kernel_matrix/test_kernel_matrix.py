@@ -217,6 +217,9 @@ def test_parse_console() -> None:
     # output without a final newline (a command killed mid-line) runs into the marker
     cut = f"{km.MARK_BEGIN} {nonce} 6.1\n...{km.MARK_EXIT} {nonce} 124\n"
     assert km.parse_console(cut, nonce) == (124, "...", "6.1")
+    # the kernel's power-down message on the marker's line (seen on arm64 6.12.95)
+    glued = f"{km.MARK_BEGIN} {nonce} 6.12\nok\n{km.MARK_EXIT} {nonce} 0[  467.13] reboot\n"
+    assert km.parse_console(glued, nonce) == (0, "ok", "6.12")
     # init gave up before running the command
     assert km.parse_console(f"x\n{km.MARK_EXIT} {nonce} {km.NO_RESULT}\n", nonce)[0] is None
 
