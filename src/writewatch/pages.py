@@ -40,6 +40,10 @@ def _coalesce(ranges: np.ndarray) -> np.ndarray:
 def _combine(a: np.ndarray, b: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
     """Sweep both coalesced range sets; keep the elementary intervals whose membership code
     (1: in a only, 2: in b only, 3: in both) is in ``keep``."""
+    if not len(a) or not len(b):  # nothing to sweep: one side is the answer
+        if keep == (3,) or (not len(a) and keep == (1,)):
+            return _NONE
+        return a if len(a) else b
     bounds = np.concatenate([a[:, 0], a[:, 1], b[:, 0], b[:, 1]])
     delta = np.concatenate([np.full(len(a), 1), np.full(len(a), -1),
                             np.full(len(b), 2), np.full(len(b), -2)]).astype(np.int64)
@@ -50,7 +54,9 @@ def _combine(a: np.ndarray, b: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
     pts, first = np.unique(bounds, return_index=True)
     sums = np.add.reduceat(delta, first)
     state = np.cumsum(sums)[:-1]
-    sel = np.isin(state, keep)
+    sel = state == keep[0]
+    for k in keep[1:]:
+        sel |= state == k
     out = np.stack([pts[:-1][sel], pts[1:][sel]], axis=1).astype(_U64)
     return _coalesce(out)
 

@@ -257,7 +257,8 @@ class Tracker(abc.ABC):
         self._lock = threading.RLock()
         self._owner = os.getpid()
         self._page_size = page_size
-        self._last = CollectInfo(Pages.empty(page_size))
+        self._nothing = Pages.empty(page_size)  #: an immutable value: shared by every caller
+        self._last = CollectInfo(self._nothing)
         self._release = release
         self._finalizer = weakref.finalize(
             self, unclosed(f"writewatch.{type(self).__name__}", release))
@@ -408,7 +409,8 @@ class MemoryTracker(Tracker):
             if self._shared is not None:
                 got = self._shared.check(got, self._backend.spans, reset)
             ps = self._page_size
-            pages = Pages._trusted(got.written, ps) if got.sorted else \
+            pages = self._nothing if not len(got.written) else \
+                Pages._trusted(got.written, ps) if got.sorted else \
                 Pages.from_kernel(got.written, ps)
             if len(got.conservative) or got.reasons or self._last.reasons or \
                     len(self._last.conservative._ranges) or got.unmapped is not None:

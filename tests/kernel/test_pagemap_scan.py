@@ -740,3 +740,24 @@ def test_pagemap_bits_agree_with_scan_categories(pm: Pm, mem) -> None:
         cats[(int(s) - m.addr) // PAGE:(int(e) - m.addr) // PAGE] = c
     assert np.array_equal(ent["present"], (cats & np.uint64(C.PRESENT)) != 0)
     assert np.array_equal(ent["uffd_wp"], (cats & np.uint64(WRITTEN)) == 0)
+
+
+def test_a_refused_write_protect_scan_returns_exactly_what_it_found(pm: Pm, mem) -> None:
+    """CHECK_WPASYNC refusing a later VMA (EPERM) still copies out the regions found before
+    it: NotRegistered.partial holds those, never entries a previous call left in the
+    scanner's reused buffer."""
+    other = mem(200 * PAGE)
+    pm.wp_init(other.addr, other.length)
+    pm.wp_addr_range(other.addr, other.length)
+    other.pages()[::2, 0] += 1  # 100 regions fill the buffer, and stay in it
+    assert len(pm.written(other.addr, other.length, 4096)) == 100
+    m = mem(16 * PAGE)
+    pm.wp_init(m.addr, 8 * PAGE)  # the second half stays unregistered: its own VMA
+    pm.wp_addr_range(m.addr, 8 * PAGE)
+    m.pages()[[1, 3], 0] += 1
+    with pytest.raises(errors.NotRegistered) as info:
+        pm.written(m.addr, m.length, 4096, WP)
+    got = np.asarray(info.value.partial)
+    assert got[:, :2].tolist() == [[m.page(1), m.page(2)], [m.page(3), m.page(4)]]
+    # what it found was write-protected: found once
+    assert len(pm.written(m.addr, 8 * PAGE, 4096, WP)) == 0

@@ -455,7 +455,7 @@ class UffdAsyncBackend(Backend):
                                    category_mask=WRITTEN, return_mask=WRITTEN,
                                    max_pages=max_pages, page_size=self.page_size)
         self.stats.scan_calls += 1
-        return res.regions[:, :2], res.walk_end
+        return (res.regions[:, :2] if len(res.regions) else _EMPTY), res.walk_end
 
     def _holes(self, start: int, end: int) -> np.ndarray:
         """Pages neither present nor swapped (no PTE, no marker): zapped since armed.
@@ -783,8 +783,9 @@ class UffdAsyncBackend(Backend):
         if not conservative:  # the common case: no copy
             written = found[0] if len(found) == 1 else \
                 np.concatenate(found) if found else _EMPTY
-            if len(written):
-                self.stats.pages_reported += _npages(written, self.page_size)
+            if not len(written):
+                return Collected(_EMPTY, _EMPTY, tuple(reasons), sorted=True)
+            self.stats.pages_reported += _npages(written, self.page_size)
             return Collected(np.ascontiguousarray(written), _EMPTY, tuple(reasons),
                              sorted=coalesced)
         cons = np.concatenate(conservative)

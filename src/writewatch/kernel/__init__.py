@@ -66,13 +66,18 @@ class KernelCalls(Protocol):
     def close(self, fd: int) -> None: ...
 
 
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.scanner = pagemap.Scanner()  # its result buffer (built on first use per thread)
+
+
 class LinuxKernel:
     """:class:`KernelCalls` on the running kernel."""
 
     page_size: int = os.sysconf("SC_PAGE_SIZE")
 
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._local = _PerThread()
         self._lock = threading.Lock()
         self._capabilities: Capabilities | None = None
 
@@ -98,19 +103,13 @@ class LinuxKernel:
     close = staticmethod(_sys.close)
 
     def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
-        return self._scanner()(fd, start, end, **kw)
+        return self._local.scanner(fd, start, end, **kw)
 
     def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
         """:func:`pagemap.scan_all` into one growing per-thread buffer."""
-        return self._scanner().scan_all(fd, start, end, **kw)
+        return self._local.scanner.scan_all(fd, start, end, **kw)
 
     process_vm_readv = staticmethod(procmem.process_vm_readv)
-
-    def _scanner(self) -> pagemap.Scanner:
-        scanner: pagemap.Scanner | None = getattr(self._local, "scanner", None)
-        if scanner is None:
-            scanner = self._local.scanner = pagemap.Scanner()
-        return scanner
 
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray:
         return pagemap.read_entries(fd, start, npages, self.page_size)

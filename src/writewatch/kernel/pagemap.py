@@ -68,38 +68,52 @@ class Scanner:
     covered THP oopses kernels before 6.17 (Jakub Acs, "fs/proc/task_mmu: check p->vec_buf
     for NULL")."""
 
+    vec: np.ndarray  #: (n, 3) uint64 result buffer; grows as needed
+
     def __init__(self, batch: int = 4096) -> None:
-        self.vec = np.empty((max(batch, 1), 3), dtype=np.uint64)
+        self._grow(max(batch, 1), 0)
         self._arg = ctypes.create_string_buffer(U.PM_SCAN_ARG_SIZE)
         self._addr = ctypes.addressof(self._arg)
         self._walk_end = ctypes.c_uint64.from_buffer(self._arg, U.PM_SCAN_ARG_WALK_END_OFFSET)
+
+    def _grow(self, n: int, keep: int) -> None:
+        vec = np.zeros((n, 3), dtype=np.uint64)
+        if keep:
+            vec[:keep] = self.vec[:keep]
+        self.vec = vec
+        self._vec_addr = vec.ctypes.data  # (.ctypes builds an object: microseconds a call)
+        #: every entry from here on has a zero end (the buffer starts zeroed; raised by what
+        #: the kernel writes)
+        self._clean = keep
 
     def _ioctl(self, fd: int, start: int, end: int, at: int, n: int, flags: int,
                category_mask: int, category_inverted: int, category_anyof_mask: int,
                return_mask: int, max_pages: int) -> tuple[int, int]:
         """One ioctl writing up to ``n`` regions at ``self.vec[at:]``: (count, walk_end)."""
         if at + n > len(self.vec):
-            grown = np.empty((max(at + n, 2 * len(self.vec)), 3), dtype=np.uint64)
-            grown[:at] = self.vec[:at]
-            self.vec = grown
+            self._grow(max(at + n, 2 * len(self.vec)), at)
         U.PM_SCAN_ARG_STRUCT.pack_into(
             self._arg, 0, U.PM_SCAN_ARG_SIZE, flags, start, end, 0,
-            self.vec.ctypes.data + at * U.PAGE_REGION_SIZE if n else 0, n, max_pages,
+            self._vec_addr + at * U.PAGE_REGION_SIZE if n else 0, n, max_pages,
             category_inverted, category_mask, category_anyof_mask, return_mask)
         wp = flags & _WP_CHECKED == _WP_CHECKED
-        if wp:
+        if wp and at < self._clean:
             # an EPERM after write-protecting part of the range still copies out what it
             # found: marked by a non-zero end (errors.NotRegistered)
-            self.vec[at:at + n, 1] = 0
+            self.vec[at:self._clean, 1] = 0
+            self._clean = at
         try:
             count = _sys.ioctl_at("PAGEMAP_SCAN", fd, U.PAGEMAP_SCAN, self._addr, start, end,
                                   _SCAN_ERRORS)
-        except errors.NotRegistered as exc:
-            if wp:
+        except errors.WriteWatchError as exc:
+            if wp and isinstance(exc, errors.NotRegistered):
                 got = self.vec[at:at + n, 1]
                 k = int(np.argmin(got != 0)) if (got == 0).any() else n
                 exc.partial = self.vec[:at + k].copy()
+            self._clean = max(self._clean, at + n)  # what it wrote is not known
             raise
+        if count:
+            self._clean = max(self._clean, at + count)
         return count, self._walk_end.value
 
     def __call__(self, fd: int, start: int, end: int, *, flags: int = 0,

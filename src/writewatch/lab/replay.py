@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -46,21 +47,22 @@ _BATCH = 8192
 
 
 class _Batch:
-    """Single-page reads and writes of the root process gathered and applied together (the
-    same result as one by one). At the flush the reads go first, then the writes: a read of
-    a page written earlier in the batch is a no-op and is dropped, and a read that would come
-    after a write to the same page table is applied first only when that table exists and is
-    not a THP (where the two cannot interact)."""
+    """Single-page reads and writes of the root process gathered per page table and applied
+    together (the same result as one by one). At the flush the reads go first, then the
+    writes: a read of a page written earlier in the batch is a no-op and is dropped, and a
+    read that comes after a write to the same page table first applies that table's accesses
+    when the table does not exist or is a THP (where the two interact). Accesses to
+    different page tables do not interact, so an op confined to one or two tables needs only
+    theirs applied before it (:meth:`make_room`)."""
 
     def __init__(self, mm: Mm, truth: Truth) -> None:
         self.mm = mm
         self.truth = truth
-        self.writes: list[int] = []
-        self.write_ops: list[int] = []  #: the op index of each write
-        self.write_tables: set[int] = set()
+        self.writes: dict[int, list[int]] = {}  #: page table -> addresses written, in order
+        self.write_ops: dict[int, list[int]] = {}  #: page table -> the op index of each
         self.written: set[int] = set()
-        self.reads: list[int] = []
-        self.read_tables: set[int] = set()
+        self.reads: dict[int, list[int]] = {}  #: page table -> addresses read
+        self.n = 0
 
     def add(self, op: dict[str, Any], name: str) -> bool:
         """Gather a single-page access of the root process; False when the op must be
@@ -70,50 +72,64 @@ class _Batch:
         a = op["addr"]
         k = a >> PMD_SHIFT
         if name == "write":
-            self.writes.append(a)
-            self.write_ops.append(self.truth.n_ops - 1)
-            self.write_tables.add(k)
+            w = self.writes.get(k)
+            if w is None:
+                w = self.writes[k] = []
+                self.write_ops[k] = []
+            w.append(a)
+            self.write_ops[k].append(self.truth.n_ops - 1)
             self.written.add(a)
         elif a in self.written:
             return True
         else:
-            if k in self.write_tables:
+            if k in self.writes:
                 t = self.mm.pt.get(k)
                 if t is None or t.huge:
-                    self.flush()
-            self.reads.append(a)
-            self.read_tables.add(k)
-        if len(self.writes) + len(self.reads) >= _BATCH:
+                    self.flush((k,))
+            self.reads.setdefault(k, []).append(a)
+        self.n += 1
+        if self.n >= _BATCH:
             self.flush()
         return True
 
-    def commutes(self, op: dict[str, Any], name: str) -> bool:
-        """A discard of the root's memory that the gathered accesses cannot see: none of
-        their page tables, and no whole PMD (a table MADV_DONTNEED could free): it may run
-        before them with the same result."""
-        if name != "madvise" or op["advice"] not in ("DONTNEED", "FREE") or op.get("proc"):
+    def make_room(self, op: dict[str, Any], name: str) -> bool:
+        """Let a discard or mprotect of the root's memory run before the gathered accesses:
+        those in its page tables are applied first. It must lie within two tables and not
+        cover a whole PMD (MADV_DONTNEED could free a table, a VMA change reach further).
+        False: everything must be applied first."""
+        if op.get("proc") or not (
+                name == "mprotect" or
+                (name == "madvise" and op["advice"] in ("DONTNEED", "FREE"))):
             return False
         a, ln = op["addr"], op["len"]
         lo, hi = a >> PMD_SHIFT, (a + ln - 1) >> PMD_SHIFT
-        if ln >= 1 << PMD_SHIFT or (hi > lo + 1):
+        if ln >= 1 << PMD_SHIFT or hi > lo + 1:
             return False
-        busy = self.write_tables | self.read_tables
-        return lo not in busy and hi not in busy
+        busy = [k for k in {lo, hi} if k in self.writes or k in self.reads]
+        if busy:
+            self.flush(busy)
+        return True
 
-    def flush(self) -> None:
-        if self.reads:
-            addrs = np.array(self.reads, np.int64)
-            self.reads.clear()
-            self.read_tables.clear()
-            self.mm.read_pages(addrs)
-        if not self.writes:
+    def flush(self, tables: Iterable[int] | None = None) -> None:
+        """Apply the gathered accesses (those of ``tables`` only, if given)."""
+        if tables is None:
+            reads, writes, ops = self.reads, self.writes, self.write_ops
+            self.reads, self.writes, self.write_ops = {}, {}, {}
+            self.written.clear()
+            self.n = 0
+        else:
+            reads = {k: r for k in tables if (r := self.reads.pop(k, None))}
+            writes = {k: w for k in tables if (w := self.writes.pop(k, None))}
+            ops = {k: self.write_ops.pop(k) for k in writes}
+            for w in writes.values():
+                self.written.difference_update(w)
+            self.n -= sum(map(len, reads.values())) + sum(map(len, writes.values()))
+        if reads:
+            self.mm.read_pages(np.fromiter(chain.from_iterable(reads.values()), np.int64))
+        if not writes:
             return
-        addrs = np.array(self.writes, np.int64)
-        opi = np.array(self.write_ops, np.int64)
-        self.writes.clear()
-        self.write_ops.clear()
-        self.write_tables.clear()
-        self.written.clear()
+        addrs = np.fromiter(chain.from_iterable(writes.values()), np.int64)
+        opi = np.fromiter(chain.from_iterable(ops.values()), np.int64)
         hit = self.truth.materialise_pages(addrs)
         self.mm.observer = None  # the truth is told below, for the whole batch at once
         try:
@@ -205,7 +221,7 @@ class Runner:
         if b is not None:
             if (name == "write" or name == "read") and b.add(op, name):
                 return
-            if not b.commutes(op, name):
+            if not b.make_room(op, name):
                 b.flush()
         if name == "write" and not op.get("proc"):
             a, ln = op["addr"], op["len"]

@@ -579,7 +579,8 @@ class ProcessTracker(Tracker):
             w = Pages.from_kernel(np.concatenate([r.written.ranges, c.ranges,
                                                   *(written.into(v) for v in vs)]), ps)
             per[pid], per_cons[pid] = w, c
-            private += len(r.written - Pages([(v.start, v.end) for v in vs if v.shared], ps))
+            shared = [(v.start, v.end) for v in vs if v.shared]
+            private += len(r.written - Pages(shared, ps)) if shared else len(r.written)
         union = private + object_pages(written, cons)
         root = results.get(self.pid)
         exited = tuple(p for p, r in results.items() if r.exited)
