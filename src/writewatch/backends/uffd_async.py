@@ -535,7 +535,7 @@ class UffdAsyncBackend(Backend):
     def _layout_changed(self, span: Span) -> bool:
         layout = self._layout.get(span)
         if layout is None and self.given_maps is None and self.own and \
-                self.kernel.is_mapped(self.pid, span.start, span.length):
+                self.kernel.is_mapped("self", span.start, span.length):
             return False  # msync: no /proc read on the fast path
         return tuple(self._mapped_parts(span)) != (layout or ((span.start, span.end),))
 
@@ -543,7 +543,7 @@ class UffdAsyncBackend(Backend):
         """Whether the whole run is still mapped: msync here (one VMA walk), the maps the
         caller gave (or one read of them) elsewhere."""
         if self.given_maps is None and self.own:
-            return self.kernel.is_mapped(self.pid, run.start, run.end - run.start)
+            return self.kernel.is_mapped("self", run.start, run.end - run.start)
         if self.maps_unchanged:
             return True  # mapped at the last collect, and nothing changed since
         maps = self._read_maps()

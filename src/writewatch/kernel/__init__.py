@@ -105,9 +105,15 @@ class LinuxKernel:
     def pagemap_scan(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
         return self._local.scanner(fd, start, end, **kw)
 
-    def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+    def scan_all(self, fd: int, start: int, end: int, *, batch: int = 4096, flags: int = 0,
+                 category_mask: int = 0, category_inverted: int = 0,
+                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
+                 page_size: int = pagemap.PAGE_SIZE) -> ScanResult:
         """:func:`pagemap.scan_all` into one growing per-thread buffer."""
-        return self._local.scanner.scan_all(fd, start, end, **kw)
+        return self._local.scanner.scan_all(
+            fd, start, end, batch=batch, flags=flags, category_mask=category_mask,
+            category_inverted=category_inverted, category_anyof_mask=category_anyof_mask,
+            return_mask=return_mask, max_pages=max_pages, page_size=page_size)
 
     process_vm_readv = staticmethod(procmem.process_vm_readv)
 
