@@ -44,7 +44,10 @@ class KernelCalls(Protocol):
                      category_mask: int = 0, category_inverted: int = 0,
                      category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
                      vec_len: int = ...) -> ScanResult: ...
-    def scan_all(self, fd: int, start: int, end: int, **kw: int) -> ScanResult:
+    def scan_all(self, fd: int, start: int, end: int, *, batch: int = 4096, flags: int = 0,
+                 category_mask: int = 0, category_inverted: int = 0,
+                 category_anyof_mask: int = 0, return_mask: int = 0, max_pages: int = 0,
+                 page_size: int = ...) -> ScanResult:
         """PAGEMAP_SCAN over the whole range, resuming from ``walk_end`` until done (the
         keywords of :func:`writewatch.kernel.pagemap.scan_all`)."""
     def pagemap_read(self, fd: int, start: int, npages: int) -> np.ndarray: ...
