@@ -40,10 +40,10 @@ def _coalesce(ranges: np.ndarray) -> np.ndarray:
 def _combine(a: np.ndarray, b: np.ndarray, keep: tuple[int, ...]) -> np.ndarray:
     """Sweep both coalesced range sets; keep the elementary intervals whose membership code
     (1: in a only, 2: in b only, 3: in both) is in ``keep``."""
-    if not len(a) or not len(b):  # nothing to sweep: one side is the answer
-        if keep == (3,) or (not len(a) and keep == (1,)):
-            return _NONE
-        return a if len(a) else b
+    if not len(a) or not len(b):  # nothing to sweep: every interval is code 1, or every 2
+        if len(a):
+            return a if 1 in keep else _NONE
+        return b if len(b) and 2 in keep else _NONE
     bounds = np.concatenate([a[:, 0], a[:, 1], b[:, 0], b[:, 1]])
     delta = np.concatenate([np.full(len(a), 1), np.full(len(a), -1),
                             np.full(len(b), 2), np.full(len(b), -2)]).astype(np.int64)
