@@ -7,9 +7,12 @@ import io
 import numpy as np
 import pytest
 from fakes import ANON, FILE, HEAP, PS, STACK, FakeClock, FakeTracker, M
+from hypothesis import given
+from hypothesis import strategies as st
 
 from writewatch.monitor import Sampler, Series
 from writewatch.monitor.render import bands, heatmap_matrix
+from writewatch.monitor.series import _pct
 from writewatch.monitor.view import LineView, LiveView, format_summary
 
 
@@ -158,3 +161,10 @@ def test_record_writes_a_trace_the_model_reads(tmp_path) -> None:
     assert tr.ops[3]["ranges"] == [[FILE[0], FILE[0] + PS]]
     assert "outside" not in tr.ops[3]
     assert tr.ops[5]["ranges"] == [] and tr.ops[5]["outside"] == 1
+
+
+@given(st.lists(st.floats(-1e9, 1e9), max_size=50), st.integers(0, 100))
+def test_summary_percentiles_are_numpys(values: list[float], q: int) -> None:
+    # the summary's p50/p95 computes numpy.percentile's default method without calling it
+    want = float(np.percentile(values, q)) if values else 0.0
+    assert _pct(values, q) == pytest.approx(want, rel=1e-12, abs=1e-6)
