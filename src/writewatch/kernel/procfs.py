@@ -122,6 +122,19 @@ def read_bytes(path: str, pid: int | None = None) -> bytes:
         _sys.close(fd)
 
 
+def _slurp(path: str) -> bytes:
+    """The whole of a small /proc file, read with os.read: a third of the cost of open()'s
+    buffered file object on the per-collect files (stat, children). OSError when gone."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_maps(pid: int | str = "self") -> tuple[Mapping, ...]:
     return parse_maps(read_bytes(f"/proc/{pid}/maps", pid if isinstance(pid, int) else None))
 
@@ -141,8 +154,7 @@ def children(pid: int) -> set[int]:
         return out
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out.update(int(c) for c in f.read().split())
+            out.update(int(c) for c in _slurp(f"/proc/{pid}/task/{tid}/children").split())
         except OSError:
             pass
     return out
@@ -248,8 +260,7 @@ def parse_stat(data: bytes) -> Stat:
 def read_stat(pid: int) -> Stat | None:
     """/proc/PID/stat, or None when the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return parse_stat(f.read())
+        return parse_stat(_slurp(f"/proc/{pid}/stat"))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -263,8 +274,7 @@ def parse_stat_state(data: bytes) -> str:
 def thread_state(pid: int, tid: int) -> str:
     """The state letter of /proc/PID/task/TID/stat (R, S, D, T, t, Z, X...), "" when gone."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-            return parse_stat_state(f.read())
+        return parse_stat_state(_slurp(f"/proc/{pid}/task/{tid}/stat"))
     except (OSError, ValueError):
         return ""
 

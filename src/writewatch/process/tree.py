@@ -574,10 +574,12 @@ class ProcessTracker(Tracker):
         private = 0
         for pid, r in results.items():
             vs = self._views.get(pid, ())
-            c = Pages.from_kernel(np.concatenate([r.conservative.ranges,
-                                                  *(cons.into(v) for v in vs)]), ps)
-            w = Pages.from_kernel(np.concatenate([r.written.ranges, c.ranges,
-                                                  *(written.into(v) for v in vs)]), ps)
+            extra = [a for v in vs if len(a := cons.into(v))]
+            c = Pages.from_kernel(np.concatenate([r.conservative.ranges, *extra]), ps) \
+                if extra else r.conservative
+            extra = [a for v in vs if len(a := written.into(v))]
+            w = Pages.from_kernel(np.concatenate([r.written.ranges, c.ranges, *extra]), ps) \
+                if extra or c else r.written
             per[pid], per_cons[pid] = w, c
             shared = [(v.start, v.end) for v in vs if v.shared]
             private += len(r.written - Pages(shared, ps)) if shared else len(r.written)
