@@ -23,33 +23,38 @@ from ..model.pte import PAGE, PAGE_SHIFT, PMD_SHIFT
 MAX_EXAMPLES = 20
 
 
-class _Chunk:
-    """Ground truth for the tracked pages of one 2 MiB block, made when an op first may
-    change them (pages never touched keep their arm-time content)."""
-
-    __slots__ = ("arm", "baseline", "copied", "copy", "lo", "notified", "replica", "touched",
-                 "wrote")
-
-    def __init__(self, lo: int, content: np.ndarray) -> None:
-        n = len(content)
-        self.lo = lo
-        self.baseline = content  #: content at the last collect
-        self.replica = content.copy()
-        self.arm = content.copy()  #: content at arm time
-        self.touched = np.zeros(n, bool)  #: an op may have changed it since the last collect
-        self.wrote = np.zeros(n, bool)  #: written since the last collect
-        self.copied = np.zeros(n, bool)  #: the live snapshot copied it
-        self.copy = np.zeros(n, np.int64)
-        self.notified = np.zeros(n, bool)  #: notified in this interval
+#: pages per page-table page (a 2 MiB block): one row of ground truth
+_ROW = 1 << (PMD_SHIFT - PAGE_SHIFT)
 
 
 class _Tracked:
-    """One tracked range and the chunks of ground truth made for it."""
+    """One tracked range and its ground truth: a row of ``_ROW`` pages per 2 MiB block,
+    made when an op first may change the block's pages (pages never touched keep their
+    arm-time content). Page ``i`` of the row of block ``k`` is the page at
+    ``(k << PMD_SHIFT) + (i << PAGE_SHIFT)``; the positions of a block outside the range are
+    not ``valid`` and stay 0 in every field. The rows are kept stacked, so that a collect
+    is judged over all of them at once."""
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
-        self.chunks: dict[int, _Chunk] = {}
+        self.k0 = start >> PMD_SHIFT
+        #: block key - k0 -> its row, or -1
+        self.row_of = np.full(((end - 1) >> PMD_SHIFT) + 1 - self.k0, -1, np.int64)
+        self.key = np.empty(0, np.int64)  #: row -> block key
+        self.n = 0
+        self.baseline = np.empty((0, _ROW), np.int64)  #: content at the last collect
+        self.replica = np.empty((0, _ROW), np.int64)
+        self.arm = np.empty((0, _ROW), np.int64)  #: content at arm time
+        self.copy = np.empty((0, _ROW), np.int64)  #: what the live snapshot copied
+        self.valid = np.empty((0, _ROW), bool)
+        self.touched = np.empty((0, _ROW), bool)  #: an op may have changed it since
+        self.wrote = np.empty((0, _ROW), bool)  #: written since the last collect
+        self.copied = np.empty((0, _ROW), bool)  #: the live snapshot copied it
+        self.notified = np.empty((0, _ROW), bool)  #: notified in this interval
+
+    _FIELDS = ("baseline", "replica", "arm", "copy", "valid", "touched", "wrote", "copied",
+               "notified")
 
     def keys(self, start: int, end: int) -> range:
         lo, hi = max(start, self.start), min(end, self.end)
@@ -59,6 +64,60 @@ class _Tracked:
 
     def bounds(self, k: int) -> tuple[int, int]:
         return max(self.start, k << PMD_SHIFT), min(self.end, (k + 1) << PMD_SHIFT)
+
+    def row(self, k: int) -> int:
+        return int(self.row_of[k - self.k0])
+
+    def add_row(self, k: int, content: np.ndarray) -> int:
+        """The row of block ``k``, whose pages in the range hold ``content`` now."""
+        if self.n == len(self.key):
+            cap = max(8, 2 * self.n)
+            self.key = np.resize(self.key, cap)
+            for f in self._FIELDS:
+                old = getattr(self, f)
+                grown = np.zeros((cap, _ROW), old.dtype)
+                grown[:self.n] = old[:self.n]
+                setattr(self, f, grown)
+        r = self.n
+        self.n += 1
+        self.key[r] = k
+        self.row_of[k - self.k0] = r
+        lo, hi = self.bounds(k)
+        a, b = (lo - (k << PMD_SHIFT)) >> PAGE_SHIFT, (hi - (k << PMD_SHIFT)) >> PAGE_SHIFT
+        self.valid[r, a:b] = True
+        for f in ("baseline", "replica", "arm"):
+            getattr(self, f)[r, a:b] = content
+        return r
+
+    def pieces(self, ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``ranges`` (k, 2) cut to this range and at block boundaries: the block key, first
+        and end page index within the block of each piece."""
+        s = np.maximum(ranges[:, 0], self.start)
+        e = np.minimum(ranges[:, 1], self.end)
+        keep = s < e
+        s, e = s[keep], e[keep]
+        ks, ke = s >> PMD_SHIFT, (e - 1) >> PMD_SHIFT
+        n = ke - ks + 1
+        k = np.repeat(ks, n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+        base = k << PMD_SHIFT
+        lo = np.maximum(np.repeat(s, n), base)
+        hi = np.minimum(np.repeat(e, n), base + (1 << PMD_SHIFT))
+        return k, (lo - base) >> PAGE_SHIFT, (hi - base) >> PAGE_SHIFT
+
+    def content(self, mm: Mm, rows: np.ndarray) -> np.ndarray:
+        """The content of ``rows`` (sorted by key) now, 0 where not valid: one
+        ``mm.content`` per run of consecutive blocks."""
+        out = np.zeros((len(rows), _ROW), np.int64)
+        keys = self.key[rows]
+        cuts = np.flatnonzero(np.diff(keys) != 1) + 1
+        flat = out.reshape(-1)
+        for a, b in zip(np.concatenate([[0], cuts]).tolist(),
+                        np.concatenate([cuts, [len(rows)]]).tolist(), strict=True):
+            ka, kb = int(keys[a]), int(keys[b - 1])
+            lo, hi = max(self.start, ka << PMD_SHIFT), min(self.end, (kb + 1) << PMD_SHIFT)
+            o = a * _ROW + ((lo - (ka << PMD_SHIFT)) >> PAGE_SHIFT)
+            flat[o:o + ((hi - lo) >> PAGE_SHIFT)] = mm.content(lo, hi)
+        return out
 
 
 @dataclass(frozen=True)
@@ -125,14 +184,16 @@ class Truth:
         hit = False
         for t in self.tracked:
             for k in t.keys(start, end):
-                c = t.chunks.get(k)
-                if c is None:
+                r = t.row(k)
+                if r < 0:
                     continue
-                lo, hi = max(c.lo, start), min(t.bounds(k)[1], end)
-                a, b = (lo - c.lo) >> PAGE_SHIFT, (hi - c.lo) >> PAGE_SHIFT
-                c.touched[a:b] = True
+                lo, hi = t.bounds(k)
+                base = k << PMD_SHIFT
+                a = (max(lo, start) - base) >> PAGE_SHIFT
+                b = (min(hi, end) - base) >> PAGE_SHIFT
+                t.touched[r, a:b] = True
                 if wrote:
-                    c.wrote[a:b] = True
+                    t.wrote[r, a:b] = True
                 hit = True
         if hit:
             self.log.append((np.array([start], np.int64), np.array([end], np.int64),
@@ -142,9 +203,8 @@ class Truth:
         """Record the content of the tracked pages of [start, end) before an op changes it."""
         for t in self.tracked:
             for k in t.keys(start, end):
-                if k not in t.chunks:
-                    lo, hi = t.bounds(k)
-                    t.chunks[k] = _Chunk(lo, self.mm.content(lo, hi))
+                if t.row(k) < 0:
+                    t.add_row(k, self.mm.content(*t.bounds(k)))
 
     def materialise_pages(self, addrs: np.ndarray) -> np.ndarray:
         """:meth:`materialise` for single pages about to be written; which are tracked."""
@@ -155,23 +215,21 @@ class Truth:
                 continue
             hit |= inside
             for k in np.unique(addrs[inside] >> PMD_SHIFT).tolist():
-                if k not in t.chunks:
-                    lo, hi = t.bounds(k)
-                    t.chunks[k] = _Chunk(lo, self.mm.content(lo, hi))
+                if t.row(k) < 0:
+                    t.add_row(k, self.mm.content(*t.bounds(k)))
         return hit
 
     def wrote_pages(self, addrs: np.ndarray, op_indices: np.ndarray, hit: np.ndarray) -> None:
         """Single pages written by the ops ``op_indices`` (``hit``: the tracked ones)."""
         for t in self.tracked:
-            sel = np.sort(addrs[(addrs >= t.start) & (addrs < t.end)])
+            sel = addrs[(addrs >= t.start) & (addrs < t.end)]
             if not len(sel):
                 continue
-            cuts = np.flatnonzero(np.diff(sel >> PMD_SHIFT)) + 1
-            for part in np.split(sel, cuts):
-                c = t.chunks[int(part[0]) >> PMD_SHIFT]
-                idx = (part - c.lo) >> PAGE_SHIFT
-                c.touched[idx] = True
-                c.wrote[idx] = True
+            rows = t.row_of[(sel >> PMD_SHIFT) - t.k0]
+            assert (rows >= 0).all(), "materialise_pages first"
+            idx = (sel >> PAGE_SHIFT) & (_ROW - 1)
+            t.touched[rows, idx] = True
+            t.wrote[rows, idx] = True
         self.log.append((addrs[hit], addrs[hit] + PAGE, op_indices[hit]))
 
     def shared_in_root(self, mm: Mm, start: int, end: int) -> list[tuple[int, int]]:
@@ -196,24 +254,22 @@ class Truth:
         for t in self.tracked:
             if t.start <= addr < t.end:
                 k = addr >> PMD_SHIFT
-                c = t.chunks.get(k)
-                if c is None:
+                if t.row(k) < 0:
                     self.materialise(addr, addr + PAGE)
-                    c = t.chunks[k]
-                p = (addr - c.lo) >> PAGE_SHIFT
-                if c.notified[p]:
+                r, p = t.row(k), (addr >> PAGE_SHIFT) & (_ROW - 1)
+                if t.notified[r, p]:
                     self.duplicates += 1
-                c.notified[p] = True
-                if not c.copied[p]:
-                    c.copied[p] = True
-                    c.copy[p] = seen
+                t.notified[r, p] = True
+                if not t.copied[r, p]:
+                    t.copied[r, p] = True
+                    t.copy[r, p] = seen
 
     # -- the verdict -------------------------------------------------------------------------
     def judge(self, reported: np.ndarray, collect: int, room: int) -> Verdict:
         """Compare what collect number ``collect`` reported with the truth, patch the replica
         with the reported pages, start the next interval. ``room``: false-negative examples
         still wanted."""
-        rep_ranges = np.asarray(reported, np.uint64).reshape(-1, 2).tolist()
+        rep_ranges = np.asarray(reported, np.uint64).reshape(-1, 2).astype(np.int64)
         n = {"reported": 0, "false_positives": 0, "false_negatives": 0, "written": 0,
              "changed_otherwise": 0, "replica_differs": 0}
         examples: list[str] = []
@@ -223,47 +279,51 @@ class Truth:
         self.ops.clear()
         return Verdict(**n, examples=tuple(examples))
 
-    def _judge(self, t: _Tracked, rep_ranges: list[list[int]], n: dict[str, int],
+    def _judge(self, t: _Tracked, rep_ranges: np.ndarray, n: dict[str, int],
                examples: list[str], collect: int, room: int) -> None:
-        reps: dict[int, list[tuple[int, int]]] = {}
-        for s, e in rep_ranges:
-            for k in t.keys(s, e):
-                reps.setdefault(k, []).append((s, e))
-        for k, parts in reps.items():
-            if k not in t.chunks:
-                # never touched since arm: unchanged, so every reported page is a false
-                # positive and the replica copy changes nothing
-                lo, hi = t.bounds(k)
-                npg = sum(max(0, min(e, hi) - max(s, lo)) for s, e in parts) >> PAGE_SHIFT
-                n["reported"] += npg
-                n["false_positives"] += npg
-        for k, c in sorted(t.chunks.items()):  # address order: the examples are the lowest
-            lo, hi = t.bounds(k)
-            rep = np.zeros((hi - lo) >> PAGE_SHIFT, bool)
-            for s, e in reps.get(k, ()):
-                a, b = max(s, lo), min(e, hi)
-                if a < b:
-                    rep[(a - lo) >> PAGE_SHIFT:(b - lo) >> PAGE_SHIFT] = True
-            if not (c.touched.any() or rep.any() or (c.replica != c.baseline).any()):
-                continue
-            cur = self.mm.content(lo, hi)
-            changed = cur != c.baseline
-            n["reported"] += int(rep.sum())
-            n["written"] += int((changed & c.wrote).sum())
-            n["changed_otherwise"] += int((changed & ~c.wrote).sum())
-            n["false_positives"] += int((rep & ~changed).sum())
-            fn = changed & ~rep
-            nfn = int(fn.sum())
-            n["false_negatives"] += nfn
-            if nfn and len(examples) < room:
-                for p in np.flatnonzero(fn)[:room - len(examples)]:
-                    examples.append(self._example(lo + (int(p) << PAGE_SHIFT), collect))
-            c.replica[rep] = cur[rep]  # the incremental replica copies reported pages
-            n["replica_differs"] += int((c.replica != cur).sum())
-            c.baseline = cur
-            c.touched[:] = False
-            c.wrote[:] = False
-            c.notified[:] = False
+        k, a, b = t.pieces(rep_ranges)
+        rows = t.row_of[k - t.k0] if len(k) else k
+        # reported pages of blocks never touched since arm: unchanged, so false positives,
+        # and the replica copy changes nothing (counted once per reported range)
+        cold = int((b - a)[rows < 0].sum())
+        n["reported"] += cold
+        n["false_positives"] += cold
+        m = t.n
+        rep = np.zeros((m, _ROW + 1), np.int64)
+        hot = rows >= 0
+        np.add.at(rep, (rows[hot], a[hot]), 1)
+        np.add.at(rep, (rows[hot], b[hot]), -1)
+        repd = np.cumsum(rep, axis=1)[:, :_ROW] > 0
+        base, replica = t.baseline[:m], t.replica[:m]
+        active = np.flatnonzero(t.touched[:m].any(axis=1) | repd.any(axis=1) |
+                                (replica != base).any(axis=1))
+        if not len(active):
+            return
+        act = active[np.argsort(t.key[active], kind="stable")]  # address order: examples
+        r = repd[act]
+        cur = t.content(self.mm, act)
+        changed = (cur != base[act]) & t.valid[act]
+        wrote = t.wrote[act]
+        n["reported"] += int(r.sum())
+        n["written"] += int((changed & wrote).sum())
+        n["changed_otherwise"] += int((changed & ~wrote).sum())
+        n["false_positives"] += int((r & ~changed).sum())
+        fn = changed & ~r
+        nfn = int(fn.sum())
+        n["false_negatives"] += nfn
+        if nfn and len(examples) < room:
+            i, j = np.nonzero(fn)
+            for x, y in zip(i[:room - len(examples)].tolist(),
+                            j[:room - len(examples)].tolist(), strict=True):
+                addr = (int(t.key[act[x]]) << PMD_SHIFT) + (y << PAGE_SHIFT)
+                examples.append(self._example(addr, collect))
+        new = np.where(r, cur, replica[act])  # the incremental replica copies reported pages
+        t.replica[act] = new
+        n["replica_differs"] += int((new != cur).sum())
+        t.baseline[act] = cur
+        t.touched[act] = False
+        t.wrote[act] = False
+        t.notified[act] = False
 
     def _example(self, addr: int, collect: int) -> str:
         first = self.n_ops - len(self.ops)
@@ -278,10 +338,12 @@ class Truth:
         memory where never notified) differs from memory at arm time."""
         diff = 0
         for t in self.tracked:
-            for k, ch in t.chunks.items():
-                cur = self.mm.content(*t.bounds(k))
-                snap = np.where(ch.copied, ch.copy, cur)
-                diff += int((snap != ch.arm).sum())
+            if not t.n:
+                continue
+            rows = np.argsort(t.key[:t.n], kind="stable")
+            cur = t.content(self.mm, rows)
+            snap = np.where(t.copied[rows], t.copy[rows], cur)
+            diff += int(((snap != t.arm[rows]) & t.valid[rows]).sum())
         return diff
 
 

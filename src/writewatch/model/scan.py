@@ -263,6 +263,8 @@ class Output:
         if not m.any():
             return 0
         idx, keys, starts, ends = self._runs(m, cats)
+        if self._fits(base, idx, keys, starts, ends):
+            return len(idx)
         done = 0
         for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
             a = base + (int(idx[s]) << PAGE_SHIFT)
@@ -286,6 +288,26 @@ class Output:
                 self.stopped, self.walk_end = True, a + (take << PAGE_SHIFT)
                 return done
         return done
+
+    def _fits(self, base: int, idx: np.ndarray, keys: np.ndarray, starts: np.ndarray,
+              ends: np.ndarray) -> bool:
+        """Every run output at once when neither limit is reached (the loop of :meth:`add`
+        otherwise, which stops where the kernel's would)."""
+        if len(idx) >= self.left:
+            return False
+        lo = base + (idx[starts].astype(np.int64) << PAGE_SHIFT)
+        hi = base + ((idx[ends - 1].astype(np.int64) + 1) << PAGE_SHIFT)
+        rows = np.stack([lo, hi, keys[starts].astype(np.int64)], axis=1).tolist()
+        last = self.regions[-1] if self.regions else None
+        merge = last is not None and last[1] == rows[0][0] and last[2] == rows[0][2]
+        if len(self.regions) + len(rows) - merge > self.vec_len:
+            return False
+        if merge:
+            assert last is not None
+            last[1] = rows.pop(0)[1]
+        self.regions.extend(rows)
+        self.left -= len(idx)
+        return True
 
     def result(self) -> np.ndarray:
         if not self.regions:

@@ -67,9 +67,11 @@ class ChunkFiller:
         self.store = store
         self.digest = digest
         self.stream = stream
-        # one thread per two CPUs (at most 4): a restore competes with the program it is for
+        # one thread per CPU, at most 4: one chunk's checksum overlaps another's read (on
+        # 2 CPUs, 1 GiB from the page cache: 0.49x a plain read with 2 threads, 0.39x with
+        # 1, both CPUs busy with other work)
         self.workers = max(1, workers if workers is not None else
-                           min(4, len(os.sched_getaffinity(0)) // 2))
+                           min(4, len(os.sched_getaffinity(0))))
         self._local = threading.local()
 
     def _scratch(self, nbytes: int) -> np.ndarray:
