@@ -67,9 +67,9 @@ class ChunkFiller:
         self.store = store
         self.digest = digest
         self.stream = stream
-        # one thread per CPU, at most 4: one chunk's checksum overlaps another's read (on
-        # 2 CPUs, 1 GiB from the page cache: 0.49x a plain read with 2 threads, 0.39x with
-        # 1, both CPUs busy with other work)
+        # one thread per CPU, at most 4: one chunk's checksum overlaps another's read (2
+        # CPUs, 1 GiB from the page cache: 0.62x a plain read's speed with 2 threads, 0.54x
+        # with 1; benchmarks/RESULTS.md)
         self.workers = max(1, workers if workers is not None else
                            min(4, len(os.sched_getaffinity(0))))
         self._local = threading.local()
