@@ -38,9 +38,8 @@ class _Tracked:
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
-        self.k0 = start >> PMD_SHIFT
-        #: block key - k0 -> its row, or -1
-        self.row_of = np.full(((end - 1) >> PMD_SHIFT) + 1 - self.k0, -1, np.int64)
+        self._row: dict[int, int] = {}  #: block key -> its row
+        self._sorted: tuple[int, np.ndarray, np.ndarray] | None = None  #: for :meth:`rows`
         self.key = np.empty(0, np.int64)  #: row -> block key
         self.n = 0
         self.baseline = np.empty((0, _ROW), np.int64)  #: content at the last collect
@@ -66,7 +65,18 @@ class _Tracked:
         return max(self.start, k << PMD_SHIFT), min(self.end, (k + 1) << PMD_SHIFT)
 
     def row(self, k: int) -> int:
-        return int(self.row_of[k - self.k0])
+        return self._row.get(k, -1)
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """:meth:`row` of each block key of ``keys``."""
+        if not self.n:
+            return np.full(len(keys), -1, np.int64)
+        if self._sorted is None or self._sorted[0] != self.n:
+            order = np.argsort(self.key[:self.n])
+            self._sorted = (self.n, self.key[order], order)
+        _, sk, sr = self._sorted
+        i = np.minimum(np.searchsorted(sk, keys), self.n - 1)
+        return np.where(sk[i] == keys, sr[i], -1)
 
     def add_row(self, k: int, content: np.ndarray) -> int:
         """The row of block ``k``, whose pages in the range hold ``content`` now."""
@@ -81,7 +91,7 @@ class _Tracked:
         r = self.n
         self.n += 1
         self.key[r] = k
-        self.row_of[k - self.k0] = r
+        self._row[k] = r
         lo, hi = self.bounds(k)
         a, b = (lo - (k << PMD_SHIFT)) >> PAGE_SHIFT, (hi - (k << PMD_SHIFT)) >> PAGE_SHIFT
         self.valid[r, a:b] = True
@@ -225,7 +235,7 @@ class Truth:
             sel = addrs[(addrs >= t.start) & (addrs < t.end)]
             if not len(sel):
                 continue
-            rows = t.row_of[(sel >> PMD_SHIFT) - t.k0]
+            rows = t.rows(sel >> PMD_SHIFT)
             assert (rows >= 0).all(), "materialise_pages first"
             idx = (sel >> PAGE_SHIFT) & (_ROW - 1)
             t.touched[rows, idx] = True
@@ -282,7 +292,7 @@ class Truth:
     def _judge(self, t: _Tracked, rep_ranges: np.ndarray, n: dict[str, int],
                examples: list[str], collect: int, room: int) -> None:
         k, a, b = t.pieces(rep_ranges)
-        rows = t.row_of[k - t.k0] if len(k) else k
+        rows = t.rows(k)
         # reported pages of blocks never touched since arm: unchanged, so false positives,
         # and the replica copy changes nothing (counted once per reported range)
         cold = int((b - a)[rows < 0].sum())
