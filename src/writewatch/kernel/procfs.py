@@ -123,8 +123,9 @@ def read_bytes(path: str, pid: int | None = None) -> bytes:
 
 
 def _slurp(path: str) -> bytes:
-    """The whole of a small /proc file, read with os.read: a third of the cost of open()'s
-    buffered file object on the per-collect files (stat, children). OSError when gone."""
+    """The whole of a small /proc file, read with os.read, without open()'s buffered file
+    object: the files read at every collect (stat, children) cost 14 instead of 24 us each
+    on a 2-CPU VM. OSError when gone."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
