@@ -78,8 +78,12 @@ class _Tracked:
         i = np.minimum(np.searchsorted(sk, keys), self.n - 1)
         return np.where(sk[i] == keys, sr[i], -1)
 
-    def add_row(self, k: int, content: np.ndarray) -> int:
-        """The row of block ``k``, whose pages in the range hold ``content`` now."""
+    def ensure(self, k: int, mm: Mm) -> int:
+        """The row of block ``k``, made from the content ``mm`` shows now if there is none."""
+        r = self.row(k)
+        return r if r >= 0 else self._add_row(k, mm.content(*self.bounds(k)))
+
+    def _add_row(self, k: int, content: np.ndarray) -> int:
         if self.n == len(self.key):
             cap = max(8, 2 * self.n)
             self.key = np.resize(self.key, cap)
@@ -213,8 +217,7 @@ class Truth:
         """Record the content of the tracked pages of [start, end) before an op changes it."""
         for t in self.tracked:
             for k in t.keys(start, end):
-                if t.row(k) < 0:
-                    t.add_row(k, self.mm.content(*t.bounds(k)))
+                t.ensure(k, self.mm)
 
     def materialise_pages(self, addrs: np.ndarray) -> np.ndarray:
         """:meth:`materialise` for single pages about to be written; which are tracked."""
@@ -225,8 +228,7 @@ class Truth:
                 continue
             hit |= inside
             for k in np.unique(addrs[inside] >> PMD_SHIFT).tolist():
-                if t.row(k) < 0:
-                    t.add_row(k, self.mm.content(*t.bounds(k)))
+                t.ensure(k, self.mm)
         return hit
 
     def wrote_pages(self, addrs: np.ndarray, op_indices: np.ndarray, hit: np.ndarray) -> None:
@@ -263,10 +265,7 @@ class Truth:
         """A synchronous design was notified of a write to ``addr`` (content ``seen``)."""
         for t in self.tracked:
             if t.start <= addr < t.end:
-                k = addr >> PMD_SHIFT
-                if t.row(k) < 0:
-                    self.materialise(addr, addr + PAGE)
-                r, p = t.row(k), (addr >> PAGE_SHIFT) & (_ROW - 1)
+                r, p = t.ensure(addr >> PMD_SHIFT, self.mm), (addr >> PAGE_SHIFT) & (_ROW - 1)
                 if t.notified[r, p]:
                     self.duplicates += 1
                 t.notified[r, p] = True
