@@ -574,10 +574,10 @@ class ProcessTracker(Tracker):
         private = 0
         for pid, r in results.items():
             vs = self._views.get(pid, ())
-            extra = [a for v in vs if len(a := cons.into(v))]
+            extra = [a for v in vs if len(a := cons.into(v))] if cons else []
             c = Pages.from_kernel(np.concatenate([r.conservative.ranges, *extra]), ps) \
                 if extra else r.conservative
-            extra = [a for v in vs if len(a := written.into(v))]
+            extra = [a for v in vs if len(a := written.into(v))] if written else []
             w = Pages.from_kernel(np.concatenate([r.written.ranges, c.ranges, *extra]), ps) \
                 if extra or c else r.written
             per[pid], per_cons[pid] = w, c
