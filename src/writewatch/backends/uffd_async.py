@@ -185,13 +185,14 @@ def _inside(ranges: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     if not len(bounds):
         return np.zeros(len(ranges), bool)
     i = np.searchsorted(bounds[:, 0], ranges[:, 0], side="right") - 1
-    return (i >= 0) & (ranges[:, 1] <= bounds[np.maximum(i, 0), 1])
+    inside: np.ndarray = (i >= 0) & (ranges[:, 1] <= bounds[np.maximum(i, 0), 1])
+    return inside
 
 
 def _resident_runs(regions: np.ndarray) -> np.ndarray:
     """Of sorted ``(k, 3)`` scan regions, the ``(m, 3)`` runs of resident pages with their
     FILE category, merged (pure): equal values mean nothing came or left."""
-    keep = regions[(regions[:, 2] & np.uint64(PRESENT)) != 0]
+    keep: np.ndarray = regions[(regions[:, 2] & np.uint64(PRESENT)) != 0]
     if not len(keep):
         return keep
     cats = keep[:, 2] & np.uint64(FILE)
@@ -208,7 +209,8 @@ def _covered(regions: np.ndarray) -> np.ndarray:
     brk = np.flatnonzero(regions[1:, 0] != regions[:-1, 1]) + 1
     first = np.concatenate([[0], brk])
     last = np.concatenate([brk - 1, [len(regions) - 1]])
-    return np.stack([regions[first, 0], regions[last, 1]], axis=1)
+    out: np.ndarray = np.stack([regions[first, 0], regions[last, 1]], axis=1)
+    return out
 
 
 class Run(NamedTuple):
@@ -610,7 +612,7 @@ class UffdAsyncBackend(Backend):
                 careful |= self._file_backed
             self._runs = make_runs(self.spans, careful, self._file_backed)
             self._stretch_resident.clear()
-        runs = self._runs
+        runs: Sequence[Run] = self._runs
         if self.enclose and not max_pages and len(runs) > 1:
             runs = self._collect_stretches(runs, reset, found, conservative, reasons)
             coalesced = coalesced and not found
