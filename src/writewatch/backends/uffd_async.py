@@ -313,7 +313,7 @@ class UffdAsyncBackend(Backend):
         self._maps: Sequence[Mapping] | None = None
         self._map_ends: list[int] = []
         self._runs: tuple[Run, ...] | None = None
-        #: per stretch collected in one scan, its resident runs when each span's were noted
+        #: per stretch collected in one scan at the last collect, its resident pages then
         self._stretch_resident: dict[tuple[int, int], np.ndarray] = {}
         self._sorted: list[Span] | None = None  # spans by address (overlap checks)
         self._starts: list[int] = []
@@ -611,11 +611,13 @@ class UffdAsyncBackend(Backend):
             if not self.one_pass:
                 careful |= self._file_backed
             self._runs = make_runs(self.spans, careful, self._file_backed)
-            self._stretch_resident.clear()
+            self._stretch_resident.clear()  # spans came or went: compare each again
         runs: Sequence[Run] = self._runs
         if self.enclose and not max_pages and len(runs) > 1:
             runs = self._collect_stretches(runs, reset, found, conservative, reasons)
             coalesced = coalesced and not found
+        elif reset:
+            self._stretch_resident.clear()  # the spans' residency is noted run by run now
         for run in runs:
             if max_pages and budget <= 0:
                 break
@@ -658,22 +660,27 @@ class UffdAsyncBackend(Backend):
         one (careful ones, and any the scan did not cover)."""
         left: list[Run] = []
         stretch: list[Run] = []
+        noted: dict[tuple[int, int], np.ndarray] = {}
         for run in (*runs, None):
             if run is not None and (run.plain or run.resident) and \
                     run.end - run.start <= _STRETCH_RUN_MAX and self._run_mapped(run):
                 stretch.append(run)
                 continue
             if len(stretch) > 1:
-                left += self._collect_stretch(stretch, reset, found, conservative, reasons)
+                left += self._collect_stretch(stretch, reset, found, conservative, reasons,
+                                              noted)
             else:
                 left += stretch
             stretch = []
             if run is not None:
                 left.append(run)
+        if reset:  # only what this collect noted: a stretch not seen now may have changed
+            self._stretch_resident = noted
         return left
 
     def _collect_stretch(self, runs: list[Run], reset: bool, found: list[np.ndarray],
-                         conservative: list[np.ndarray], reasons: list[str]) -> list[Run]:
+                         conservative: list[np.ndarray], reasons: list[str],
+                         noted: dict[tuple[int, int], np.ndarray]) -> list[Run]:
         """One scan over ``[runs[0].start, runs[-1].end)``, the gaps between the runs
         included. Without PM_SCAN_CHECK_WPASYNC, get + write-protect skips the VMAs not
         registered for async WP (fs/proc/task_mmu.c pagemap_scan_test_walk), so a gap costs a
@@ -685,7 +692,10 @@ class UffdAsyncBackend(Backend):
         A registered VMA in a gap belongs to another uffd of the target (or is a stack that
         grew since the maps were read): the pages the scan write-protected there are
         unprotected again (UFFDIO_WRITEPROTECT through any uffd of the mm does it), which
-        puts their written state back."""
+        puts their written state back.
+
+        The spans' residency is compared only when the stretch's resident pages differ from
+        those of the last collect (``noted``: what this collect leaves noted)."""
         ps = self.page_size
         res = self.kernel.scan_all(self.pagemap, runs[0].start, runs[-1].end,
                                    batch=self.batch,
@@ -725,12 +735,8 @@ class UffdAsyncBackend(Backend):
             if self.hole_scan:
                 self._collect_holes(run.start, run.end, run.spans[0].label, reset,
                                     conservative, reasons)
-        # nothing came or left: each span's residency is as noted (valid while no run of the
-        # stretch is collected elsewhere)
-        if left or not reset:
-            self._stretch_resident.pop(key, None)
-        else:
-            self._stretch_resident[key] = now
+        if not left:  # each span's residency is noted as ``now`` shows it
+            noted[key] = now
         return left
 
     def _unprotect(self, pages: Pages, reasons: list[str]) -> None:
