@@ -64,7 +64,6 @@ WRITTEN = int(U.PageCategory.WRITTEN)
 PRESENT = int(U.PageCategory.PRESENT)
 SWAPPED = int(U.PageCategory.SWAPPED)
 FILE = int(U.PageCategory.FILE)
-WPALLOWED = int(U.PageCategory.WPALLOWED)
 PFNZERO = int(U.PageCategory.PFNZERO)
 _PRESENT_OR_SWAPPED = PRESENT | SWAPPED
 _EMPTY = np.empty((0, 2), np.uint64)
@@ -111,11 +110,6 @@ def _npages(ranges: np.ndarray, page_size: int) -> int:
         return 0
     return int((ranges[:, 1] - ranges[:, 0]).sum()) // page_size
 
-
-#: runs larger than this are scanned alone, on PAGEMAP_SCAN's WRITTEN-only fast path
-#: (fs/proc/task_mmu.c pagemap_scan_pmd_entry): the generic path a stretch needs costs
-#: about as much per PTE as one more ioctl per 4 MiB (measured on 6.18)
-_STRETCH_RUN_MAX = 4 << 20
 
 _SCAN_RESET = int(U.PmScanFlag.CHECK_WPASYNC | U.PmScanFlag.WP_MATCHING)
 _SCAN_PEEK = int(U.PmScanFlag.CHECK_WPASYNC)
@@ -177,40 +171,6 @@ def _partial(exc: errors.NotRegistered) -> np.ndarray:
     if not isinstance(got, np.ndarray) or not len(got):
         return _EMPTY
     return np.ascontiguousarray(got[(got[:, 2] & np.uint64(WRITTEN)) != 0, :2])
-
-
-def _inside(ranges: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Which of the sorted ``(k, 2)`` ranges lie wholly inside one of the sorted, disjoint
-    ``(m, 2)`` bounds (pure; a boolean array)."""
-    if not len(bounds):
-        return np.zeros(len(ranges), bool)
-    i = np.searchsorted(bounds[:, 0], ranges[:, 0], side="right") - 1
-    inside: np.ndarray = (i >= 0) & (ranges[:, 1] <= bounds[np.maximum(i, 0), 1])
-    return inside
-
-
-def _resident_runs(regions: np.ndarray) -> np.ndarray:
-    """Of sorted ``(k, 3)`` scan regions, the ``(m, 3)`` runs of resident pages with their
-    FILE category, merged (pure): equal values mean nothing came or left."""
-    keep: np.ndarray = regions[(regions[:, 2] & np.uint64(PRESENT)) != 0]
-    if not len(keep):
-        return keep
-    cats = keep[:, 2] & np.uint64(FILE)
-    first = np.flatnonzero(np.concatenate(
-        [[True], (keep[1:, 0] != keep[:-1, 1]) | (cats[1:] != cats[:-1])]))
-    last = np.concatenate([first[1:] - 1, [len(keep) - 1]])
-    return np.stack([keep[first, 0], keep[last, 1], cats[first]], axis=1)
-
-
-def _covered(regions: np.ndarray) -> np.ndarray:
-    """The ``(m, 2)`` stretches the sorted, disjoint scan ``regions`` cover (pure)."""
-    if not len(regions):
-        return _EMPTY
-    brk = np.flatnonzero(regions[1:, 0] != regions[:-1, 1]) + 1
-    first = np.concatenate([[0], brk])
-    last = np.concatenate([brk - 1, [len(regions) - 1]])
-    out: np.ndarray = np.stack([regions[first, 0], regions[last, 1]], axis=1)
-    return out
 
 
 class Run(NamedTuple):
@@ -298,9 +258,6 @@ class UffdAsyncBackend(Backend):
             one_pass = caps.pte_none_written
         #: file and shared spans collected with their residency in one generic-path scan
         self.one_pass = one_pass
-        #: another process's runs collected by one scan over their enclosing range, gaps
-        #: included (off where a uffd other than this one may own memory there)
-        self.enclose = one_pass
         self.batch = batch
         #: per span, the mapped parts at arm time when the span was not fully mapped
         self._layout: dict[Span, tuple[tuple[int, int], ...]] = {}
@@ -313,12 +270,9 @@ class UffdAsyncBackend(Backend):
         self._maps: Sequence[Mapping] | None = None
         self._map_ends: list[int] = []
         self._runs: tuple[Run, ...] | None = None
-        #: per stretch collected in one scan at the last collect, its resident pages then
-        self._stretch_resident: dict[tuple[int, int], np.ndarray] = {}
         self._sorted: list[Span] | None = None  # spans by address (overlap checks)
         self._starts: list[int] = []
         self.own = pid in ("self", os.getpid())
-        self.enclose &= not self.own
 
     # -- arming ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -611,14 +565,7 @@ class UffdAsyncBackend(Backend):
             if not self.one_pass:
                 careful |= self._file_backed
             self._runs = make_runs(self.spans, careful, self._file_backed)
-            self._stretch_resident.clear()  # spans came or went: compare each again
-        runs: Sequence[Run] = self._runs
-        if self.enclose and not max_pages and len(runs) > 1:
-            runs = self._collect_stretches(runs, reset, found, conservative, reasons)
-            coalesced = coalesced and not found
-        elif reset:
-            self._stretch_resident.clear()  # the spans' residency is noted run by run now
-        for run in runs:
+        for run in self._runs:
             if max_pages and budget <= 0:
                 break
             regions = None
@@ -653,114 +600,6 @@ class UffdAsyncBackend(Backend):
             got = got._replace(unmapped=np.concatenate(self._unmapped))
         return got
 
-    def _collect_stretches(self, runs: Sequence[Run], reset: bool, found: list[np.ndarray],
-                           conservative: list[np.ndarray], reasons: list[str]) -> list[Run]:
-        """Collect each stretch of consecutive runs that are whole and mapped with one
-        generic-path scan over its enclosing range; returns the runs left to collect one by
-        one (careful ones, and any the scan did not cover)."""
-        left: list[Run] = []
-        stretch: list[Run] = []
-        noted: dict[tuple[int, int], np.ndarray] = {}
-        for run in (*runs, None):
-            if run is not None and (run.plain or run.resident) and \
-                    run.end - run.start <= _STRETCH_RUN_MAX and self._run_mapped(run):
-                stretch.append(run)
-                continue
-            if len(stretch) > 1:
-                left += self._collect_stretch(stretch, reset, found, conservative, reasons,
-                                              noted)
-            else:
-                left += stretch
-            stretch = []
-            if run is not None:
-                left.append(run)
-        if reset:  # only what this collect noted: a stretch not seen now may have changed
-            self._stretch_resident = noted
-        return left
-
-    def _collect_stretch(self, runs: list[Run], reset: bool, found: list[np.ndarray],
-                         conservative: list[np.ndarray], reasons: list[str],
-                         noted: dict[tuple[int, int], np.ndarray]) -> list[Run]:
-        """One scan over ``[runs[0].start, runs[-1].end)``, the gaps between the runs
-        included. Without PM_SCAN_CHECK_WPASYNC, get + write-protect skips the VMAs not
-        registered for async WP (fs/proc/task_mmu.c pagemap_scan_test_walk), so a gap costs a
-        VMA lookup, and a tracked VMA that lost its registration (replaced) shows as pages
-        the scan did not cover: that run is returned, to be collected the careful way. With
-        no category mask every page of a registered VMA is output (coalesced), with the
-        categories the residency checks need.
-
-        A registered VMA in a gap belongs to another uffd of the target (or is a stack that
-        grew since the maps were read): the pages the scan write-protected there are
-        unprotected again (UFFDIO_WRITEPROTECT through any uffd of the mm does it), which
-        puts their written state back.
-
-        The spans' residency is compared only when the stretch's resident pages differ from
-        those of the last collect (``noted``: what this collect leaves noted)."""
-        ps = self.page_size
-        res = self.kernel.scan_all(self.pagemap, runs[0].start, runs[-1].end,
-                                   batch=self.batch,
-                                   flags=int(U.PmScanFlag.WP_MATCHING) if reset else 0,
-                                   return_mask=WRITTEN | PRESENT | FILE | WPALLOWED,
-                                   page_size=ps)
-        self.stats.scan_calls += 1
-        regions = res.regions
-        regions = regions[(regions[:, 2] & np.uint64(WPALLOWED)) != 0]  # a peek walks all
-        bounds = np.array([(r.start, r.end) for r in runs], np.uint64)
-        wrote = regions[(regions[:, 2] & np.uint64(WRITTEN)) != 0, :2]
-        inside = _inside(wrote, bounds)
-        if inside.all():
-            found.append(wrote)
-        else:  # a region reaching past a run: a registered VMA in a gap
-            found.append(wrote[inside])
-            tracked = Pages.from_kernel(bounds, ps)
-            rest = Pages.from_kernel(wrote[~inside], ps)
-            found.append((rest & tracked).ranges)
-            if reset:
-                self._unprotect(rest - tracked, reasons)
-        whole = _inside(bounds, _covered(regions))
-        key = (runs[0].start, runs[-1].end)
-        now = _resident_runs(regions)
-        same = key in self._stretch_resident and \
-            np.array_equal(self._stretch_resident[key], now)
-        ends = regions[:, 1]
-        left = []
-        for run, ok in zip(runs, whole.tolist(), strict=True):
-            if not ok:
-                left.append(run)
-                continue
-            for span in () if same else run.resident:
-                i, j = np.searchsorted(ends, [span.start, span.end], side="right")
-                self._note_residency(span, regions[i:j + 1].tolist(), reset, wrote,
-                                     conservative, reasons)
-            if self.hole_scan:
-                self._collect_holes(run.start, run.end, run.spans[0].label, reset,
-                                    conservative, reasons)
-        if not left:  # each span's residency is noted as ``now`` shows it
-            noted[key] = now
-        return left
-
-    def _unprotect(self, pages: Pages, reasons: list[str]) -> None:
-        for lo, hi in pages:
-            try:
-                self.kernel.uffdio_writeprotect(self.uffd, lo, hi - lo, 0)
-            except errors.WriteWatchError as exc:
-                reasons.append(f"{lo:#x}-{hi:#x}: registered with another userfaultfd; its "
-                               f"written state could not be restored ({exc})")
-
-    def _note_residency(self, span: Span, rows: list[list[int]], reset: bool,
-                        written: np.ndarray, conservative: list[np.ndarray],
-                        reasons: list[str]) -> None:
-        """Compare ``span``'s residency in scan ``rows`` with the last collect's; pages that
-        left memory and were not ``written`` are reported conservatively."""
-        gone = self._compare_residency(span, residency(rows, span.start, span.end),
-                                       update=reset)
-        if gone:
-            gone = gone - Pages.from_kernel(written, self.page_size)
-        if gone:
-            conservative.append(gone.ranges)
-            reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
-                           "(zapped, reclaimed or hole-punched): content may differ")
-
     def _collect_resident(self, run: Run, reset: bool, found: list[np.ndarray],
                           conservative: list[np.ndarray], reasons: list[str]) -> bool:
         """One generic-path scan of a run holding file or shared spans: it reports and
@@ -781,7 +620,14 @@ class UffdAsyncBackend(Backend):
         found.append(written)
         rows = regions.tolist()
         for span in run.resident:
-            self._note_residency(span, rows, reset, written, conservative, reasons)
+            gone = self._compare_residency(span, residency(rows, span.start, span.end),
+                                           update=reset)
+            if gone:
+                gone = gone - Pages.from_kernel(written, self.page_size)
+            if gone:
+                conservative.append(gone.ranges)
+                reasons.append(f"{len(gone)} page(s) of {span.label or 'span'} left memory "
+                               "(zapped, reclaimed or hole-punched): content may differ")
         if self.hole_scan:
             self._collect_holes(run.start, run.end, run.spans[0].label, reset, conservative,
                                 reasons)

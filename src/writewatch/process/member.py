@@ -214,9 +214,6 @@ class Member:
             why = f"another userfaultfd owns this range (the target's own, or another " \
                   f"tracker's): {exc}"
             self.busy.add((start, end))
-            # its gaps may hold memory of that other uffd: no scan over gaps
-            if hasattr(backend, "enclose"):
-                backend.enclose = False
         except (errors.Refused, errors.KernelError, errors.Unsupported) as exc:
             if again and getattr(exc, "errno", None) in (E.EINVAL, E.ENOMEM):
                 now = self._writable_now(start, end)
