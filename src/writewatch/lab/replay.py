@@ -58,8 +58,8 @@ class _Batch:
     def __init__(self, mm: Mm, truth: Truth) -> None:
         self.mm = mm
         self.truth = truth
-        #: page table -> address written and its op index, alternately, in order
-        self.writes: dict[int, list[int]] = {}
+        self.writes: dict[int, list[int]] = {}  #: page table -> addresses written, in order
+        self.write_ops: dict[int, list[int]] = {}  #: page table -> the op index of each
         self.written: set[int] = set()
         self.reads: dict[int, list[int]] = {}  #: page table -> addresses read
         self.n = 0
@@ -67,8 +67,7 @@ class _Batch:
     def add(self, op: dict[str, Any], name: str) -> bool:
         """Gather a single-page access of the root process; False when the op must be
         applied on its own."""
-        if op.get("len") != PAGE or (len(op) > 3 and (
-                "tids" in op or op.get("proc") or op.get("tid"))):
+        if op.get("len") != PAGE or "tids" in op or op.get("proc") or op.get("tid"):
             return False
         a = op["addr"]
         k = a >> PMD_SHIFT
@@ -76,7 +75,9 @@ class _Batch:
             w = self.writes.get(k)
             if w is None:
                 w = self.writes[k] = []
-            w += (a, self.truth.n_ops - 1)
+                self.write_ops[k] = []
+            w.append(a)
+            self.write_ops[k].append(self.truth.n_ops - 1)
             self.written.add(a)
         elif a in self.written:
             return True
@@ -112,22 +113,23 @@ class _Batch:
     def flush(self, tables: Iterable[int] | None = None) -> None:
         """Apply the gathered accesses (those of ``tables`` only, if given)."""
         if tables is None:
-            reads, writes = self.reads, self.writes
-            self.reads, self.writes = {}, {}
+            reads, writes, ops = self.reads, self.writes, self.write_ops
+            self.reads, self.writes, self.write_ops = {}, {}, {}
             self.written.clear()
             self.n = 0
         else:
             reads = {k: r for k in tables if (r := self.reads.pop(k, None))}
             writes = {k: w for k in tables if (w := self.writes.pop(k, None))}
+            ops = {k: self.write_ops.pop(k) for k in writes}
             for w in writes.values():
-                self.written.difference_update(w[::2])
-            self.n -= sum(map(len, reads.values())) + sum(map(len, writes.values())) // 2
+                self.written.difference_update(w)
+            self.n -= sum(map(len, reads.values())) + sum(map(len, writes.values()))
         if reads:
             self.mm.read_pages(np.fromiter(chain.from_iterable(reads.values()), np.int64))
         if not writes:
             return
-        pairs = np.fromiter(chain.from_iterable(writes.values()), np.int64).reshape(-1, 2)
-        addrs, opi = pairs[:, 0], pairs[:, 1]
+        addrs = np.fromiter(chain.from_iterable(writes.values()), np.int64)
+        opi = np.fromiter(chain.from_iterable(ops.values()), np.int64)
         hit = self.truth.materialise_pages(addrs)
         self.mm.observer = None  # the truth is told below, for the whole batch at once
         try:
