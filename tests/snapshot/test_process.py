@@ -170,3 +170,59 @@ def test_stop_methods(tmp_path, loaded):
             info = s.save()
             assert s.snapshots.manifest(info.name).stats["stopped_by"] == how
         assert all(st not in "Tt" for st in _thread_states(loaded.pid))
+
+
+GROW = r"""
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+MAP_FIXED_NOREPLACE = 0x100000
+n = 1 << 20
+rw, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+a = libc.mmap(None, 4 * n, rw, flags, -1, 0)   # room for the growth, then give it back
+libc.munmap(ctypes.c_void_p(a + n), 3 * n)
+ctypes.memset(a, 1, n)
+print(a, flush=True)
+for i, line in enumerate(sys.stdin):           # each line: the next 1 MiB right after,
+    at = a + (i + 1) * n                       # not touched yet; the last one written
+    got = libc.mmap(ctypes.c_void_p(at), n, rw, flags | MAP_FIXED_NOREPLACE, -1, 0)
+    assert got == at, (got, at, ctypes.get_errno())
+    if i:
+        ctypes.memset(at - n, 1 + i, n // 2)
+    print("grown", flush=True)
+"""
+
+
+def test_a_mapping_grown_next_to_a_tracked_one_restores_as_the_pause_saw_it(tmp_path):
+    """A new anonymous mapping right after a registered one is a VMA of its own until the
+    collect registers it, and the kernel merges the two (vma_modify_flags_uffd): the image
+    holds the layout the target has after the collect, the layout a reader sees."""
+    from memutil import require_uffd_async
+    require_uffd_async()
+    from writewatch.process import attach
+    p = subprocess.Popen([sys.executable, "-c", GROW], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(p.stdout.readline())
+        src = ProcessSource(p.pid, attach(p.pid), owned=True)
+        with Snapshotter(src, store(tmp_path)) as s:
+            infos, truth = [s.save()], {}
+            for _ in range(3):
+                p.stdin.write("\n")
+                p.stdin.flush()
+                assert p.stdout.readline().strip() == "grown"
+                got: dict = {}
+                src.on_pause = lambda source, got=got: _full_read(source, got)
+                infos.append(s.save())
+                truth[infos[-1].name] = got
+            for info in infos[1:]:
+                img = s.restore(info)
+                want = truth[info.name]
+                assert img.regions == want["regions"]
+                assert np.array_equal(img.data, want["data"]), _differences(img, want["data"])
+                assert any(r.start == base for r in img.regions)
+    finally:
+        p.kill()
+        p.wait()

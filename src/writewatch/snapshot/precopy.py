@@ -353,11 +353,14 @@ def gather(src: Source, want_of: WantFn, arena: PageArena, budget: Budget | None
     ahead, _, _ = want_of(src.regions(src.maps()), written)
     arena.reserve(max(expect, len(ahead - arena.valid_pages())))
     with paused():
-        maps = src.maps()
-        regions = src.regions(maps)
         tc = time.perf_counter()
         got = src.collect()
         t_collect = time.perf_counter() - tc
+        # the layout after the collect: registering a mapping that appeared since the last
+        # one can merge it with its registered neighbour (vma_modify_flags_uffd), and the
+        # image keeps the layout the stopped target has, not the one before that merge
+        maps = src.maps()
+        regions = src.regions(maps)
         written = written | got
         arena.invalidate(got)
         want, content, untracked = want_of(regions, written)

@@ -158,6 +158,8 @@ class TreeSource(Source):
         return tuple(sorted(out, key=lambda r: r.start))
 
     def collect(self) -> Pages:
+        if not self._maps:
+            self.maps()  # the members' mappings before the collect: its pages' windows
         t = self.tracker
         t.collect()
         info = t.last
