@@ -82,9 +82,8 @@ int main(int argc, char **argv) {
 """
 
 HERE = Path(__file__).resolve().parent
-CLI = ("import sys, writewatch.cli as c;"
-       "c.COMMANDS = tuple(dict.fromkeys((*c.COMMANDS, 'run')));"
-       "from writewatch.cli.__main__ import main; sys.exit(main(sys.argv[1:]))")
+#: the command as users run it (``python -m writewatch`` is the console script's twin)
+WRITEWATCH = [sys.executable, "-m", "writewatch"]
 
 
 def build(tmp: Path) -> str:
@@ -106,7 +105,7 @@ def plain(exe: str, mib: int, passes: int) -> tuple[float, float]:
 
 
 def _monitor_cmd(exe: str, mib: int, passes: int, interval: float, js: Path) -> list[str]:
-    return [sys.executable, "-c", CLI, "run", "--interval", str(interval), "--quiet", "--json",
+    return [*WRITEWATCH, "run", "--interval", str(interval), "--quiet", "--json",
             str(js), "--", exe, str(mib), str(passes)]
 
 
@@ -202,9 +201,9 @@ def _tree(exe: str, procs: int) -> subprocess.Popen:
         time.sleep(0.05)
 
 
-def _timed(argv: list[str]) -> tuple[float, int]:
+def _timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """CPU seconds (user + system) of a command, and its exit status."""
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return ru.ru_utime + ru.ru_stime, p.returncode
@@ -223,14 +222,19 @@ def own_cost(args: argparse.Namespace) -> dict:
         subprocess.run([cc, "-O1", "-o", exe, str(PACER)], check=True)
         tree = _tree(exe, args.procs)
         js = Path(d) / "s.json"
-        base = [sys.executable, "-c", CLI, "attach", str(tree.pid), "--tree", "--quiet"]
+        base = [*WRITEWATCH, "attach", str(tree.pid), "--tree", "--quiet"]
+        # the baseline: numpy's BLAS with its default thread pool, as before writewatch/_startup
+        pool = {**os.environ, "OPENBLAS_NUM_THREADS": ""}
         try:
-            start, share, late, samples, coll, imp = [], [], [], [], [], []
+            start, pooled, share, late, samples, coll, imp = [], [], [], [], [], [], []
             for _ in range(args.rounds):
                 imp.append(_timed([sys.executable, "-c", "import writewatch"])[0])
                 c, code = _timed([*base, "--duration", "10ms"])
                 assert code == 0, code
                 start.append(c)
+                c, code = _timed([*base, "--duration", "10ms"], env=pool)
+                assert code == 0, code
+                pooled.append(c)
                 c, code = _timed([*base, "--interval", "100ms", "--duration",
                                   f"{args.own_seconds:g}", "--json", str(js)])
                 assert code == 0, code
@@ -251,8 +255,8 @@ def own_cost(args: argparse.Namespace) -> dict:
                 os.kill(pid, 9)
             tree.kill()
             tree.wait()
-    return {"start": start, "share": share, "late": late, "samples": samples, "collect": coll,
-            "import": imp}
+    return {"start": start, "pooled": pooled, "share": share, "late": late, "samples": samples,
+            "collect": coll, "import": imp}
 
 
 def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
@@ -261,6 +265,7 @@ def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
         return (f"{statistics.median(xs) * scale:{f}} ({min(xs) * scale:{f}}-"
                 f"{max(xs) * scale:{f}})")
     late = ", ".join(f"{a} of {b}" for a, b in zip(r["late"], r["samples"], strict=True))
+    ratios = [a / b for a, b in zip(r["start"], r["pooled"], strict=True)]
     lines = [
         "# The monitor's own cost: one sampler for a 10-process tree",
         "",
@@ -274,14 +279,19 @@ def write_own_markdown(path: Path, r: dict, args: argparse.Namespace,
         "process's user + system time (`wait4`), the package's bytecode compiled first (as "
         "pip does on install). Start-up: the same command with "
         "`--duration 10ms` (interpreter, imports, attaching every process, one sample, the "
-        f"summary). Sampling: a {args.own_seconds:g} s run at `--interval 100ms`, minus the "
+        "summary), run alternately with numpy's default BLAS thread pool (what the command "
+        "did before it loaded numpy with one BLAS thread). Sampling: a "
+        f"{args.own_seconds:g} s run at `--interval 100ms`, minus the "
         f"median start-up, per second. Medians of {args.rounds} rounds (min-max).",
         "",
         "| measure | result | goal |",
         "|---|---:|---:|",
         f"| start-up CPU (attach 10 processes, 1 sample, exit) | {spread(r['start'], '.3f')} s "
         "| < 0.3 s |",
-        f"| of which: the interpreter and `import writewatch` | {spread(r['import'], '.3f')} s "
+        f"| the same with numpy's default BLAS thread pool (`OPENBLAS_NUM_THREADS=`) | "
+        f"{spread(r['pooled'], '.3f')} s | |",
+        f"| ratio of the two, per round | {spread(ratios, '.2f')} | |",
+        f"| a program's `import writewatch` with the interpreter | {spread(r['import'], '.3f')} s "
         "| |",
         f"| sampling CPU at 100 ms | {spread(r['share'], '.2f', 100)} % of a core | ≤ 5 % |",
         f"| collect of the tree (median per run) | {spread(r['collect'], '.2f', 1e3)} ms | |",

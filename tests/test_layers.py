@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "writewatch"
 #: module (or package prefix) -> layer (DESIGN.md's numbers; the fractions order what shares
 #: a layer); the longest matching prefix wins
 LAYERS = {
-    "errors": 0, "pages": 0,
+    "errors": 0, "pages": 0, "_startup": 0,
     "_uapi": 1,
     "kernel": 2, "model": 2.5,
     "backends": 3,

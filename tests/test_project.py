@@ -71,3 +71,43 @@ def test_core_import_is_light() -> None:
     assert res.returncode == 0, res.stderr
     for heavy in ("rich", "matplotlib", "xxhash", "zstandard", "hypothesis"):
         assert f"'{heavy}'" not in res.stdout, f"import writewatch loads {heavy}"
+
+
+@pytest.mark.parametrize("given", [None, "3"])
+def test_the_command_launches_programs_with_the_environment_it_was_given(given) -> None:
+    """The command loads numpy with one OpenBLAS thread (writewatch/_startup.py); the
+    programs it runs see OPENBLAS_NUM_THREADS as the user left it."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    res = subprocess.run([sys.executable, "-m", "writewatch", "run", "--quiet", "--",
+                          "sh", "-c", "echo BLAS=${OPENBLAS_NUM_THREADS-unset}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"BLAS={given or 'unset'}" in res.stdout.split(), res.stdout
+
+
+def test_only_the_command_counts_as_the_command() -> None:
+    from writewatch._startup import is_the_command
+    assert is_the_command("/usr/local/bin/writewatch", ["python3", "/usr/local/bin/writewatch"])
+    assert is_the_command("-m", ["python3", "-m", "writewatch", "features"])
+    assert is_the_command("-m", ["python3", "-m", "writewatch.cli"])
+    assert not is_the_command("app.py", ["python3", "app.py", "writewatch"])
+    assert not is_the_command("-c", ["python3", "-c", "import writewatch"])
+
+
+def test_the_command_loads_numpy_with_one_blas_thread() -> None:
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    code = ("import sys; sys.argv[0] = {!r}; import os, writewatch; "
+            "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))")
+    def threads(argv0: str) -> list[str]:
+        res = subprocess.run([sys.executable, "-c", code.format(argv0)], capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+    program = threads("app.py")
+    if program[0] == "1":
+        pytest.skip("numpy's BLAS starts no thread of its own here (one CPU, or no OpenBLAS)")
+    assert threads("/usr/bin/writewatch") == ["1", "None"], program

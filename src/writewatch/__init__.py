@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _startup  # noqa: F401  (first: it decides how numpy loads)
 from .errors import (
     AlreadyTracked,
     HandlerDied,

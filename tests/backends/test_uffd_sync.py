@@ -420,7 +420,7 @@ def test_helper_exits_when_the_tracked_process_dies() -> None:
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().split(") ")[1].startswith(("Z", "X")):
                     break
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped between open() and read()
             break
         time.sleep(0.05)
     else:
