@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _env_without_blas_threads() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
 
 
 def test_ruff() -> None:
@@ -77,8 +82,7 @@ def test_core_import_is_light() -> None:
 def test_the_command_launches_programs_with_the_environment_it_was_given(given) -> None:
     """The command loads numpy with one OpenBLAS thread (writewatch/_startup.py); the
     programs it runs see OPENBLAS_NUM_THREADS as the user left it."""
-    import os
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env = _env_without_blas_threads()
     if given is not None:
         env["OPENBLAS_NUM_THREADS"] = given
     res = subprocess.run([sys.executable, "-m", "writewatch", "run", "--quiet", "--",
@@ -98,8 +102,7 @@ def test_only_the_command_counts_as_the_command() -> None:
 
 
 def test_the_command_loads_numpy_with_one_blas_thread() -> None:
-    import os
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    env = _env_without_blas_threads()
     code = ("import sys; sys.argv[0] = {!r}; import os, writewatch; "
             "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))")
     def threads(argv0: str) -> list[str]:

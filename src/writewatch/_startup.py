@@ -27,7 +27,7 @@ def is_the_command(argv0: str, orig_argv: list[str]) -> bool:
 
 
 if "numpy" not in sys.modules and VARIABLE not in os.environ and \
-        is_the_command(sys.argv[0], list(getattr(sys, "orig_argv", ()))):
+        is_the_command(sys.argv[0], sys.orig_argv):
     os.environ[VARIABLE] = "1"
     try:
         import numpy  # noqa: F401
