@@ -1024,6 +1024,24 @@ def parse_job(text: str, arch: str | None = None) -> Job:
     return Job(find_kernel(name.strip(), arch), tuple(shlex.split(args)))
 
 
+def kvm_refusal(specs: Sequence[KernelSpec], cpuinfo: str) -> str | None:
+    """Why ``--accel kvm`` cannot boot ``specs`` on this host (None when it can), from the
+    text of /proc/cpuinfo (pure). KVM runs only the host's architecture, and only with the
+    CPU's virtualization extensions: a VM without nested virtualization may still have a
+    /dev/kvm, and a guest kernel booted on it hangs silently right after the boot loader."""
+    foreign = sorted({s.name for s in specs if not ARCHES[s.arch].native})
+    if foreign:
+        return f"KVM runs only {HOST_MACHINE} guests, not {', '.join(foreign)}"
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if HOST_MACHINE == "x86_64" and not flags & {"vmx", "svm"}:
+        return "this CPU has no virtualization extensions (no vmx or svm in /proc/cpuinfo)"
+    return None
+
+
 def parallel_guests(wanted: int, memory: str) -> int:
     """How many guests of ``memory`` fit next to each other now: ``wanted`` at most, as many
     as MemAvailable holds with 1 GiB to spare for each (qemu itself, the host's page cache
@@ -1107,6 +1125,11 @@ def run_matrix(jobs: Sequence[Job], *, parallel: int, log_dir: Path, timeout: fl
 # ---------------------------------------------------------------------------------------------
 # CLI
 
+def _check_accel(accel: str, specs: Sequence[KernelSpec]) -> None:
+    if accel == "kvm" and (why := kvm_refusal(specs, Path("/proc/cpuinfo").read_text())):
+        sys.exit(f"kernel_matrix: --accel kvm: {why}; use --accel tcg (the default)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kernel_matrix", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1161,6 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cmd == "matrix":
         jobs = [parse_job(j) for j in [*args.job, *rest]]
+        _check_accel(args.accel, [j.spec for j in jobs])
         if len({j.name for j in jobs}) != len(jobs):
             ap.error("each kernel at most once")
         parallel = parallel_guests(args.jobs, args.memory)
@@ -1175,6 +1199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kernel_dir, _ = prepare(spec)
         print(json.dumps(json.loads((kernel_dir / "kernel.json").read_text()), indent=2))
         return 0
+    _check_accel(args.accel, [spec])
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.cmd == "run":
         command = rest

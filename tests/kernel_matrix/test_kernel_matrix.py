@@ -132,6 +132,14 @@ def test_kernel_names_per_architecture() -> None:
         km.find_kernel("debian-6.1", "riscv64")
 
 
+@pytest.mark.skipif(km.HOST_MACHINE != "x86_64", reason="the x86-64 flags of /proc/cpuinfo")
+def test_kvm_is_refused_where_it_cannot_boot_a_guest() -> None:
+    x86, arm = km.find_kernel("debian-6.1"), km.find_kernel("debian-6.12-arm64")
+    assert km.kvm_refusal([x86], "processor\t: 0\nflags\t\t: fpu vme svm sse2\n") is None
+    assert "no vmx or svm" in km.kvm_refusal([x86], "flags\t\t: fpu vme hypervisor sse2\n")
+    assert "not debian-6.12-arm64" in km.kvm_refusal([x86, arm], "flags\t\t: vmx\n")
+
+
 def test_foreign_architecture_boots_its_own_root_with_the_tree_mounted() -> None:
     arm = km.ARCHES["arm64"]
     layout = km.Layout(arm, Path("/cache/rootfs/arm64"), "/tmp/ci try")
