@@ -12,6 +12,9 @@ import pytest
 from writewatch.kernel import _sys
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+#: running in a kernel-matrix guest (tools/kernel_matrix.py sets the variable): an emulated
+#: CPU, 20-50x slower than the host, where long randomized tests take fewer rounds
+IN_GUEST = bool(os.environ.get("WRITEWATCH_KERNEL_MATRIX"))
 RW = mmap.PROT_READ | mmap.PROT_WRITE
 
 

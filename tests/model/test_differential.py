@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memutil import require_uffd_async
+from memutil import IN_GUEST, require_uffd_async
 
 from writewatch.features import pmd_holes_reported
 from writewatch.model import fidelity as F
@@ -60,8 +60,9 @@ def scan_kernel() -> None:
     require_uffd_async()
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+# 100 random sequences on the host; 40 in a kernel-matrix guest, where one takes ~1 s
+@settings(max_examples=40 if IN_GUEST else 100, deadline=None, derandomize=True,
+          database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(F.KINDS), thp=st.booleans(), seq=ops)
 @pytest.mark.usefixtures("scan_kernel")
 def test_model_matches_kernel(kind: str, thp: bool, seq: list[tuple]) -> None:
