@@ -126,7 +126,11 @@ def residency(regions: Any, lo: int, hi: int) -> tuple[tuple[int, int, int], ...
             continue
         if s >= hi:
             break
-        s, e, f = max(s, lo), min(e, hi), c & FILE
+        if s < lo:
+            s = lo
+        if e > hi:
+            e = hi
+        f = c & FILE
         if out and out[-1][1] == s and out[-1][2] == f:
             out[-1] = (out[-1][0], e, f)
         else:
@@ -266,6 +270,7 @@ class UffdAsyncBackend(Backend):
         #: spans with file or shared memory, and their resident pages at the last collect
         self._file_backed: set[Span] = set()
         self._resident: dict[Span, tuple[tuple[int, int, int], ...]] = {}
+        self._no_pages = Pages.empty(self.page_size)
         #: /proc/PID/maps, read at most once per collect (or given through layout())
         self._maps: Sequence[Mapping] | None = None
         self._map_ends: list[int] = []
@@ -507,8 +512,8 @@ class UffdAsyncBackend(Backend):
         before = self._resident.get(span)
         if update:
             self._resident[span] = now
-        if before is None:
-            return Pages.empty(self.page_size)
+        if before is None or before == now:
+            return self._no_pages
         return lost(before, now, self.page_size)
 
     def _read_maps(self) -> Sequence[Mapping]:
@@ -615,10 +620,12 @@ class UffdAsyncBackend(Backend):
             found.append(_partial(exc))
             return False
         self.stats.scan_calls += 1
-        regions = res.regions
-        written = regions[(regions[:, 2] & np.uint64(WRITTEN)) != 0, :2]
+        # a few rows per run, most of them not written: Python on the rows is quicker here
+        # than numpy on the array
+        rows = res.regions.tolist()
+        written_rows = [(s, e) for s, e, c in rows if c & WRITTEN]
+        written = np.array(written_rows, np.uint64) if written_rows else _EMPTY
         found.append(written)
-        rows = regions.tolist()
         for span in run.resident:
             gone = self._compare_residency(span, residency(rows, span.start, span.end),
                                            update=reset)
