@@ -261,6 +261,7 @@ def collapse(mm: AddressSpace, start: int, end: int) -> None:
         t.st[:] = PRESENT
         t.fl[:] = ANON | RW | SD | (D if dirty else 0)
         t.huge = True
+        t.folio = None
         anon_vma_prepare(mm, v)
         mm.c.thp_collapses += 1
         mm.c.tlb_flushes += 1

@@ -52,13 +52,16 @@ class Counters:
 class Table:
     """One page-table page (512 PTEs), or a PMD-mapped THP when ``huge``."""
 
-    __slots__ = ("fl", "huge", "st", "ver")
+    __slots__ = ("fl", "folio", "huge", "st", "ver")
 
     def __init__(self) -> None:
         self.st = np.zeros(PTRS, np.uint8)
         self.fl = np.zeros(PTRS, np.uint8)
         self.ver = np.zeros(PTRS, np.int64)
         self.huge = False
+        #: after the PMD of an anonymous THP was split: the PTEs still mapping its subpages
+        #: (a large folio, PTE-mapped, until something splits the folio itself); else None
+        self.folio: np.ndarray | None = None
 
     def copy(self) -> Table:
         t = Table()
@@ -66,6 +69,7 @@ class Table:
         t.fl[:] = self.fl
         t.ver[:] = self.ver
         t.huge = self.huge
+        t.folio = None if self.folio is None else self.folio.copy()
         return t
 
 

@@ -149,6 +149,9 @@ class AddressSpace:
     def split_huge(self, k: int) -> None:
         if self.pt.split_huge(k, self.profile.thp_split_mkdirty):
             self.c.ptl += 1
+            t = self.pt.tables[k]
+            if t.fl[0] & ANON:  # the PMD is split, the folio stays one large folio
+                t.folio = np.ones(len(t.st), bool)
 
     def free_unmapped_tables(self, start: int, end: int) -> None:
         """free_pgtables(): PTE tables no VMA covers any more."""

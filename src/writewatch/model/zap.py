@@ -40,6 +40,7 @@ from .pte import (
 )
 
 if TYPE_CHECKING:
+    from .pagetable import Table
     from .space import AddressSpace
     from .vma import Vma
 
@@ -75,6 +76,8 @@ def zap(mm: AddressSpace, v: Vma, start: int, end: int, *, discard: bool = True,
             st[:] = NONE
             fl[:] = 0
         t.ver[i:j] = 0
+        if t.folio is not None:
+            t.folio[i:j] = False
         if reclaim_pt and i == 0 and j == 512 and mm.profile.pt_reclaim and not t.st.any():
             mm.pt.free(k)  # CONFIG_PT_RECLAIM (6.14): MADV_DONTNEED frees the empty table
     c.tlb_flushes += 1
@@ -117,19 +120,19 @@ def lazyfree(mm: AddressSpace, start: int, end: int) -> None:
 
 def reclaim(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
     """Memory pressure on [lo, hi) of ``v``: see the module docstring. An anonymous THP is
-    split first, and since 6.12 its zero-filled subpages are mapped to the
-    shared zero page (b1f202060afe, "mm: remap unused subpages to shared zeropage when
-    splitting isolated thp")."""
+    split first, PMD and folio, also one whose PMD was split before (shrink_folio_list
+    splits a partially mapped folio right away), and since 6.12 its zero-filled subpages
+    are mapped to the shared zero page (b1f202060afe, "mm: remap unused subpages to shared
+    zeropage when splitting isolated thp"; seen on 6.12.95 after a MADV_DONTNEED of part of
+    a THP)."""
     ctx = v.uffd
     markers = ctx is not None and ctx.rules.markers
     c = mm.c
     for k, i, j, t in mm.tables(lo, hi):
         if t.huge:
-            huge_anon = bool(t.fl[0] & ANON)
             mm.split_huge(k)  # THPs are split to be swapped
-            if huge_anon and mm.profile.thp_split_zeropage:
-                zero = t.ver == 0
-                t.fl[zero] = ZERO | (t.fl[zero] & WP)
+        if t.folio is not None:
+            _split_folio(mm, t)
         st, fl = t.st[i:j], t.fl[i:j]
         pres = (st == PRESENT) & ((fl & ZERO) == 0)
         if not v.shared:
@@ -156,6 +159,17 @@ def reclaim(mm: AddressSpace, v: Vma, lo: int, hi: int) -> None:
             a = v.page_index(max(lo, (k << PMD_SHIFT) + (i << PAGE_SHIFT)))
             v.file.resident[a:a + j - i] = False
     c.tlb_flushes += 1
+
+
+def _split_folio(mm: AddressSpace, t: Table) -> None:
+    """split_folio() of the anonymous large folio whose subpages ``t.folio`` marks: from
+    6.12 each zero-filled one still mapped becomes the shared zero page (remap_page with
+    RMP_USE_SHARED_ZEROPAGE, try_to_map_unused_to_zeropage), its uffd-wp bit kept."""
+    assert t.folio is not None
+    if mm.profile.thp_split_zeropage:
+        zero = t.folio & (t.st == PRESENT) & ((t.fl & ANON) != 0) & (t.ver == 0)
+        t.fl[zero] = ZERO | (t.fl[zero] & WP)
+    t.folio = None
 
 
 def move_entries(mm: AddressSpace, src: int, dst: int, length: int, keep_wp: bool) -> None:
@@ -186,6 +200,11 @@ def move_entries(mm: AddressSpace, src: int, dst: int, length: int, keep_wp: boo
             fl &= np.uint8(nbits(WP))
             td.st[a:b][td.st[a:b] == MARKER] = NONE
         td.fl[a:b] = fl
+        if ts.folio is not None:  # the subpages move, still one folio
+            if td.folio is None:
+                td.folio = np.zeros(len(td.st), bool)
+            td.folio[a:b] = ts.folio[i:j]
+            ts.folio[i:j] = False
         ts.st[i:j] = NONE
         ts.fl[i:j] = 0
         if ts.huge:
