@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from memutil import IN_GUEST
 
 from writewatch import _uapi as U
 from writewatch.kernel import _sys, pagemap, procfs
@@ -56,7 +57,7 @@ def mthp() -> Iterator[int]:
     if mode in ("always", "madvise"):
         yield size
         return
-    if not os.environ.get("WRITEWATCH_KERNEL_MATRIX"):
+    if not IN_GUEST:
         pytest.skip(f"{size // 1024} KiB mTHP is {mode!r} here; the kernel-matrix guest "
                     "turns it on (tools/kernel_matrix.py)")
     with open(path, "w") as f:

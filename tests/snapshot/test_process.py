@@ -91,7 +91,7 @@ def test_base_plus_deltas_equal_a_full_read_at_the_same_pause(tmp_path, loaded, 
             assert info.pause is not None and 0 < info.pause <= took
             # a bound in seconds says something on real hardware only: the pause holds a
             # full read of the ~130 MB image (hash mode also hashes it), which takes 8 s in
-            # a loaded TCG guest (tools/kernel_matrix.py sets WRITEWATCH_KERNEL_MATRIX)
+            # a loaded TCG guest
             if not IN_GUEST:
                 assert info.pause < 5
             time.sleep(0.05)

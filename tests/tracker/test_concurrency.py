@@ -29,8 +29,10 @@ def test_no_write_lost_while_collecting_concurrently(region, backend: str) -> No
     if backend == "soft-dirty":
         pytest.skip("soft-dirty's pagemap read + clear_refs is not atomic against threads "
                     "writing without the GIL, as these do (documented in the backend)")
-    writes = WRITES_PER_THREAD if not IN_GUEST else \
-        WRITES_PER_THREAD_IN_GUEST_SYNC if backend == "uffd-wp-sync" else WRITES_PER_THREAD_IN_GUEST
+    writes = WRITES_PER_THREAD
+    if IN_GUEST:
+        sync = backend == "uffd-wp-sync"
+        writes = WRITES_PER_THREAD_IN_GUEST_SYNC if sync else WRITES_PER_THREAD_IN_GUEST
     r = region(NPAGES)
     memset = ctypes.memset  # a foreign call: the GIL is released during the store
     collects: list[set[int]] = []
