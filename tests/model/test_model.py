@@ -12,6 +12,7 @@ import pytest
 import writewatch
 from writewatch import _uapi as U
 from writewatch.lab import workloads
+from writewatch.lab.designs import DESIGNS
 from writewatch.model import compare, process, run_trace
 from writewatch.model import profiles as P
 from writewatch.model.pte import PAGE, PMD, Bit
@@ -377,13 +378,31 @@ def test_batched_replay_equals_op_by_op() -> None:
     """The vectorised batches give exactly the metrics of applying each op on its own."""
     traces = [_bench_like(1, 6000), random_trace(2, 800, space=8 << 20)]
     for t in traces:
-        for d in (None, "uffd-async", "uffd-sync-unpop", "soft-dirty", "write-ring",
-                  "fault-time-sync", "writewatch"):
+        for d in (None, *DESIGNS):
             a = run_trace(t, d, P618).to_dict()
             b = run_trace(t, d, P618, batch=False).to_dict()
             for m in (a, b):
                 m.pop("seconds")
             assert a == b, d
+
+
+def test_batched_discard_after_a_fault_around_read() -> None:
+    """A discard of a page next to a gathered read of file or shmem memory must wait for the
+    read: its fault-around maps that page from the cache first (one fault fewer later)."""
+    a = BASE
+    for kind, shared in (("shmem", True), ("file", False)):
+        fill = "write" if shared else "read"
+        t = tr(op("mmap", addr=a, len=PMD, kind=kind, shared=shared,
+                  **({"file": "f"} if kind == "file" else {})),
+               op("track", addr=a, len=PMD),
+               *(op(fill, addr=a + i * PAGE, len=PAGE) for i in range(64)),
+               op("collect"), op("madvise", addr=a, len=64 * PAGE, advice="DONTNEED"),
+               op("read", addr=a, len=PAGE),
+               op("madvise", addr=a + 3 * PAGE, len=PAGE, advice="DONTNEED"),
+               op("read", addr=a + 3 * PAGE, len=PAGE), op("collect"))
+        for d in (None, "uffd-async"):
+            m, one = run_trace(t, d, P618), run_trace(t, d, P618, batch=False)
+            assert m.faults == one.faults and m.events == one.events, (kind, d)
 
 
 def test_a_design_from_outside(capsys, monkeypatch) -> None:

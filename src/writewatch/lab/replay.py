@@ -58,8 +58,8 @@ class _Batch:
     def __init__(self, mm: Mm, truth: Truth) -> None:
         self.mm = mm
         self.truth = truth
-        self.writes: dict[int, list[int]] = {}  #: page table -> addresses written, in order
-        self.write_ops: dict[int, list[int]] = {}  #: page table -> the op index of each
+        #: page table -> the addresses written, in order, each followed by its op's index
+        self.writes: dict[int, list[int]] = {}
         self.written: set[int] = set()
         self.reads: dict[int, list[int]] = {}  #: page table -> addresses read
         self.n = 0
@@ -67,7 +67,8 @@ class _Batch:
     def add(self, op: dict[str, Any], name: str) -> bool:
         """Gather a single-page access of the root process; False when the op must be
         applied on its own."""
-        if op.get("len") != PAGE or "tids" in op or op.get("proc") or op.get("tid"):
+        if op.get("len") != PAGE or (len(op) > 3 and (
+                "tids" in op or op.get("proc") or op.get("tid"))):
             return False
         a = op["addr"]
         k = a >> PMD_SHIFT
@@ -75,9 +76,8 @@ class _Batch:
             w = self.writes.get(k)
             if w is None:
                 w = self.writes[k] = []
-                self.write_ops[k] = []
             w.append(a)
-            self.write_ops[k].append(self.truth.n_ops - 1)
+            w.append(self.truth.n_ops - 1)
             self.written.add(a)
         elif a in self.written:
             return True
@@ -94,9 +94,9 @@ class _Batch:
 
     def make_room(self, op: dict[str, Any], name: str) -> bool:
         """Let a discard or mprotect of the root's memory run before the gathered accesses:
-        those in its page tables are applied first. It must lie within two tables and not
-        cover a whole PMD (MADV_DONTNEED could free a table, a VMA change reach further).
-        False: everything must be applied first."""
+        those in its page tables that it can change are applied first. It must lie within
+        two tables and not cover a whole PMD (MADV_DONTNEED could free a table, a VMA change
+        reach further). False: everything must be applied first."""
         if op.get("proc") or not (
                 name == "mprotect" or
                 (name == "madvise" and op["advice"] in ("DONTNEED", "FREE"))):
@@ -105,31 +105,48 @@ class _Batch:
         lo, hi = a >> PMD_SHIFT, (a + ln - 1) >> PMD_SHIFT
         if ln >= 1 << PMD_SHIFT or hi > lo + 1:
             return False
-        busy = [k for k in {lo, hi} if k in self.writes or k in self.reads]
+        busy = [k for k in {lo, hi} if self._meets(k, a, a + ln)]
         if busy:
             self.flush(busy)
         return True
 
+    def _meets(self, k: int, start: int, end: int) -> bool:
+        """Whether an op on [start, end) within table ``k`` can change what the accesses
+        gathered there do. In an existing PTE table, a fault of one page decides on that
+        page's PTE alone when all of the table is private anonymous memory (the model has no
+        anonymous mTHP; fault-around is for file and shmem read faults), and the VMAs split
+        or merged by an mprotect keep the flags of the pages outside it: only accesses
+        inside [start, end) meet the op. A missing table or a THP is decided for the whole
+        PMD."""
+        w = self.writes.get(k)
+        r = self.reads.get(k)
+        if w is None and r is None:
+            return False
+        t = self.mm.pt.get(k)
+        if t is None or t.huge or not all(
+                v.anonymous for v in self.mm.vmas_in(k << PMD_SHIFT, (k + 1) << PMD_SHIFT)):
+            return True
+        return any(start <= x < end for x in chain(w[::2] if w else (), r or ()))
+
     def flush(self, tables: Iterable[int] | None = None) -> None:
         """Apply the gathered accesses (those of ``tables`` only, if given)."""
         if tables is None:
-            reads, writes, ops = self.reads, self.writes, self.write_ops
-            self.reads, self.writes, self.write_ops = {}, {}, {}
+            reads, writes = self.reads, self.writes
+            self.reads, self.writes = {}, {}
             self.written.clear()
             self.n = 0
         else:
             reads = {k: r for k in tables if (r := self.reads.pop(k, None))}
             writes = {k: w for k in tables if (w := self.writes.pop(k, None))}
-            ops = {k: self.write_ops.pop(k) for k in writes}
             for w in writes.values():
-                self.written.difference_update(w)
-            self.n -= sum(map(len, reads.values())) + sum(map(len, writes.values()))
+                self.written.difference_update(w[::2])
+            self.n -= sum(map(len, reads.values())) + sum(map(len, writes.values())) // 2
         if reads:
             self.mm.read_pages(np.fromiter(chain.from_iterable(reads.values()), np.int64))
         if not writes:
             return
-        addrs = np.fromiter(chain.from_iterable(writes.values()), np.int64)
-        opi = np.fromiter(chain.from_iterable(ops.values()), np.int64)
+        pairs = np.fromiter(chain.from_iterable(writes.values()), np.int64).reshape(-1, 2)
+        addrs, opi = pairs[:, 0].copy(), pairs[:, 1]
         hit = self.truth.materialise_pages(addrs)
         self.mm.observer = None  # the truth is told below, for the whole batch at once
         try:
