@@ -8,7 +8,7 @@ value is spelled out here with the header it comes from.
 from __future__ import annotations
 
 import enum
-import platform
+import os
 import struct
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ _SYSCALLS: dict[str, dict[str, int]] = {
     "aarch64": {"userfaultfd": 282, "kcmp": 272, "pidfd_open": 434, "pidfd_getfd": 438,
                 "process_madvise": 440},
 }
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 NR: dict[str, int] = _SYSCALLS.get(MACHINE, {})
 
 # ---------------------------------------------------------------------------------------------

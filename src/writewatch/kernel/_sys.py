@@ -10,7 +10,6 @@ Python threads.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as E
 import os
 from collections.abc import Callable, Mapping
@@ -18,7 +17,9 @@ from typing import Any
 
 from .. import errors
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the interpreter's own C library (dlopen(NULL)): ctypes.util.find_library would run
+# ldconfig in a child process at every start
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.ioctl.restype = ctypes.c_int
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]

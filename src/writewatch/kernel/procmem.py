@@ -4,7 +4,6 @@ point. Needs PTRACE_MODE_ATTACH_REALCREDS on the target (mm/process_vm_access.c)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as E
 
 import numpy as np
@@ -21,7 +20,7 @@ class _IOVec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's C library (dlopen(NULL))
 _libc.process_vm_readv.restype = ctypes.c_ssize_t
 _libc.process_vm_readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong,
                                    ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]

@@ -13,7 +13,6 @@ released the GIL are not covered (see :mod:`writewatch.backends.soft_dirty`).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as E
 import functools
 import gc
@@ -29,7 +28,7 @@ __all__ = ["read_then_clear"]
 
 # libc entry points that keep the GIL while they run (ctypes.PyDLL: FUNCFLAG_PYTHONAPI).
 # errno is per call: only checked through the results.
-_pylibc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_pylibc = ctypes.PyDLL(None, use_errno=True)  # the interpreter's C library (dlopen(NULL))
 _pread = _pylibc.pread64
 _pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
 _pread.restype = ctypes.c_ssize_t

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -453,11 +452,13 @@ class Series:
         return s
 
     def write_json(self, file: IO[str]) -> None:
+        import json
         json.dump(self.to_dict(), file, indent=1)
         file.write("\n")
 
     @classmethod
     def read_json(cls, file: IO[str]) -> Series:
+        import json
         return cls.from_dict(json.load(file))
 
     # -- CSV --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import time
 from collections.abc import Iterator
