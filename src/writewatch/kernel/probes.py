@@ -71,7 +71,7 @@ def probe(kernel: LinuxKernel) -> Capabilities:
     scan, cats = _probe_pagemap_scan(kernel)
     async_ok = scan.ok and bool(offered & int(U.UffdFeature.WP_ASYNC))
     return Capabilities(
-        release=os.uname().release, machine=os.uname().machine, page_size=kernel.page_size,
+        release=os.uname().release, machine=U.MACHINE, page_size=kernel.page_size,
         userfaultfd=uffd, uffd_features=offered, pagemap_scan=scan, categories=cats,
         pte_none_written=async_ok and _pte_none_written(kernel),
         pmd_hole_written=async_ok and _pmd_hole_written(kernel),

@@ -111,7 +111,7 @@ AARCH64 = Syscalls(ptrace=117, close=57, userfaultfd=282, pidfd_open=434, pidfd_
                    restart_syscall=128, tgkill=131, getpid=172,
                    insn=b"\x01\x00\x00\xd4")  # svc #0
 
-MACHINE = os.uname().machine
+MACHINE = U.MACHINE
 NR: Syscalls | None = {"x86_64": X86_64, "aarch64": AARCH64, "arm64": AARCH64}.get(MACHINE)
 
 
