@@ -233,7 +233,9 @@ class Runner:
     # -- ops -----------------------------------------------------------------------------------
     def apply(self, op: dict[str, Any]) -> None:
         name = op["op"]
-        self.truth.record(op)
+        truth = self.truth
+        truth.ops.append(op)  # Truth.record, inline: this runs once per op
+        truth.n_ops += 1
         b = self.batch
         if b is not None:
             if (name == "write" or name == "read") and b.add(op, name):
@@ -422,9 +424,10 @@ def run_trace(trace: Trace | Iterable[dict[str, Any]], design: str | type[D.Desi
     t0 = time.perf_counter()
     r = Runner(dsg, profile, workload, costs, batch)
     ops: Iterator[dict[str, Any]] = iter(trace.ops if isinstance(trace, Trace) else trace)
+    apply = r.apply
     for op in ops:
         try:
-            r.apply(op)
+            apply(op)
         except ModelError as exc:
             raise errors.WriteWatchError(
                 f"op {r.n_ops} ({op_text(op)}) failed under {r.name}: {exc}",

@@ -184,6 +184,7 @@ class Truth:
         self.duplicates = 0  #: notifications for a page already notified in the interval
 
     def record(self, op: dict[str, Any]) -> None:
+        """One more op replayed (the replay's runner does the same inline)."""
         self.ops.append(op)
         self.n_ops += 1
 
@@ -298,11 +299,14 @@ class Truth:
         n["reported"] += cold
         n["false_positives"] += cold
         m = t.n
-        rep = np.zeros((m, _ROW + 1), np.int64)
         hot = rows >= 0
-        np.add.at(rep, (rows[hot], a[hot]), 1)
-        np.add.at(rep, (rows[hot], b[hot]), -1)
-        repd = np.cumsum(rep, axis=1)[:, :_ROW] > 0
+        repd = np.zeros((m, _ROW), bool)  # the reported pages (pieces may overlap)
+        length = (b - a)[hot]
+        if len(length):
+            first = rows[hot] * _ROW + a[hot]
+            ends = np.cumsum(length)
+            repd.reshape(-1)[np.repeat(first - ends + length, length) +
+                             np.arange(int(ends[-1]))] = True
         base, replica = t.baseline[:m], t.replica[:m]
         active = np.flatnonzero(t.touched[:m].any(axis=1) | repd.any(axis=1) |
                                 (replica != base).any(axis=1))

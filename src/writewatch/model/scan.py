@@ -214,20 +214,30 @@ def _scan_batch(mm: AddressSpace, v: Vma, lo: int, hi: int, chunks: list[tuple[i
     if q.wp_match and got:
         sel = np.zeros(n, bool)
         sel[np.flatnonzero(m)[:got]] = True
-        written = (cats & np.uint16(WRITTEN)) != 0
+        # make_uffd_wp_pte on the written entries of every table at once, then written back
+        # to the tables that changed (as wp_entries, table by table)
+        wsel = sel & ((cats & np.uint16(WRITTEN)) != 0) & (st != HOLE)
+        live = wsel & (st != Entry.NONE)
+        fl[live] = (fl[live] & _NOT_RW) | WP
+        count = int(live.sum())
+        if markers:
+            none = wsel & (st == Entry.NONE)
+            st[none] = Entry.MARKER
+            fl[none] = WP
+            count += int(none.sum())
+        mm.c.wp_entries += count
         pos = 0
         for (k, i, j), t in zip(chunks, tabs, strict=True):
-            seg = sel[pos:pos + j - i]
             if t is None:
+                seg = sel[pos:pos + j - i]
                 if seg.any():  # pagemap_scan_pte_hole: the reported hole, written or not
                     idx = np.flatnonzero(seg)
                     base = (k << PMD_SHIFT) + (i << PAGE_SHIFT)
                     wp_range(mm, v, base + (int(idx[0]) << PAGE_SHIFT),
                              base + ((int(idx[-1]) + 1) << PAGE_SHIFT), True)
-            else:
-                seg = seg & written[pos:pos + j - i]
-                if seg.any():
-                    mm.c.wp_entries += wp_entries(t, i, j, seg, markers)
+            elif count and wsel[pos:pos + j - i].any():
+                t.st[i:j] = st[pos:pos + j - i]
+                t.fl[i:j] = fl[pos:pos + j - i]
             pos += j - i
     return q.out.stopped, walked
 

@@ -16,7 +16,7 @@ import numpy as np
 from .. import errors
 from .memory import File
 from .pagetable import Counters, PageTables, Table, chunks
-from .pte import ANON, PAGE, PAGE_SHIFT, PMD_SHIFT, PRESENT, SWAP, ZERO
+from .pte import ANON, NONE, PAGE, PAGE_SHIFT, PMD_SHIFT, PRESENT, PTRS, SWAP, ZERO
 from .vma import Vma, VmaList
 
 if TYPE_CHECKING:
@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 #: what an observer is told: fn(what, start, end) for ranges ("write", "map", "unmap",
 #: "zap"), for ground truth kept outside the model
 Observer = Callable[[str, int, int], None]
+
+#: the entries of a missing PTE table, for :meth:`AddressSpace.content` (read-only)
+_NO_PTES = np.full(PTRS, NONE, np.uint8)
+_NO_VERSIONS = np.zeros(PTRS, np.int64)
+_NO_PTES.flags.writeable = _NO_VERSIONS.flags.writeable = False
 
 
 class ModelError(errors.WriteWatchError):
@@ -171,23 +176,35 @@ class AddressSpace:
         out = np.full(n, -1, np.int64)
         for v in self.vmas_in(start, end):
             lo, hi = max(v.start, start), min(v.end, end)
+            o = (lo - start) >> PAGE_SHIFT
+            seg = out[o:o + ((hi - lo) >> PAGE_SHIFT)]
+            if v.file is not None:
+                a = v.page_index(lo)
+                fv = v.file.ver[a:a + len(seg)]
+                seg[:] = fv if len(fv) == len(seg) else np.resize(fv, len(seg))
+            else:
+                seg[:] = 0
+            # the PTEs of the piece side by side (a missing table reads as no PTE): one
+            # vector pass instead of one per table
+            sts, fls, vers = [], [], []
             for k, i, j in chunks(lo, hi):
-                o = ((k << PMD_SHIFT) + (i << PAGE_SHIFT) - start) >> PAGE_SHIFT
-                seg = out[o:o + j - i]
                 t = self.pt.get(k)
-                if v.file is not None:
-                    a = v.page_index((k << PMD_SHIFT) + (i << PAGE_SHIFT))
-                    fv = v.file.ver[a:a + j - i]
-                    seg[:] = fv if len(fv) == j - i else np.resize(fv, j - i)
-                else:
-                    seg[:] = 0
                 if t is None:
-                    continue
-                st, fl = t.st[i:j], t.fl[i:j]
-                own = ((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0)
-                seg[own] = t.ver[i:j][own]
-                if v.anonymous:
-                    seg[(st == PRESENT) & ((fl & ZERO) != 0)] = 0
+                    sts.append(_NO_PTES[:j - i])
+                    fls.append(_NO_PTES[:j - i])
+                    vers.append(_NO_VERSIONS[:j - i])
+                else:
+                    sts.append(t.st[i:j])
+                    fls.append(t.fl[i:j])
+                    vers.append(t.ver[i:j])
+            if len(sts) == 1:
+                st, fl, ver = sts[0], fls[0], vers[0]
+            else:
+                st, fl, ver = np.concatenate(sts), np.concatenate(fls), np.concatenate(vers)
+            own = ((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0)
+            seg[own] = ver[own]
+            if v.anonymous:
+                seg[(st == PRESENT) & ((fl & ZERO) != 0)] = 0
         return out
 
     def content_page(self, addr: int) -> int:
