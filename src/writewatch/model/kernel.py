@@ -43,6 +43,8 @@ _REGISTER_IOCTLS = sum(1 << n for n in (U._UFFDIO_WAKE, U._UFFDIO_COPY, U._UFFDI
                                         U._UFFDIO_POISON))
 _API_IOCTLS = (1 << U._UFFDIO_REGISTER) | (1 << U._UFFDIO_UNREGISTER) | (1 << U._UFFDIO_API)
 _KNOWN_SCAN = 0x7F
+_WP_MODE = int(U.UffdWriteprotectMode.WP)
+_DONTWAKE = int(U.UffdWriteprotectMode.DONTWAKE)
 
 
 class ModelKernel:
@@ -183,8 +185,9 @@ class ModelKernel:
         op, em = "UFFDIO_WRITEPROTECT", _uffd._WP_ERRORS
         ctx, end = self._ctx_range(fd, op, start, length, em)
         mm = ctx.mm
-        wp = bool(mode & U.UffdWriteprotectMode.WP)
-        if mode & ~3 or (wp and mode & U.UffdWriteprotectMode.DONTWAKE):
+        mode = int(mode)  # (enum.Flag operators cost a microsecond each: once per fault)
+        wp = bool(mode & _WP_MODE)
+        if mode & ~3 or (wp and mode & _DONTWAKE):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
         mm.c.mmap_lock_read += 1
         pos = start

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _uapi as U
 from ..kernel.uffd import UffdMsg
-from .pte import PAGE, PMD_SHIFT, Bit, Entry, nbits
+from .pte import PAGE, PAGE_SHIFT, PMD_SHIFT, Bit, Entry, nbits
 from .space import AddressSpace, ModelError
 
 if TYPE_CHECKING:
@@ -220,9 +220,23 @@ def unmap_prep(vmas: list[Vma], start: int, end: int) -> None:
 def wp_range(mm: AddressSpace, v: Vma, start: int, end: int, on: bool) -> int:
     """uffd_wp_range(): protect (markers on none entries where the VMA uses them) or
     unprotect [start, end) of ``v``; returns the entries walked."""
+    c = mm.c
+    if not on and end - start == PAGE:
+        # one page unprotected (a synchronous monitor's answer to each fault): as the walk
+        # below, on one entry
+        t = mm.pt.get(start >> PMD_SHIFT)
+        if t is not None and not t.huge:
+            c.ptl += 1
+            n = (start >> PAGE_SHIFT) & 511
+            if t.st[n] == Entry.MARKER:
+                t.st[n] = Entry.NONE
+                t.fl[n] = 0
+            else:
+                t.fl[n] &= _NOT_WP
+            c.tlb_flushes += 1
+            return 1
     markers = v.uffd is not None and v.uffd.uses_markers(v)
     walked = 0
-    c = mm.c
     for k, i, j in mm.chunks(start, end):
         t = mm.pt.get(k)
         walked += 1 if t is None else j - i
