@@ -102,7 +102,7 @@ def write_page(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...]) -> No
     c.faults += 1
     c.vma_lock += 1
     ctx = v.uffd
-    before = mm.content_page(addr) if ctx is not None and ctx.rules.none_protected else 0
+    before = 0  # the content before the write, for a protected none entry (read below)
     if st == SWAP:
         assert t is not None
         t.st[n] = PRESENT  # do_swap_page: uffd-wp and soft-dirty come back from the entry
@@ -121,6 +121,7 @@ def write_page(mm: AddressSpace, v: Vma, addr: int, tids: tuple[int, ...]) -> No
             st, fl = NONE, 0
         tracked_none = ctx is not None and ctx.none_protected(v)
         if tracked_none:
+            before = mm.content_page(addr)  # a none entry or marker: as before the write
             _none_write(mm, v, addr, tids, "before", before)
     if st == PRESENT:
         assert t is not None
