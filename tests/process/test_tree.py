@@ -155,6 +155,31 @@ def test_short_child_that_exits_before_the_collect(tree_target: TreeDriver) -> N
                 any("exited" in r for r in t.last.reasons), t.last.reasons
 
 
+def test_short_child_after_an_untracked_child_exited(tree_target: TreeDriver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without fork events (polling: /proc children and the parent's count of its reaped
+    children's faults), a short child is found by that count growing. An untracked child
+    that exited earlier must not explain every later growth."""
+    import writewatch.process.tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)  # no EVENT_FORK
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=False) as t:
+        assert t.fork_mode == "polling"
+        t.collect()
+        first = d.fork()
+        t.collect()  # seen alive: untracked
+        assert d.cmd(f"k {first}") == "ok"  # exits and is reaped
+        t.collect()
+        t.collect()
+        d.cmd("s 20 21")  # forks a child that writes pages 20 and 21 and exits
+        got = t.collect()
+        logged = d.pages(d.shared, [20, 21])
+        assert logged <= {a for a in logged if a in got}, t.last.reasons
+        assert any("ran and exited between two collects" in r for r in t.last.reasons), \
+            t.last.reasons
+
+
 def test_member_exit_is_reported(tree_target: TreeDriver) -> None:
     _events()
     d = tree_target

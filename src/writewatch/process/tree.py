@@ -139,6 +139,9 @@ class _Tree:
             if self.fork_mode == "events" else None
         #: children seen (tracked or not), per parent
         self.children: dict[int, set[int]] = {}
+        #: children that may have been reaped since the last poll, per parent: alive then,
+        #: or known since (a reaped child's faults are added to its parent's cminflt)
+        self.recent: dict[int, set[int]] = {}
         self.cminflt: dict[int, int] = {}
         self.untracked_children: dict[int, int] = {}  # child -> parent, not followed
 
@@ -163,6 +166,7 @@ class _Tree:
     def _started(self, m: Member, watch: bool = True) -> None:
         self.members[m.pid] = m
         self.children[m.pid] = set(m.children_at_arm)
+        self.recent[m.pid] = set(m.children_at_arm)
         st = procfs.read_stat(m.pid)
         self.cminflt[m.pid] = st.cminflt if st else 0
         if watch and self.watcher is not None and m.backend is not None:
@@ -388,6 +392,7 @@ class ProcessTracker(Tracker):
             if f.child is not None:
                 notes.forked.append(f.child)
                 self._tree.children.setdefault(f.parent, set()).add(f.child)
+                self._tree.recent.setdefault(f.parent, set()).add(f.child)
             if parent is None or parent.backend is None:
                 if f.ufd >= 0:
                     os.close(f.ufd)
@@ -477,11 +482,12 @@ class ProcessTracker(Tracker):
                 continue
             now = procfs.children(pid)
             known = self._tree.children.setdefault(pid, set())
+            reaped = self._tree.recent.get(pid, set()) - now  # since the last poll only
+            self._tree.recent[pid] = set(now)
             st = procfs.read_stat(pid)
             if st is not None:
                 before = self._tree.cminflt.get(pid, st.cminflt)
                 self._tree.cminflt[pid] = st.cminflt
-                reaped = known - now
                 if st.cminflt != before and not reaped & (set(self._tree.members) |
                                                            set(self._tree.untracked_children)):
                     notes.whole(self._views.get(pid, ()),
