@@ -32,7 +32,8 @@ from ..kernel.uffd import ApiResult, UffdMsg
 from . import scan as S
 from .mapping import clear_soft_dirty
 from .mm import Mm
-from .pte import PAGE, PAGE_SHIFT, PMD_SHIFT, Bit, Entry
+from .pagetable import NO_ENTRIES
+from .pte import PAGE, PAGE_SHIFT, Bit, Entry
 from .space import AddressSpace
 from .uffd import UffdCtx, wp_range
 from .vma import Vma
@@ -274,20 +275,32 @@ class ModelKernel:
         out = np.zeros(npages, np.uint64)
         end = start + npages * PAGE
         sdon = self.profile.soft_dirty
-        B = U.PagemapBit
         for v in mm.vmas_in(start, end):
             lo, hi = max(v.start, start), min(v.end, end)
+            o = (lo - start) >> PAGE_SHIFT
+            piece = out[o:o + ((hi - lo) >> PAGE_SHIFT)]
+            if sdon and v.softdirty:
+                piece |= _PM_SOFT_DIRTY
+            # the PTE tables side by side, one vector pass; PMD-mapped THPs on their own
+            sts, fls, huge = [], [], []
+            pos = 0
             for k, i, j in mm.chunks(lo, hi):
-                o = ((k << PMD_SHIFT) + (i << PAGE_SHIFT) - start) >> PAGE_SHIFT
-                seg = out[o:o + j - i]
                 t = mm.pt.get(k)
                 self.entries_walked += 1 if t is None else j - i
-                if sdon and v.softdirty:
-                    seg |= np.uint64(B.SOFT_DIRTY)
-                if t is None:
-                    continue
-                mm.c.ptl += 1
-                _pagemap_bits(seg, t.st[i:j], t.fl[i:j], t.huge, sdon)
+                if t is not None:
+                    mm.c.ptl += 1
+                if t is None or t.huge:
+                    sts.append(NO_ENTRIES[:j - i])
+                    fls.append(NO_ENTRIES[:j - i])
+                    if t is not None:
+                        huge.append((pos, t, i, j))
+                else:
+                    sts.append(t.st[i:j])
+                    fls.append(t.fl[i:j])
+                pos += j - i
+            _pagemap_bits(piece, np.concatenate(sts), np.concatenate(fls), False, sdon)
+            for p, t, i, j in huge:
+                _pagemap_bits(piece[p:p + j - i], t.st[i:j], t.fl[i:j], True, sdon)
         return out
 
     # -- PAGEMAP_SCAN -------------------------------------------------------------------------
@@ -412,23 +425,31 @@ class ModelKernel:
             cap_eff=~0, euid=0)
 
 
+_PM_PRESENT = np.uint64(U.PagemapBit.PRESENT)
+_PM_SWAPPED = np.uint64(U.PagemapBit.SWAPPED)
+_PM_FILE_SHARED = np.uint64(U.PagemapBit.FILE_SHARED)
+_PM_MMAP_EXCLUSIVE = np.uint64(U.PagemapBit.MMAP_EXCLUSIVE)
+_PM_UFFD_WP = np.uint64(U.PagemapBit.UFFD_WP)
+_PM_SOFT_DIRTY = np.uint64(U.PagemapBit.SOFT_DIRTY)
+
+
 def _pagemap_bits(seg: np.ndarray, st: np.ndarray, fl: np.ndarray, huge: bool,
                   sdon: bool) -> None:
     """pagemap_pte_range / pagemap_pmd_range: the entry bits of one table's entries."""
-    B = U.PagemapBit
     pres = st == Entry.PRESENT
     swp = (st == Entry.SWAP) | (st == Entry.MARKER)
-    seg[pres] |= np.uint64(B.PRESENT)
-    seg[swp] |= np.uint64(B.SWAPPED)
-    seg[pres & ((fl & (Bit.ANON | Bit.ZERO_PFN)) == 0)] |= np.uint64(B.FILE_SHARED)
+    seg[pres] |= _PM_PRESENT
+    seg[swp] |= _PM_SWAPPED
+    seg[pres & ((fl & (Bit.ANON | Bit.ZERO_PFN)) == 0)] |= _PM_FILE_SHARED
     if huge:
         # pagemap_pmd_range: the huge zero folio is not PageAnon, so PM_FILE (a small zero
         # page has no struct page there: vm_normal_page is NULL)
-        seg[pres & ((fl & Bit.ZERO_PFN) != 0)] |= np.uint64(B.FILE_SHARED)
-    seg[pres & ((fl & Bit.ANON) != 0)] |= np.uint64(B.MMAP_EXCLUSIVE)
-    seg[(st != Entry.NONE) & ((fl & Bit.UFFD_WP) != 0)] |= np.uint64(B.UFFD_WP)
+        seg[pres & ((fl & Bit.ZERO_PFN) != 0)] |= _PM_FILE_SHARED
+    seg[pres & ((fl & Bit.ANON) != 0)] |= _PM_MMAP_EXCLUSIVE
+    live = st != Entry.NONE
+    seg[live & ((fl & Bit.UFFD_WP) != 0)] |= _PM_UFFD_WP
     if sdon:
-        seg[(st != Entry.NONE) & ((fl & Bit.SOFT_DIRTY) != 0)] |= np.uint64(B.SOFT_DIRTY)
+        seg[live & ((fl & Bit.SOFT_DIRTY) != 0)] |= _PM_SOFT_DIRTY
 
 
 def _unregister_vma(v: Vma) -> None:

@@ -73,6 +73,13 @@ class Table:
         return t
 
 
+#: the entries and versions of a missing PTE table (read-only), for vector passes that
+#: put the tables of a range side by side
+NO_ENTRIES = np.zeros(PTRS, np.uint8)
+NO_VERSIONS = np.zeros(PTRS, np.int64)
+NO_ENTRIES.flags.writeable = NO_VERSIONS.flags.writeable = False
+
+
 def chunks(start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(table key, first index, end index) of each page-table page [start, end) touches."""
     p, pe = start >> PAGE_SHIFT, end >> PAGE_SHIFT
@@ -170,4 +177,4 @@ class PageTables:
         return True
 
 
-__all__ = ["Counters", "PageTables", "Table", "chunks"]
+__all__ = ["NO_ENTRIES", "NO_VERSIONS", "Counters", "PageTables", "Table", "chunks"]

@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import errors
 from .memory import File
-from .pagetable import Counters, PageTables, Table, chunks
-from .pte import ANON, NONE, PAGE, PAGE_SHIFT, PMD_SHIFT, PRESENT, PTRS, SWAP, ZERO
+from .pagetable import NO_ENTRIES, NO_VERSIONS, Counters, PageTables, Table, chunks
+from .pte import ANON, PAGE, PAGE_SHIFT, PMD_SHIFT, PRESENT, SWAP, ZERO
 from .vma import Vma, VmaList
 
 if TYPE_CHECKING:
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
 #: what an observer is told: fn(what, start, end) for ranges ("write", "map", "unmap",
 #: "zap"), for ground truth kept outside the model
 Observer = Callable[[str, int, int], None]
-
-#: the entries of a missing PTE table, for :meth:`AddressSpace.content` (read-only)
-_NO_PTES = np.full(PTRS, NONE, np.uint8)
-_NO_VERSIONS = np.zeros(PTRS, np.int64)
-_NO_PTES.flags.writeable = _NO_VERSIONS.flags.writeable = False
 
 
 class ModelError(errors.WriteWatchError):
@@ -190,9 +185,9 @@ class AddressSpace:
             for k, i, j in chunks(lo, hi):
                 t = self.pt.get(k)
                 if t is None:
-                    sts.append(_NO_PTES[:j - i])
-                    fls.append(_NO_PTES[:j - i])
-                    vers.append(_NO_VERSIONS[:j - i])
+                    sts.append(NO_ENTRIES[:j - i])
+                    fls.append(NO_ENTRIES[:j - i])
+                    vers.append(NO_VERSIONS[:j - i])
                 else:
                     sts.append(t.st[i:j])
                     fls.append(t.fl[i:j])
