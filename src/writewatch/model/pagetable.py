@@ -9,7 +9,7 @@ the tables under them come and go, so a 64 GiB mapping costs only what it touche
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -96,14 +96,14 @@ class PageTables:
 
     def __init__(self, counters: Counters) -> None:
         self.tables: dict[int, Table] = {}
+        #: the table at PMD index ``k`` or None: the dict's own get (the fault paths call it
+        #: for every page; a method around it costs as much again)
+        self.get: Callable[[int], Table | None] = self.tables.get
         self._pmd_ref: dict[int, int] = {}  #: PMD-table page -> PTE tables under it
         self._pud_ref: dict[int, int] = {}  #: PUD-table page -> PMD tables under it
         self.c = counters
 
     # dict-like access by PMD index
-    def get(self, k: int) -> Table | None:
-        return self.tables.get(k)
-
     def __getitem__(self, k: int) -> Table:
         return self.tables[k]
 
