@@ -191,6 +191,15 @@ class ModelKernel:
         if mode & ~3 or (wp and mode & _DONTWAKE):
             _sys.raise_errno(E.EINVAL, op, start=start, end=end, errmap=em)
         mm.c.mmap_lock_read += 1
+        if length == PAGE:  # one page (a synchronous monitor's answer to each fault)
+            v = mm.find(start)
+            if v is None or v.uffd is not ctx:
+                _sys.raise_errno(E.ENOENT, op, start=start, end=end, errmap=em)
+            assert v is not None
+            self.entries_walked += wp_range(mm, v, start, end, wp)
+            if wp:
+                ctx.armed = True
+            return
         pos = start
         for v in mm.vmas_in(start, end):
             if v.uffd is not ctx or v.start > pos:

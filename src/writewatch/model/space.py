@@ -173,16 +173,18 @@ class AddressSpace:
             lo, hi = max(v.start, start), min(v.end, end)
             o = (lo - start) >> PAGE_SHIFT
             seg = out[o:o + ((hi - lo) >> PAGE_SHIFT)]
-            if v.file is not None:
-                a = v.page_index(lo)
-                fv = v.file.ver[a:a + len(seg)]
-                seg[:] = fv if len(fv) == len(seg) else np.resize(fv, len(seg))
-            else:
+            if v.file is None:
                 seg[:] = 0
             # the PTEs of the piece side by side (a missing table reads as no PTE): one
             # vector pass instead of one per table
             sts, fls, vers = [], [], []
+            pos = 0
             for k, i, j in chunks(lo, hi):
+                if v.file is not None:  # the file's pages under the table's part
+                    a = v.page_index((k << PMD_SHIFT) + (i << PAGE_SHIFT))
+                    fv = v.file.ver[a:a + j - i]
+                    seg[pos:pos + j - i] = fv if len(fv) == j - i else np.resize(fv, j - i)
+                pos += j - i
                 t = self.pt.get(k)
                 if t is None:
                     sts.append(NO_ENTRIES[:j - i])
