@@ -23,11 +23,12 @@ import datetime
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import time
 from collections.abc import Iterator
+
+import numpy as np
 
 from writewatch.lab import costs as C
 from writewatch.lab.designs import DEFAULT
@@ -38,6 +39,7 @@ from writewatch.model.pte import PAGE
 from writewatch.model.trace import Trace, TraceHeader
 
 GiB = 1 << 30
+_BLOCK = 4096  #: ops drawn at a time
 
 
 def make_trace(n_ops: int, seed: int = 1) -> Trace:
@@ -52,41 +54,46 @@ def stream(n_ops: int, seed: int = 1) -> Iterator[dict]:
 
 
 def _gen(n_ops: int, seed: int) -> Iterator[dict]:
-    rng = random.Random(seed)
+    """The ops, their random draws made by numpy a block at a time (the per-op Python is
+    the dict and its branch)."""
+    rng = np.random.default_rng(seed)
     npg = GiB // PAGE
     hot = npg // 10
     a = BASE
     yield {"op": "mmap", "addr": a, "len": GiB, "kind": "anon"}
     yield {"op": "track", "addr": a, "len": GiB}
-    rnd = rng.random
-    rr = rng.randrange
     n = 2
-    for i in range(n_ops - 3):
-        if n >= n_ops - 1:
-            break
-        n += 1
-        if i % 10_000 == 9_999:
-            yield {"op": "collect"}
-            continue
-        r = rnd()
-        if r < 0.90:
-            p = rr(hot) if rnd() < 0.8 else rr(npg)
-            yield {"op": "write", "addr": a + p * PAGE, "len": PAGE}
-        elif r < 0.95:
-            yield {"op": "read", "addr": a + rr(npg) * PAGE, "len": PAGE}
-        elif r < 0.96:
-            p = rr(npg - 16)
-            yield {"op": "madvise", "addr": a + p * PAGE, "len": rr(1, 17) * PAGE,
-                   "advice": "DONTNEED"}
-        elif r < 0.961:
-            p = rr(npg - 16)
-            for prot in ("r", "rw"):
-                n += 1
-                yield {"op": "mprotect", "addr": a + p * PAGE, "len": 16 * PAGE,
-                       "prot": prot}
-        else:
-            p = rr(hot)
-            yield {"op": "write", "addr": a + p * PAGE, "len": PAGE}
+    i = 0
+    while n < n_ops - 1:
+        r = rng.random(_BLOCK).tolist()
+        cold = rng.random(_BLOCK) >= 0.8
+        w = (a + np.where(cold, rng.integers(npg, size=_BLOCK),
+                          rng.integers(hot, size=_BLOCK)) * PAGE).tolist()
+        far = (a + rng.integers(npg, size=_BLOCK) * PAGE).tolist()  # reads
+        small = (a + rng.integers(npg - 16, size=_BLOCK) * PAGE).tolist()  # discards, mprotect
+        ln = (rng.integers(1, 17, size=_BLOCK) * PAGE).tolist()
+        near = (a + rng.integers(hot, size=_BLOCK) * PAGE).tolist()
+        for j in range(_BLOCK):
+            if n >= n_ops - 1:
+                break
+            n += 1
+            i += 1
+            if i % 10_000 == 0:
+                yield {"op": "collect"}
+                continue
+            x = r[j]
+            if x < 0.90:
+                yield {"op": "write", "addr": w[j], "len": PAGE}
+            elif x < 0.95:
+                yield {"op": "read", "addr": far[j], "len": PAGE}
+            elif x < 0.96:
+                yield {"op": "madvise", "addr": small[j], "len": ln[j], "advice": "DONTNEED"}
+            elif x < 0.961:
+                for prot in ("r", "rw"):
+                    n += 1
+                    yield {"op": "mprotect", "addr": small[j], "len": 16 * PAGE, "prot": prot}
+            else:
+                yield {"op": "write", "addr": near[j], "len": PAGE}
     yield {"op": "collect"}
 
 

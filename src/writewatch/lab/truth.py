@@ -312,27 +312,31 @@ class Truth:
                                 (replica != base).any(axis=1))
         if not len(active):
             return
-        act = active[np.argsort(t.key[active], kind="stable")]  # address order: examples
+        # every row at once as slices (no copies) when all are active, else the active rows
+        act: slice | np.ndarray = slice(0, m) if len(active) == m else active
+        order = np.argsort(t.key[active], kind="stable")  # content reads runs in address order
+        cur = np.empty((len(active), _ROW), np.int64)
+        cur[order] = t.content(self.mm, active[order])
         r = repd[act]
-        cur = t.content(self.mm, act)
         changed = (cur != base[act]) & t.valid[act]
         wrote = t.wrote[act]
-        n["reported"] += int(r.sum())
-        n["written"] += int((changed & wrote).sum())
-        n["changed_otherwise"] += int((changed & ~wrote).sum())
-        n["false_positives"] += int((r & ~changed).sum())
+        n["reported"] += int(np.count_nonzero(r))
+        n["written"] += int(np.count_nonzero(changed & wrote))
+        n["changed_otherwise"] += int(np.count_nonzero(changed & ~wrote))
+        n["false_positives"] += int(np.count_nonzero(r & ~changed))
         fn = changed & ~r
-        nfn = int(fn.sum())
+        nfn = int(np.count_nonzero(fn))
         n["false_negatives"] += nfn
         if nfn and len(examples) < room:
             i, j = np.nonzero(fn)
-            for x, y in zip(i[:room - len(examples)].tolist(),
-                            j[:room - len(examples)].tolist(), strict=True):
-                addr = (int(t.key[act[x]]) << PMD_SHIFT) + (y << PAGE_SHIFT)
+            addrs = np.sort((t.key[active[i]] << PMD_SHIFT) + (j.astype(np.int64) << PAGE_SHIFT))
+            for addr in addrs[:room - len(examples)].tolist():  # in address order
                 examples.append(self._example(addr, collect))
-        new = np.where(r, cur, replica[act])  # the incremental replica copies reported pages
-        t.replica[act] = new
-        n["replica_differs"] += int((new != cur).sum())
+        new = replica[act]  # the incremental replica copies the reported pages
+        np.copyto(new, cur, where=r)
+        if not isinstance(act, slice):
+            t.replica[act] = new
+        n["replica_differs"] += int(np.count_nonzero(new != cur))
         t.baseline[act] = cur
         t.touched[act] = False
         t.wrote[act] = False

@@ -250,9 +250,14 @@ class Output:
         self.vec_len = vec_len
         self.left = max_pages
         self.rmask = np.uint16(return_mask)
-        self.regions: list[list[int]] = []
+        self.parts: list[np.ndarray] = []  #: (k, 3) int64 regions (start, end, categories)
+        self.n = 0  #: regions in ``parts``
         self.stopped = False
         self.walk_end = 0
+
+    def _last(self) -> np.ndarray | None:
+        """The last region (a view: extending it extends the output's)."""
+        return self.parts[-1][-1] if self.parts else None
 
     def _runs(self, m: np.ndarray, cats: np.ndarray) -> tuple[np.ndarray, ...]:
         idx = np.flatnonzero(m)
@@ -264,9 +269,13 @@ class Output:
 
     def room(self, base: int, m: np.ndarray, cats: np.ndarray) -> int:
         """How many matching pages of this chunk would be output."""
-        saved = ([r[:] for r in self.regions], self.left, self.stopped, self.walk_end)
+        last = self._last()
+        saved = (list(self.parts), None if last is None else last.copy(), self.n, self.left,
+                 self.stopped, self.walk_end)
         n = self.add(base, m, cats)
-        self.regions, self.left, self.stopped, self.walk_end = saved
+        self.parts, last_was, self.n, self.left, self.stopped, self.walk_end = saved
+        if last_was is not None:
+            self.parts[-1][-1] = last_was
         return n
 
     def add(self, base: int, m: np.ndarray, cats: np.ndarray) -> int:
@@ -284,14 +293,15 @@ class Output:
                 self.stopped, self.walk_end = True, a
                 return done
             take = min(npg, self.left)
-            last = self.regions[-1] if self.regions else None
+            last = self._last()
             if last is not None and last[1] == a and last[2] == key:
                 last[1] = a + (take << PAGE_SHIFT)
             else:
-                if len(self.regions) >= self.vec_len:
+                if self.n >= self.vec_len:
                     self.stopped, self.walk_end = True, a
                     return done
-                self.regions.append([a, a + (take << PAGE_SHIFT), key])
+                self.parts.append(np.array([[a, a + (take << PAGE_SHIFT), key]], np.int64))
+                self.n += 1
             self.left -= take
             done += int(take)
             if take < npg or self.left == 0:
@@ -307,22 +317,25 @@ class Output:
             return False
         lo = base + (idx[starts].astype(np.int64) << PAGE_SHIFT)
         hi = base + ((idx[ends - 1].astype(np.int64) + 1) << PAGE_SHIFT)
-        rows = np.stack([lo, hi, keys[starts].astype(np.int64)], axis=1).tolist()
-        last = self.regions[-1] if self.regions else None
-        merge = last is not None and last[1] == rows[0][0] and last[2] == rows[0][2]
-        if len(self.regions) + len(rows) - merge > self.vec_len:
+        rows = np.stack([lo, hi, keys[starts].astype(np.int64)], axis=1)
+        last = self._last()
+        merge = last is not None and last[1] == rows[0, 0] and last[2] == rows[0, 2]
+        if self.n + len(rows) - merge > self.vec_len:
             return False
         if merge:
             assert last is not None
-            last[1] = rows.pop(0)[1]
-        self.regions.extend(rows)
+            last[1] = rows[0, 1]
+            rows = rows[1:]
+        if len(rows):
+            self.parts.append(rows)
+            self.n += len(rows)
         self.left -= len(idx)
         return True
 
     def result(self) -> np.ndarray:
-        if not self.regions:
+        if not self.parts:
             return np.empty((0, 3), np.uint64)
-        return np.array(self.regions, dtype=np.uint64)
+        return np.concatenate(self.parts).astype(np.uint64)
 
 
 __all__ = ["HOLE", "Output", "Query", "categories", "scan_vma", "wp_entries"]

@@ -198,10 +198,9 @@ class AddressSpace:
                 st, fl, ver = sts[0], fls[0], vers[0]
             else:
                 st, fl, ver = np.concatenate(sts), np.concatenate(fls), np.concatenate(vers)
-            own = ((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0)
-            seg[own] = ver[own]
+            np.copyto(seg, ver, where=((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0))
             if v.anonymous:
-                seg[(st == PRESENT) & ((fl & ZERO) != 0)] = 0
+                np.copyto(seg, 0, where=(st == PRESENT) & ((fl & ZERO) != 0))
         return out
 
     def content_page(self, addr: int) -> int:
