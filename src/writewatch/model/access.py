@@ -102,8 +102,9 @@ def pages(mm: AddressSpace, addrs: np.ndarray, write: bool) -> None:
         mm.vma_for(int(addrs[first]), write)
     key = (vi.astype(np.int64) << 40) | (addrs >> PMD_SHIFT)
     order = np.argsort(key, kind="stable")
-    cuts = np.flatnonzero(np.diff(key[order])) + 1
-    for grp in np.split(order, cuts):
+    cuts = (np.flatnonzero(np.diff(key[order])) + 1).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, len(order)], strict=True):
+        grp = order[lo:hi]
         g0 = int(grp[0])
         v = vmas[int(vi[g0])]
         if len(grp) < _VECTOR_MIN:  # a few pages: one by one is cheaper

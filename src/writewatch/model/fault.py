@@ -283,7 +283,9 @@ def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray
         t = mm.pt.alloc(k)
     elif t.huge:
         return np.arange(len(idx))
-    uniq = np.unique(idx)
+    seen = np.zeros(len(t.st), bool)
+    seen[idx] = True
+    uniq = np.flatnonzero(seen)  # np.unique(idx), without its sort
     st, fl = t.st[uniq], t.fl[uniq]
     pres = st == PRESENT
     none = (st == NONE) | ((st == MARKER) & ((fl & WP) != 0))
@@ -384,7 +386,9 @@ def read_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
         t = mm.pt.alloc(k)
     elif t.huge:
         return np.empty(0, np.intp)
-    uniq = np.unique(idx)
+    seen = np.zeros(len(t.st), bool)
+    seen[idx] = True
+    uniq = np.flatnonzero(seen)  # np.unique(idx), without its sort
     st = t.st[uniq]
     todo = st != PRESENT
     if not todo.any():
