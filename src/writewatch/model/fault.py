@@ -267,9 +267,9 @@ def _store_version(mm: AddressSpace, v: Vma, addr: int, ver: int) -> None:
 # ------------------------------------------------------------------------------- write, batched
 def vector_ok(v: Vma) -> bool:
     """Can writes to ``v`` take the vectorised path? (Anonymous private memory, untracked or
-    tracked by an async context with Linux's rules.)"""
+    tracked by an async context: no message, nothing waits for a monitor.)"""
     ctx = v.uffd
-    return v.anonymous and (ctx is None or (ctx.async_ and ctx.rules.linux))
+    return v.anonymous and (ctx is None or ctx.async_)
 
 
 def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
@@ -310,6 +310,8 @@ def _write_vector(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pre
     nf = len(u) - int(ok.sum())
     c.faults += nf
     c.vma_lock += nf
+    if ctx is not None and ctx.none_protected(v):
+        wp |= st == NONE  # a protected none entry: a tracking fault too (_none_write)
     nwp = int(wp.sum())
     if nwp:
         c.tracking_faults += nwp  # the uffd-wp fault, resolved by clearing the bit
@@ -330,7 +332,6 @@ def _write_vector(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pre
     t.st[u] = PRESENT
     t.fl[u] = new
     t.ver[u] = mm.world.new_versions(len(u))
-    del st
 
 
 # ------------------------------------------------------------------------------- read
