@@ -194,6 +194,10 @@ class Runner:
         """A synchronous design was notified of a write to ``addr`` (content ``seen``)."""
         self.truth.notify(addr, seen)
 
+    def notify_pages(self, addrs: np.ndarray, seen: np.ndarray) -> None:
+        """:meth:`notify` for pages of one page table at once."""
+        self.truth.notify_pages(addrs, seen)
+
     def _flush(self) -> None:
         if self.batch is not None:
             self.batch.flush()

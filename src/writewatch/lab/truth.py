@@ -274,6 +274,22 @@ class Truth:
                     t.copied[r, p] = True
                     t.copy[r, p] = seen
 
+    def notify_pages(self, addrs: np.ndarray, seen: np.ndarray) -> None:
+        """:meth:`notify` for distinct pages of one 2 MiB block at once."""
+        k = int(addrs[0]) >> PMD_SHIFT
+        for t in self.tracked:
+            inside = (addrs >= t.start) & (addrs < t.end)
+            if not inside.any():
+                continue
+            r = t.ensure(k, self.mm)
+            p = ((addrs[inside] >> PAGE_SHIFT) & (_ROW - 1)).astype(np.intp)
+            s = seen[inside]
+            self.duplicates += int(t.notified[r, p].sum())
+            t.notified[r, p] = True
+            new = ~t.copied[r, p]
+            t.copied[r, p] = True
+            t.copy[r, p[new]] = s[new]
+
     # -- the verdict -------------------------------------------------------------------------
     def judge(self, reported: np.ndarray, collect: int, room: int) -> Verdict:
         """Compare what collect number ``collect`` reported with the truth, patch the replica

@@ -45,6 +45,7 @@ from .pte import (
     D,
     nbits,
 )
+from .space import ModelError
 
 if TYPE_CHECKING:
     from .space import AddressSpace
@@ -266,10 +267,11 @@ def _store_version(mm: AddressSpace, v: Vma, addr: int, ver: int) -> None:
 
 # ------------------------------------------------------------------------------- write, batched
 def vector_ok(v: Vma) -> bool:
-    """Can writes to ``v`` take the vectorised path? (Anonymous private memory, untracked or
-    tracked by an async context: no message, nothing waits for a monitor.)"""
+    """Can writes to ``v`` take the vectorised path? (Anonymous private memory, untracked,
+    tracked by an async context, or by a sync one whose monitor takes a table's faults at
+    once.)"""
     ctx = v.uffd
-    return v.anonymous and (ctx is None or ctx.async_)
+    return v.anonymous and (ctx is None or ctx.async_ or ctx.pages_handler is not None)
 
 
 def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray:
@@ -277,6 +279,7 @@ def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray
     ``v`` (``vector_ok``). Applies what needs no per-page decision, all at once; returns the
     positions in ``idx`` left to :func:`write_page` (in order)."""
     t = mm.pt.get(k)
+    fresh = t is None
     if t is None:
         if thp_ok(mm, v, k << PMD_SHIFT):
             return np.arange(len(idx))
@@ -289,13 +292,60 @@ def write_table(mm: AddressSpace, v: Vma, k: int, idx: np.ndarray) -> np.ndarray
     st, fl = t.st[uniq], t.fl[uniq]
     pres = st == PRESENT
     none = (st == NONE) | ((st == MARKER) & ((fl & WP) != 0))
+    ctx = v.uffd
+    sync = ctx is not None and not ctx.async_
+    guarded = sync and ctx is not None and ctx.none_protected(v)
+    after = guarded and ctx is not None and ctx.rules.notify_after_map
+    if guarded and fresh and not after:
+        # the first message would come before the table exists (unprotecting nothing
+        # there takes no PT lock): one by one
+        none &= st != NONE
     vec = pres | none
     u = uniq[vec]
     if len(u):
-        _write_vector(mm, v, t, k, u, pres[vec], fl[vec], st[vec])
+        pres, fl, st = pres[vec], fl[vec], st[vec]
+        if not sync:
+            _write_vector(mm, v, t, k, u, pres, fl, st)
+        else:
+            _write_sync(mm, v, t, k, u, pres, fl, st, guarded, after)
     if vec.all():
         return np.empty(0, np.intp)
     return np.flatnonzero(np.isin(idx, uniq[~vec]))
+
+
+def _write_sync(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndarray,
+                fl: np.ndarray, st: np.ndarray, guarded: bool, after: bool) -> None:
+    """:func:`_write_vector` under a synchronous context: the write-protect faults and, where
+    ``guarded`` (``none_protected``), the writes to none entries are messages, sent before
+    the writes (or, ``after``: ``notify_after_map``, a none entry's after)."""
+    none = (st == NONE) if guarded else np.zeros(len(u), bool)
+    first = ((fl & WP) != 0) | (none & (not after))
+    if first.any():
+        n = u[first]
+        _messages(mm, v, t, k, n, np.where(pres[first] & ((fl[first] & ANON) != 0),
+                                           t.ver[n], 0))  # as content_page
+        st, fl = t.st[u], t.fl[u]  # as the monitor left them
+        pres = st == PRESENT
+    _write_vector(mm, v, t, k, u, pres, fl, st)
+    if after and none.any():
+        _messages(mm, v, t, k, u[none], np.zeros(int(none.sum()), np.int64))
+
+
+def _messages(mm: AddressSpace, v: Vma, t: Table, k: int, n: np.ndarray,
+              seen: np.ndarray) -> None:
+    """Tracking faults on the pages ``n`` of table ``k`` under a synchronous context: a
+    message each (content ``seen``); the monitor resolves them before the writes go on
+    (handle_userfault)."""
+    mm.c.tracking_faults += len(n)
+    ctx = v.uffd
+    assert ctx is not None
+    ctx.messages((k << PMD_SHIFT) + (n.astype(np.int64) << PAGE_SHIFT), seen)
+    if (t.fl[n] & WP).any():
+        raise ModelError(
+            "the monitor of a synchronous uffd-wp context returned without unprotecting the "
+            "page it was notified of", op="write", start=int(k << PMD_SHIFT),
+            end=int((k + 1) << PMD_SHIFT), hint="a handler must resolve each fault "
+            "(UFFDIO_WRITEPROTECT mode 0)")
 
 
 def _write_vector(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pres: np.ndarray,
@@ -310,7 +360,7 @@ def _write_vector(mm: AddressSpace, v: Vma, t: Table, k: int, u: np.ndarray, pre
     nf = len(u) - int(ok.sum())
     c.faults += nf
     c.vma_lock += nf
-    if ctx is not None and ctx.none_protected(v):
+    if ctx is not None and ctx.async_ and ctx.none_protected(v):
         wp |= st == NONE  # a protected none entry: a tracking fault too (_none_write)
     nwp = int(wp.sum())
     if nwp:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno as E
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from . import scan as S
 from .mapping import clear_soft_dirty
 from .mm import Mm
 from .pagetable import NO_ENTRIES
-from .pte import PAGE, PAGE_SHIFT, Bit, Entry
+from .pte import PAGE, PAGE_SHIFT, PMD_SHIFT, Bit, Entry, nbits
 from .space import AddressSpace
 from .uffd import UffdCtx, wp_range
 from .vma import Vma
@@ -46,6 +47,7 @@ _API_IOCTLS = (1 << U._UFFDIO_REGISTER) | (1 << U._UFFDIO_UNREGISTER) | (1 << U.
 _KNOWN_SCAN = 0x7F
 _WP_MODE = int(U.UffdWriteprotectMode.WP)
 _DONTWAKE = int(U.UffdWriteprotectMode.DONTWAKE)
+_NOT_WP = np.uint8(nbits(Bit.UFFD_WP))
 
 
 class ModelKernel:
@@ -210,6 +212,35 @@ class ModelKernel:
             _sys.raise_errno(E.ENOENT, op, start=start, end=end, errmap=em)
         if wp:
             ctx.armed = True
+
+    def uffdio_unprotect_pages(self, fd: int, addrs: np.ndarray) -> None:
+        """UFFDIO_WRITEPROTECT mode 0 of one page at each of ``addrs``, as a synchronous
+        monitor answers each fault: the same result and counts as one call per page, in one
+        step when the pages lie in one page table of the context's VMAs. (The model's own
+        call, for the replay's batches; the kernel takes one range per call.)"""
+        ctx = self._ctx(fd, "UFFDIO_WRITEPROTECT")
+        mm = ctx.mm
+        lo, hi = int(addrs.min()), int(addrs.max()) + PAGE
+        t = mm.pt.get(lo >> PMD_SHIFT)
+        vmas = mm.vmas_in(lo, hi)
+        if (t is None or t.huge or (hi - 1) >> PMD_SHIFT != lo >> PMD_SHIFT or
+                not vmas or vmas[0].start > lo or vmas[-1].end < hi or
+                any(v.uffd is not ctx for v in vmas) or
+                any(a.end != b.start for a, b in pairwise(vmas))):
+            for a in addrs.tolist():
+                self.uffdio_writeprotect(fd, a, PAGE, 0)
+            return
+        n = len(addrs)
+        c = mm.c
+        c.mmap_lock_read += n
+        c.ptl += n
+        c.tlb_flushes += n
+        self.entries_walked += n
+        i = ((addrs >> PAGE_SHIFT) & 511).astype(np.intp)
+        mk = t.st[i] == Entry.MARKER
+        t.fl[i] &= _NOT_WP
+        t.st[i[mk]] = Entry.NONE
+        t.fl[i[mk]] = 0
 
     def uffdio_wake(self, fd: int, start: int, length: int) -> None:
         self._ctx(fd, "UFFDIO_WAKE")
@@ -442,9 +473,12 @@ _PM_UFFD_WP = np.uint64(U.PagemapBit.UFFD_WP)
 _PM_SOFT_DIRTY = np.uint64(U.PagemapBit.SOFT_DIRTY)
 
 
-def _pagemap_bits(seg: np.ndarray, st: np.ndarray, fl: np.ndarray, huge: bool,
-                  sdon: bool) -> None:
-    """pagemap_pte_range / pagemap_pmd_range: the entry bits of one table's entries."""
+def _bits_table(huge: bool, sdon: bool) -> np.ndarray:
+    """pagemap_pte_range / pagemap_pmd_range: the entry bits of every (state, flags) pair of
+    an entry, at ``state << 8 | flags``."""
+    st = np.repeat(np.arange(4, dtype=np.uint8), 256)
+    fl = np.tile(np.arange(256, dtype=np.uint8), 4)
+    seg = np.zeros(len(st), np.uint64)
     pres = st == Entry.PRESENT
     swp = (st == Entry.SWAP) | (st == Entry.MARKER)
     seg[pres] |= _PM_PRESENT
@@ -459,6 +493,16 @@ def _pagemap_bits(seg: np.ndarray, st: np.ndarray, fl: np.ndarray, huge: bool,
     seg[live & ((fl & Bit.UFFD_WP) != 0)] |= _PM_UFFD_WP
     if sdon:
         seg[live & ((fl & Bit.SOFT_DIRTY) != 0)] |= _PM_SOFT_DIRTY
+    return seg
+
+
+_PM_BITS = {(h, s): _bits_table(h, s) for h in (False, True) for s in (False, True)}
+
+
+def _pagemap_bits(seg: np.ndarray, st: np.ndarray, fl: np.ndarray, huge: bool,
+                  sdon: bool) -> None:
+    """The entry bits of one table's entries (:func:`_bits_table`), ORed into ``seg``."""
+    seg |= _PM_BITS[huge, sdon][(st.astype(np.intp) << 8) | fl]
 
 
 def _unregister_vma(v: Vma) -> None:

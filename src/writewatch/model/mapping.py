@@ -291,15 +291,20 @@ def _collapse_shmem(mm: AddressSpace, v: Vma, k: int) -> None:
     mm.c.thp_collapses += 1
 
 
+#: what clear_refs 4 keeps of an entry's bits, by its state: a present PTE loses soft-dirty
+#: and write access (clear_soft_dirty), a swap entry soft-dirty (pte_swp_clear_soft_dirty)
+_CLEAR_SD = np.full(4, 0xFF, np.uint8)
+_CLEAR_SD[PRESENT] = nbits(RW, SD)
+_CLEAR_SD[SWAP] = nbits(SD)
+
+
 def clear_soft_dirty(mm: AddressSpace) -> None:
     """clear_refs 4 over the whole address space."""
     mm.c.mmap_lock_read += 1
     for v in mm.vmas:
         v.softdirty = False
     for t in mm.pt.values():
-        pres = t.st == PRESENT
-        t.fl[pres] &= np.uint8(nbits(RW, SD))
-        t.fl[t.st == SWAP] &= np.uint8(nbits(SD))
+        t.fl &= _CLEAR_SD[t.st]
         mm.c.ptl += 1
     mm.c.tlb_flushes += 1
 

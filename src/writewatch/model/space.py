@@ -76,6 +76,21 @@ class World:
         return pid
 
 
+def _own_content(anonymous: bool) -> np.ndarray:
+    """Which (state, flags) pairs of an entry, at ``state << 8 | flags``, hold the page's
+    own content version: a present or swapped anonymous page; in anonymous memory not a
+    zero-page mapping (which reads 0)."""
+    st = np.repeat(np.arange(4, dtype=np.uint8), 256)
+    fl = np.tile(np.arange(256, dtype=np.uint8), 4)
+    own = ((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0)
+    if anonymous:
+        own &= ~((st == PRESENT) & ((fl & ZERO) != 0))
+    return np.asarray(own, bool)
+
+
+_OWN = {a: _own_content(a) for a in (False, True)}
+
+
 class AddressSpace:
     """One address space (a process's mm_struct): its VMAs, page tables and counters."""
 
@@ -198,9 +213,7 @@ class AddressSpace:
                 st, fl, ver = sts[0], fls[0], vers[0]
             else:
                 st, fl, ver = np.concatenate(sts), np.concatenate(fls), np.concatenate(vers)
-            np.copyto(seg, ver, where=((st == PRESENT) | (st == SWAP)) & ((fl & ANON) != 0))
-            if v.anonymous:
-                np.copyto(seg, 0, where=(st == PRESENT) & ((fl & ZERO) != 0))
+            np.copyto(seg, ver, where=_OWN[v.anonymous][(st.astype(np.intp) << 8) | fl])
         return out
 
     def content_page(self, addr: int) -> int:

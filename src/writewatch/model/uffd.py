@@ -93,6 +93,9 @@ class Ring:
 #: the monitor of a synchronous context: fn(ctx, addr, content_seen, tids) is called for each
 #: write-protect fault and must resolve it (unprotect) before the write proceeds
 Handler = Callable[["UffdCtx", int, int, tuple[int, ...]], None]
+#: the same monitor for single-thread write faults on several pages of one page table at
+#: once: fn(ctx, addrs, contents_seen), the same as ``Handler`` called for each in order
+PagesHandler = Callable[["UffdCtx", np.ndarray, np.ndarray], None]
 #: the monitor's reader of non-cooperative events (fork, remap, remove, unmap)
 EventHandler = Callable[["UffdCtx", "UffdMsg"], None]
 
@@ -108,6 +111,7 @@ class UffdCtx:
         self.initialized = False
         self.ring: Ring | None = None
         self.handler: Handler | None = None
+        self.pages_handler: PagesHandler | None = None
         self.on_event: EventHandler | None = None
         self.msgs: list[UffdMsg] = []
         self.armed = False
@@ -148,7 +152,8 @@ class UffdCtx:
         c = UffdCtx(-1, child, self.rules)
         c.set_features(self.features)
         c.initialized, c.armed = True, self.armed
-        c.handler, c.on_event, c.install = self.handler, self.on_event, self.install
+        c.handler, c.pages_handler = self.handler, self.pages_handler
+        c.on_event, c.install = self.on_event, self.install
         self.children[child.pid] = c
         return c
 
@@ -180,6 +185,17 @@ class UffdCtx:
                 "attached to the model", op="write", start=addr, end=addr + PAGE,
                 hint="set UffdCtx.handler, or use async mode")
         self.handler(self, addr, seen, tids)
+
+    def messages(self, addrs: np.ndarray, seen: np.ndarray) -> None:
+        """Synchronous write-protect faults of one thread on the pages ``addrs`` of one page
+        table (in order): :meth:`message` for each, in one call when the monitor takes
+        them so (``pages_handler``)."""
+        if self.pages_handler is None:
+            for a, s in zip(addrs.tolist(), seen.tolist(), strict=True):
+                self.message(a, s, (0,))
+            return
+        self.notifications += len(addrs)
+        self.pages_handler(self, addrs, seen)
 
     def wp_fault(self, mm: AddressSpace, addr: int, tids: tuple[int, ...]) -> None:
         """A write hit an entry with the uffd-wp bit or a uffd-wp marker."""
@@ -276,5 +292,5 @@ def wp_range(mm: AddressSpace, v: Vma, start: int, end: int, on: bool) -> int:
     return walked
 
 
-__all__ = ["LINUX", "EventHandler", "Handler", "Ring", "UffdCtx", "WpRules", "unmap_prep",
-           "wp_range"]
+__all__ = ["LINUX", "EventHandler", "Handler", "PagesHandler", "Ring", "UffdCtx", "WpRules",
+           "unmap_prep", "wp_range"]

@@ -36,6 +36,8 @@ class Host(Protocol):
 
     def notify(self, addr: int, seen: int) -> None: ...
 
+    def notify_pages(self, addrs: np.ndarray, seen: np.ndarray) -> None: ...
+
 
 class Design:
     """Base class of the designs. Subclass it, set the class attributes, implement
@@ -88,6 +90,7 @@ class Design:
             ctx.rules = self.rules
         if self.sync:
             ctx.handler = self.notified
+            ctx.pages_handler = self.notified_pages if _batched(type(self)) else None
 
     def arm(self, start: int, end: int) -> None:
         """Start tracking [start, end)."""
@@ -113,10 +116,25 @@ class Design:
         except errors.WriteWatchError:
             ctx.resolve(ctx.mm, addr)
 
+    def notified_pages(self, ctx: UffdCtx, addrs: np.ndarray, seen: np.ndarray) -> None:
+        """:meth:`notified` for single-thread faults on several pages of one page table at
+        once (the replay's batches). A design that overrides :meth:`notified` overrides this
+        too, or its faults are handled one by one."""
+        self.r.notify_pages(addrs, seen)
+        self.k.uffdio_unprotect_pages(ctx.fd, addrs)
+
     def open_uffd(self) -> int:
         fd = self.k.userfaultfd(U.O_CLOEXEC | U.O_NONBLOCK)
         self.k.uffdio_api(fd, self.features)
         return fd
+
+
+def _batched(cls: type[Design]) -> bool:
+    """Whether ``cls`` takes a table's faults at once: its :meth:`~Design.notified_pages` is
+    defined no higher in its MRO than its :meth:`~Design.notified`."""
+    def owner(name: str) -> int:
+        return next(i for i, c in enumerate(cls.__mro__) if name in vars(c))
+    return owner("notified_pages") <= owner("notified")
 
 
 def page_ranges(addrs: list[int] | np.ndarray) -> np.ndarray:

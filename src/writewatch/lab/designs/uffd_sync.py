@@ -34,6 +34,10 @@ class UffdSync(Design):
         self.pending.append(addr)
         super().notified(ctx, addr, seen, tids)
 
+    def notified_pages(self, ctx: UffdCtx, addrs: np.ndarray, seen: np.ndarray) -> None:
+        self.pending.extend(addrs.tolist())
+        super().notified_pages(ctx, addrs, seen)
+
     def arm(self, start: int, end: int) -> None:
         self.spans.append((start, end))
         self.k.uffdio_register(self.fd, start, end - start, U.UffdRegisterMode.WP)
