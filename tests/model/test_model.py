@@ -386,6 +386,37 @@ def test_batched_replay_equals_op_by_op() -> None:
             assert a == b, d
 
 
+def test_a_sync_monitor_that_takes_one_fault_at_a_time() -> None:
+    """A design overriding only ``notified`` gets every fault there, one call per page, with
+    the metrics of the built-in monitor; a monitor that leaves a page protected is an
+    error, not a lost fault."""
+    from writewatch.lab.designs import UffdSync
+
+    class Counting(UffdSync):
+        name = "counting-sync"
+        calls = 0
+
+        def notified(self, ctx, addr, seen, tids):  # type: ignore[no-untyped-def]
+            type(self).calls += 1
+            super().notified(ctx, addr, seen, tids)
+
+    class Lazy(UffdSync):
+        name = "lazy-sync"
+
+        def notified_pages(self, ctx, addrs, seen):  # type: ignore[no-untyped-def]
+            self.r.notify_pages(addrs, seen)  # recorded, never unprotected
+
+    t = _bench_like(3, 4000)
+    mine, builtin = run_trace(t, Counting, P618).to_dict(), run_trace(t, "uffd-sync",
+                                                                      P618).to_dict()
+    assert Counting.calls == builtin["notifications"] > 0
+    for m in (mine, builtin):
+        m.pop("seconds"), m.pop("design"), m.pop("title", None)
+    assert mine == builtin
+    with pytest.raises(writewatch.WriteWatchError, match="without unprotecting"):
+        run_trace(t, Lazy, P618)
+
+
 def test_batched_discard_after_a_fault_around_read() -> None:
     """A discard of a page next to a gathered read of file or shmem memory must wait for the
     read: its fault-around maps that page from the cache first (one fault fewer later)."""
