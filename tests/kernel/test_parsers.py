@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import numpy as np
+import pytest
 
 from writewatch import _uapi as U
 from writewatch.kernel import pagemap, procfs
@@ -41,6 +42,17 @@ def test_decode_entries_keeps_shape_and_accepts_bytes_views() -> None:
     d = pagemap.decode_entries(raw.reshape(2, 3))
     assert d.shape == (2, 3) and d["present"].all() and (d["pfn"] == 5).all()
     assert pagemap.decode_entries(np.empty(0, np.uint64)).shape == (0,)
+
+
+@pytest.mark.parametrize("k", [0, 1, 63, 64, 65, 3000])
+def test_scan_ranges_are_one_contiguous_copy_of_start_and_end(k: int) -> None:
+    regions = np.random.default_rng(k).integers(0, 1 << 40, size=(k + 3, 3)).astype(np.uint64)
+    for rows in (regions[:k], regions[:k:2], np.asfortranarray(regions[:k])):
+        got = pagemap.ranges(rows)
+        assert got.shape == (len(rows), 2) and got.dtype == np.uint64
+        assert got.flags.c_contiguous and (got == rows[:, :2]).all()
+    if k >= 64:  # the fast path copies too: the scanner's buffer is reused
+        assert not np.may_share_memory(pagemap.ranges(regions[:k]), regions)
 
 
 MAPS = b"""\

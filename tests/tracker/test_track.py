@@ -37,6 +37,28 @@ def test_first_collect_is_empty_and_writes_are_reported_exactly(region) -> None:
         assert written(t) == set()  # re-armed by the previous collect
 
 
+def test_stats_count_every_page_reported(region) -> None:
+    r = region(300)
+    with writewatch.track(r.span) as t:
+        total = 0
+        for n in (0, 1, 7, 300, 150):
+            for i in range(n):
+                r.write(i)
+            total += len(t.collect())
+        s = t.stats
+        assert s.pages_reported == total == 1 + 7 + 300 + 150 and s.collects == 5
+
+
+def test_backend_stats_keep_few_rows_uncounted() -> None:
+    from writewatch.backends.base import _UNCOUNTED_ROWS, BackendStats
+    s = BackendStats(page_size=PAGE)
+    rows = np.array([[i * 2 * PAGE, (i * 2 + 1) * PAGE] for i in range(1000)], np.uint64)
+    for _ in range(3 * _UNCOUNTED_ROWS // 1000):
+        s.reported(rows)
+        assert s._rows <= _UNCOUNTED_ROWS + 1000  # what is held stays bounded
+    assert s.pages_reported == 3 * _UNCOUNTED_ROWS // 1000 * 1000 and s._rows == 0
+
+
 def test_every_other_page_of_1000_gives_500_ranges(region) -> None:
     # pagemap_ioctl.c "Repeated pattern of written and non-written pages"
     r = region(1000)

@@ -44,16 +44,41 @@ class Collected(NamedTuple):
     unmapped: np.ndarray | None = None
 
 
+#: rows of reported ranges kept uncounted at most (16 bytes each)
+_UNCOUNTED_ROWS = 1 << 16
+
+
 @dataclass
 class BackendStats:
-    """Counters a backend keeps (monotonic over its life)."""
+    """Counters a backend keeps (monotonic over its life). The pages of what the collects
+    reported are summed when :attr:`pages_reported` is read, not by each collect."""
 
     collects: int = 0
     scan_calls: int = 0  #: PAGEMAP_SCAN ioctls / pagemap reads made
-    pages_reported: int = 0
     pages_conservative: int = 0  #: reported without proof of a write (remap, zap, new VMA)
     rearms: int = 0  #: spans re-registered after being remapped
     extra: dict[str, int] = field(default_factory=dict)
+    page_size: int = 4096
+    _counted: int = field(default=0, repr=False)
+    _uncounted: list[np.ndarray] = field(default_factory=list, repr=False)
+    _rows: int = field(default=0, repr=False)
+
+    def reported(self, ranges: np.ndarray) -> None:
+        """Note the ``(k, 2)`` [start, end) ranges a collect reported."""
+        self._uncounted.append(ranges)
+        self._rows += len(ranges)
+        if self._rows > _UNCOUNTED_ROWS:
+            self._count()
+
+    @property
+    def pages_reported(self) -> int:
+        self._count()
+        return self._counted
+
+    def _count(self) -> None:
+        pending, self._uncounted, self._rows = self._uncounted, [], 0
+        for r in pending:
+            self._counted += int((r[:, 1] - r[:, 0]).sum()) // self.page_size
 
 
 class Backend(abc.ABC):
@@ -72,7 +97,7 @@ class Backend(abc.ABC):
         self.kernel = kernel
         self.page_size = kernel.page_size
         self.spans: list[Span] = []
-        self.stats = BackendStats()
+        self.stats = BackendStats(page_size=self.page_size)
         self.closed = False
         #: /proc/PID/maps as the caller just read it (see :meth:`layout`)
         self.given_maps: Sequence[Mapping] | None = None

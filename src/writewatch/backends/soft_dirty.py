@@ -440,7 +440,7 @@ class SoftDirtyBackend(Backend):
         out = np.concatenate(found) if found else _EMPTY
         cons_arr = np.concatenate(conservative) if conservative else _EMPTY
         self.stats.collects += 1
-        self.stats.pages_reported += int((out[:, 1] - out[:, 0]).sum()) // ps
+        self.stats.reported(out)
         self.stats.pages_conservative += int((cons_arr[:, 1] - cons_arr[:, 0]).sum()) // ps
         return Collected(out, cons_arr, tuple(reasons))
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from .. import _uapi as U
 from .. import errors
-from ..kernel import LINUX, Capabilities, KernelCalls, Mapping, procfs
+from ..kernel import LINUX, Capabilities, KernelCalls, Mapping, pagemap, procfs
 from ..kernel.probes import Probe
 from ..pages import Pages
 from .base import Backend, Collected, Span, register
@@ -460,7 +460,7 @@ class UffdAsyncBackend(Backend):
                                    category_mask=WRITTEN, return_mask=WRITTEN,
                                    max_pages=max_pages, page_size=self.page_size)
         self.stats.scan_calls += 1
-        return (res.regions[:, :2] if len(res.regions) else _EMPTY), res.walk_end
+        return (pagemap.ranges(res.regions) if len(res.regions) else _EMPTY), res.walk_end
 
     def _holes(self, start: int, end: int) -> np.ndarray:
         """Pages neither present nor swapped (no PTE, no marker): zapped since armed.
@@ -792,12 +792,12 @@ class UffdAsyncBackend(Backend):
                 np.concatenate(found) if found else _EMPTY
             if not len(written):
                 return Collected(_EMPTY, _EMPTY, tuple(reasons), sorted=True)
-            self.stats.pages_reported += _npages(written, self.page_size)
-            return Collected(np.ascontiguousarray(written), _EMPTY, tuple(reasons),
-                             sorted=coalesced)
+            written = np.ascontiguousarray(written)
+            self.stats.reported(written)
+            return Collected(written, _EMPTY, tuple(reasons), sorted=coalesced)
         cons = np.concatenate(conservative)
         written = np.concatenate([*found, cons])
-        self.stats.pages_reported += _npages(written, self.page_size)
+        self.stats.reported(written)
         self.stats.pages_conservative += _npages(cons, self.page_size)
         return Collected(written, cons, tuple(reasons))
 

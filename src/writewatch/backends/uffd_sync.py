@@ -392,7 +392,7 @@ class UffdSyncBackend(Backend):
         cons = np.concatenate(conservative) if conservative else _EMPTY
         self.stats.collects += 1
         self.stats.scan_calls += len(spans)
-        self.stats.pages_reported += int((written[:, 1] - written[:, 0]).sum()) // ps
+        self.stats.reported(written)
         self.stats.pages_conservative += int((cons[:, 1] - cons[:, 0]).sum()) // ps
         return Collected(written, cons, tuple(reasons))
 

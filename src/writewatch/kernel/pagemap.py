@@ -61,6 +61,23 @@ _NONE = np.empty((0, 3), np.uint64)
 _NONE.flags.writeable = False
 
 
+#: 16 raw bytes: a region's start and end, copied as one item
+_PAIR = np.dtype("V16")
+
+
+def ranges(regions: np.ndarray) -> np.ndarray:
+    """The ``(k, 2)`` [start, end) columns of ``(k, 3)`` scan regions, as one C-contiguous
+    copy (pure). numpy copies a column slice of a few thousand rows item by item, ~4x slower
+    than copying each row's first 16 bytes as one item."""
+    k = len(regions)
+    if k < 64 or not regions.flags.c_contiguous or regions.shape[1:] != (3,) or \
+            regions.dtype != np.uint64:
+        return np.ascontiguousarray(regions[:, :2])
+    pairs = np.ndarray((k,), _PAIR, buffer=regions, strides=(regions.strides[0],))
+    out: np.ndarray = pairs.copy().view(np.uint64).reshape(k, 2)
+    return out
+
+
 class Scanner:
     """PAGEMAP_SCAN with a reusable result buffer.
 
