@@ -279,3 +279,6 @@ MFD_HUGETLB = 4
 # include/uapi/asm-generic/fcntl.h
 O_CLOEXEC = 0o2000000
 O_NONBLOCK = 0o4000
+
+# include/linux/sched.h (task flags, field 9 of /proc/PID/stat)
+PF_KTHREAD = 0x00200000  #: a kernel thread: no user address space

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import bisect
 import contextlib
+import inspect
 import itertools
 import mmap
 import operator
@@ -542,7 +543,21 @@ def make_backend(name: str, pid: int | str = "self", kernel: KernelCalls = LINUX
     if not usable.usable:
         raise errors.Unsupported(f"backend {name!r} is not usable here: {usable.detail}",
                                  feature=name, since=usable.since, hint=usable.fix)
+    check_options(cls, options)
     return cls(pid, kernel, **options)
+
+
+def check_options(cls: type[Backend], options: dict[str, Any],
+                  reserved: frozenset[str] = frozenset()) -> None:
+    """Refuse options the backend ``cls`` does not take (its keyword-only parameters, less
+    ``reserved``: those the caller sets itself), before anything is started."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    known = sorted(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in reserved)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise errors.InvalidTarget(
+            f"backend {cls.name!r} takes no option {', '.join(unknown)}",
+            hint=f"its options: {', '.join(known) or 'none'}")
 
 
 def track(*targets: Any, backend: str = "auto", kernel: KernelCalls = LINUX,

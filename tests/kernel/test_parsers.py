@@ -122,3 +122,12 @@ def test_parse_smaps_flags() -> None:
 def test_parse_stat_state() -> None:
     assert procfs.parse_stat_state(b"42 (a) b) T 1 42 42 0 -1") == "T"
     assert procfs.parse_stat_state(b"7 (python3) S 1 7") == "S"
+
+
+def test_parse_stat_fields() -> None:
+    # proc(5): state ppid pgrp session tty_nr tpgid flags minflt cminflt ... starttime (22)
+    line = b"2 (kthre ad)) S 0 0 0 0 -1 2129984 11 12 0 0 0 0 0 0 20 0 1 0 99 0 0"
+    st = procfs.parse_stat(line)
+    assert (st.state, st.ppid, st.flags, st.minflt, st.cminflt, st.starttime) == \
+        ("S", 0, 2129984, 11, 12, 99)
+    assert st.flags & U.PF_KTHREAD

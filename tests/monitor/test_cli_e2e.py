@@ -86,6 +86,17 @@ def test_run_returns_the_command_exit_status(process_tracking, tmp_path) -> None
     assert len(rows) >= 2
 
 
+def test_run_of_a_program_shorter_than_an_interval_says_what_was_not_seen(
+        process_tracking, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    p = writewatch_cmd("run", "--interval", "2s", "--no-live", "--json",
+                       str(tmp_path / "o.json"), "--", sys.executable, "-c",
+                       "b = bytearray(8 << 20)")
+    assert p.returncode == 0, p.stderr
+    assert "0 intervals" in p.stdout and "unseen: the target exited within" in p.stdout
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert 0 < doc["unseen_s"] < 2.5
+
+
 def test_run_missing_command_is_a_clear_error(process_tracking) -> None:
     p = writewatch_cmd("run", "--", "/nonexistent/program")
     assert p.returncode != 0

@@ -11,7 +11,8 @@ import pytest
 from memutil import open_fds
 
 import writewatch
-from writewatch.kernel import inject
+from writewatch import _uapi as U
+from writewatch.kernel import inject, procfs
 from writewatch.kernel import ptrace as P
 from writewatch.process import attach, launch
 
@@ -34,6 +35,16 @@ def test_attach_missing_process() -> None:
     p.wait()
     with pytest.raises(writewatch.NoSuchProcess):
         attach(p.pid)
+
+
+def test_attach_kernel_thread_refused() -> None:
+    kthreadd = 2  # the kernel's thread creator, pid 2 in the initial pid namespace
+    st = procfs.read_stat(kthreadd)
+    if st is None or not st.flags & U.PF_KTHREAD:
+        pytest.skip("pid 2 is not kthreadd here (another pid namespace)")
+    with pytest.raises(writewatch.InvalidTarget, match="kernel thread") as e:
+        attach(kthreadd)
+    assert e.value.hint
 
 
 def test_attach_stopped_process_refused() -> None:
@@ -74,6 +85,31 @@ def test_launch_bad_arguments(argv, kw, match) -> None:  # type: ignore[no-untyp
     before = open_fds()
     with pytest.raises(writewatch.InvalidTarget, match=match):
         launch(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    assert open_fds() == before
+
+
+@pytest.mark.usefixtures("uffd_async")
+@pytest.mark.parametrize("kw", [{"bogus": 1}, {"uffd": 3}, {"events": 0}])
+def test_unknown_backend_options_are_refused_before_anything_starts(kw) -> None:  # type: ignore[no-untyped-def]
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        before = open_fds()
+        for call in (lambda: attach(p.pid, **kw), lambda: launch(["true"], **kw)):
+            with pytest.raises(writewatch.InvalidTarget, match="takes no option") as e:
+                call()
+            assert "batch" in e.value.hint
+        assert open_fds() == before and p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.parametrize("spec", ["foo", 99, 3.5, -2, True])
+def test_launch_bad_stream_is_refused_before_the_fork(spec) -> None:  # type: ignore[no-untyped-def]
+    before = open_fds()
+    with pytest.raises(writewatch.InvalidTarget, match="stdout") as e:
+        launch(["true"], stdout=spec)
+    assert "subprocess.PIPE" in e.value.hint
     assert open_fds() == before
 
 

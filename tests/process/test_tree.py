@@ -5,6 +5,7 @@ wrote and the collect did not report is a lost write."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -112,6 +113,40 @@ def test_unfollowed_child_is_flagged_never_missed(tree_target: TreeDriver) -> No
         assert any(f"pid {child}" in r and "not tracked" in r for r in t.last.reasons)
 
 
+@pytest.mark.parametrize("end", ["exit", "exec"])
+@pytest.mark.parametrize("when", ["forked after attach", "forked before attach"])
+def test_untracked_sharer_that_writes_then_goes(tree_target: TreeDriver, end: str,
+                                                when: str) -> None:
+    """A process outside the tracked set, seen mapping the shared memory at one collect,
+    writes it and then exits (or execs) before the next: nothing of it is left to read, so
+    the next collect reports what it mapped whole once, saying so."""
+    d = tree_target
+    child = d.fork() if when == "forked before attach" else 0
+    with attach(d.proc.pid, follow_forks=False) as t:
+        t.collect()
+        if not child:
+            child = d.fork()
+        t.collect()  # seen mapping it: reported whole, as untracked
+        assert child in t.last.untracked
+        logged = d.write([9], who=child)
+        try:
+            if end == "exit":
+                assert d.cmd(f"k {child}") == "ok"  # exits and is reaped
+            else:
+                d.cmd(f"c {child} x")  # execs /bin/sleep: the shared mapping is gone
+            got = t.collect()
+            assert logged <= {a for a in logged if a in got}, t.last.reasons
+            assert any(f"pid {child} mapped it writable at the last collect" in r
+                       for r in t.last.reasons), t.last.reasons
+            assert child not in t.last.untracked
+            t.collect()
+            assert not any(f"pid {child}" in r for r in t.last.reasons)  # once
+        finally:
+            if end == "exec":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+
+
 def test_child_forked_before_attach_is_a_sharer(tree_target: TreeDriver) -> None:
     d = tree_target
     child = d.fork()
@@ -178,6 +213,27 @@ def test_short_child_after_an_untracked_child_exited(tree_target: TreeDriver,
         assert logged <= {a for a in logged if a in got}, t.last.reasons
         assert any("ran and exited between two collects" in r for r in t.last.reasons), \
             t.last.reasons
+
+
+def test_every_conservative_page_has_a_reason_in_polling_mode(
+        tree_target: TreeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child found by polling is attached late and its writable mappings reported whole
+    once: pages it shares reach the root's collect, and so does the reason."""
+    import writewatch.process.tree as tree_mod
+
+    monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)  # no EVENT_FORK
+    d = tree_target
+    with attach(d.proc.pid, follow_forks=True) as t:
+        assert t.fork_mode == "polling"
+        t.collect()
+        child = d.fork()
+        for _ in range(3):
+            logged = d.write([10], who=child)
+            got = t.collect()
+            assert logged <= {a for a in logged if a in got}
+            if t.last.conservative:
+                assert t.last.reasons, "conservative pages without a reason"
+        assert child in t.processes
 
 
 def test_member_exit_is_reported(tree_target: TreeDriver) -> None:

@@ -108,3 +108,13 @@ def test_span_over_a_hole_tracks_what_is_mapped_there_later() -> None:
     assert libc.munmap(a + 4 * PAGE, 4 * PAGE) == 0
     with pytest.raises(writewatch.InvalidTarget, match="nothing is mapped"):
         writewatch.track((a + 4 * PAGE, PAGE))
+
+
+@pytest.mark.parametrize("backend", ["auto", "uffd-async", "uffd-wp-sync"])
+def test_unknown_options_are_refused(buf: np.ndarray, backend: str) -> None:
+    f = writewatch.features()
+    if backend != "auto" and not f.backends[backend].usable:
+        pytest.skip(f"{backend} unusable here: {f.backends[backend].detail}")
+    with pytest.raises(writewatch.InvalidTarget, match="takes no option max_page") as e:
+        writewatch.track(buf, backend=backend, max_page=5)
+    assert "its options" in e.value.hint

@@ -249,8 +249,13 @@ class UffdAsyncBackend(Backend):
             raise errors.InvalidTarget(
                 "tracking another process needs a userfaultfd created inside it",
                 hint="use writewatch.attach(pid) or writewatch.launch(argv)")
-        self.uffd: int = uffd if uffd is not None and uffd_negotiated else \
-            open_uffd(kernel, uffd, events)
+        try:  # a descriptor given is the backend's from here on: closed on failure too
+            self.uffd: int = uffd if uffd is not None and uffd_negotiated else \
+                open_uffd(kernel, uffd, events)
+        except BaseException:
+            if uffd is not None:
+                kernel.close(uffd)
+            raise
         try:
             self.pagemap = kernel.open_pagemap(pid)
         except BaseException:

@@ -249,13 +249,14 @@ class Stat(NamedTuple):
     minflt: int  #: (10) minor faults
     cminflt: int  #: (11) minor faults of waited-for children: grows when a child is reaped
     starttime: int  #: (22) clock ticks after boot: with the pid, names a process uniquely
+    flags: int = 0  #: (9) PF_* task flags (include/linux/sched.h)
 
 
 def parse_stat(data: bytes) -> Stat:
     """Parse /proc/PID/stat (pure): the fields after the ")" closing comm, which may itself
     hold spaces and parentheses."""
     f = data[data.rindex(b")") + 2:].split()
-    return Stat(f[0].decode(), int(f[1]), int(f[7]), int(f[8]), int(f[19]))
+    return Stat(f[0].decode(), int(f[1]), int(f[7]), int(f[8]), int(f[19]), int(f[6]))
 
 
 def read_stat(pid: int) -> Stat | None:

@@ -277,6 +277,7 @@ class Sampler:
             iv = self.sample()
         except errors.NoSuchProcess:
             self.series.ended = "target exited"
+            self.series.unseen_s = max(0.0, self.clock() - self._last_t)
             return False
         except errors.TrackerClosed:
             self.series.ended = "tracker closed"

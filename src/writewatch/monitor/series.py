@@ -293,6 +293,9 @@ class Series:
     changes: list[MappingChange] = field(default_factory=list)
     ended: str = ""  #: why sampling stopped: "duration", "target exited", "interrupted"...
     exit_status: int | None = None  #: the target's exit status, when it exited and is known
+    #: seconds from the last sample to when the target was found gone: what it wrote in that
+    #: time could not be read (its memory went with it)
+    unseen_s: float = 0.0
     notes: list[str] = field(default_factory=list)  #: conservative-report reasons, once each
     #: the ``mapping=`` focus: only pages of these mappings were kept ("" when none)
     mapping: str = ""
@@ -396,7 +399,8 @@ class Series:
             "format": FORMAT, "version": VERSION,
             "target": self.target, "backend": self.backend, "page_size": self.page_size,
             "interval": self.interval, "started_at": self.started_at, "ended": self.ended,
-            "exit_status": self.exit_status, "notes": list(self.notes),
+            "exit_status": self.exit_status, "unseen_s": self.unseen_s,
+            "notes": list(self.notes),
             "mapping": self.mapping,
             "summary": self.summary().to_dict(),
             "regions": [g.to_dict() for g in self.regions],
@@ -429,6 +433,7 @@ class Series:
         s = cls(page_size=ps, interval=float(d["interval"]), target=d.get("target", ""),
                 backend=d.get("backend", ""), started_at=float(d.get("started_at", 0.0)),
                 ended=d.get("ended", ""), exit_status=d.get("exit_status"),
+                unseen_s=float(d.get("unseen_s", 0.0)),
                 notes=list(d.get("notes", ())), mapping=d.get("mapping", ""))
         s.regions = [Region(int(g["start"]), int(g["end"]), g.get("label", ""),
                             g.get("perms", "")) for g in d["regions"]]

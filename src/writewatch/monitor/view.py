@@ -203,6 +203,10 @@ def format_summary(series: Series, unit: str = "MB") -> str:
         f"  written: {s.pages_written} pages ({human_bytes(s.bytes_written)}) in total; "
         f"write working set {s.working_set_pages} pages ({human_bytes(s.working_set_bytes)})",
     ]
+    if series.unseen_s > 0:
+        lines.append(f"  unseen: the target exited within {series.unseen_s:.2f} s after the "
+                     f"{'last sample' if s.intervals else 'start'}; what it wrote in that time "
+                     "could not be read (its memory went with it)")
     if s.processes:
         lines.append(
             f"  process tree: {len(s.processes)} processes, {s.forks} forks, {s.exits} exits; "

@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import errors
 from ..kernel import LINUX, KernelCalls, forking
-from .member import process_backend
+from .member import check_process_options, process_backend
 from .tree import ProcessTracker
 
 __all__ = ["LaunchedProcess", "launch"]
@@ -113,6 +113,29 @@ def _redirect(spec: Any, fd: int, mode: int) -> None:
     else:
         src = spec.fileno()
     os.dup2(src, fd)
+
+
+def _check_stream(spec: Any, name: str) -> None:
+    """A stdin/stdout/stderr argument, checked here before the fork: None, PIPE, DEVNULL,
+    an open descriptor or an object with ``fileno()``."""
+    hint = "give None, subprocess.PIPE, subprocess.DEVNULL, a descriptor or a file object"
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool) and
+                        spec in (subprocess.PIPE, subprocess.DEVNULL)):
+        return
+    if isinstance(spec, bool) or not isinstance(spec, int):
+        fileno = getattr(spec, "fileno", None)
+        if fileno is None:
+            raise errors.InvalidTarget(f"{name}={spec!r} is not a stream", hint=hint)
+        try:
+            spec = fileno()
+        except (OSError, ValueError) as exc:  # closed, or not backed by a descriptor
+            raise errors.InvalidTarget(f"{name}={spec!r} has no descriptor: {exc}",
+                                       hint=hint) from None
+    try:
+        os.fstat(spec)
+    except (OSError, OverflowError, TypeError):
+        raise errors.InvalidTarget(f"{name}={spec!r} is not an open descriptor",
+                                   hint=hint) from None
 
 
 def _text(value: Any, what: str) -> str:
@@ -219,6 +242,9 @@ def launch(argv: Sequence[str], backend: str = "auto", *, follow_forks: bool = T
     ``text=True``), ``subprocess.DEVNULL``, a descriptor or a file object."""
     args, exe, env, cwd = check_command(argv, env, cwd)
     name = process_backend(backend, kernel)
+    check_process_options(name, options)
+    for spec, what in ((stdin, "stdin"), (stdout, "stdout"), (stderr, "stderr")):
+        _check_stream(spec, what)
     streams: list[Any] = [stdin, stdout, stderr]
     pipes: list[tuple[int, int] | None] = [None, None, None]
     for i, spec in enumerate(streams):

@@ -68,6 +68,15 @@ def _dup_cloexec(fd: int) -> int:
     return int(_sys.os_call("F_DUPFD_CLOEXEC", fcntl.fcntl, fd, fcntl.F_DUPFD_CLOEXEC, 0))
 
 
+def check_process_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse backend options that backend ``name`` does not take for another process (the
+    descriptor and its events are the process tracker's own)."""
+    from ..tracker import check_options
+    check_options(REGISTRY[name], options,
+                  frozenset({"uffd", "uffd_negotiated", "events"}) if name == "uffd-async"
+                  else frozenset())
+
+
 def process_backend(name: str, kernel: KernelCalls = LINUX) -> str:
     """The backend "auto" means for another process: uffd-wp-sync tracks its own process
     only, so uffd-async, then soft-dirty (which needs no descriptor inside the target)."""

@@ -160,6 +160,9 @@ def object_pages(*writes: SharedWrites) -> int:
 class Sharer(NamedTuple):
     pid: int
     key: ObjectKey
+    #: it mapped the object at the last scan and does not now (it exited, exec'd or
+    #: unmapped it): what it wrote since that scan is unseen
+    left: bool = False
 
 
 class SharerScan:
@@ -169,17 +172,24 @@ class SharerScan:
     inode (a byte search first: most processes share nothing). MAP_SHARED anonymous memory
     can only be inherited (fork) or reached through /proc/PID/map_files (CAP_SYS_ADMIN), so
     when every tracked object is of that kind only processes not seen before are read, plus
-    those found mapping one before."""
+    those found mapping one before.
+
+    A process found at one scan may write the object and then exit, exec or unmap it
+    before the next: that scan reports it once more, as ``left`` (unless it has become
+    one of the tracked processes, whose attaching reported its mappings whole)."""
 
     def __init__(self) -> None:
         self._seen: dict[int, int] = {}  # pid -> starttime, of processes already read
-        self._found: set[int] = set()  # pids that mapped a tracked object at the last scan
+        #: pid -> (starttime, objects it mapped writable), at the last scan
+        self._found: dict[int, tuple[int, frozenset[ObjectKey]]] = {}
         self.reads = 0  #: maps files read (for the cost)
 
     def scan(self, objects: dict[ObjectKey, str], exclude: set[int]) -> list[Sharer]:
         """``objects``: tracked object -> :func:`kind`; ``exclude``: the tracked pids."""
         if not objects:
-            return []
+            gone = self._left({}, exclude)
+            self._found = {}
+            return gone
         full = any(k != "anon" for k in objects.values())
         pattern = re.compile(rb"^\S+ \S\S\Ss \S+ (\S+) (" +
                              b"|".join(str(k.inode).encode() for k in objects) + rb") ",
@@ -187,7 +197,7 @@ class SharerScan:
         me = os.getpid()
         out: list[Sharer] = []
         now: dict[int, int] = {}
-        found: set[int] = set()
+        found: dict[int, tuple[int, frozenset[ObjectKey]]] = {}
         for pid in procfs.pids():
             if pid in exclude or pid == me:
                 continue
@@ -202,17 +212,33 @@ class SharerScan:
             except errors.WriteWatchError:  # gone, or not ours to read: cannot be checked
                 continue
             self.reads += 1
+            keys: set[ObjectKey] = set()
             for m in pattern.finditer(data):
                 line = data[m.start():data.find(b"\n", m.start())]
                 info = procfs.parse_maps(line)
                 if not info or "w" not in info[0].perms:
                     continue
                 key = ObjectKey(info[0].dev, info[0].inode)
-                if key in objects:
+                if key in objects and key not in keys:
+                    keys.add(key)
                     out.append(Sharer(pid, key))
-                    found.add(pid)
+            if keys:
+                found[pid] = (st.starttime, frozenset(keys))
         self._seen = now
+        out += self._left(found, exclude)
         self._found = found
+        return out
+
+    def _left(self, found: dict[int, tuple[int, frozenset[ObjectKey]]],
+              exclude: set[int]) -> list[Sharer]:
+        """The objects processes mapped at the last scan and do not map now."""
+        out = []
+        for pid, (start, keys) in self._found.items():
+            if pid in exclude:
+                continue
+            same = found.get(pid)
+            still = same[1] if same is not None and same[0] == start else frozenset()
+            out += [Sharer(pid, k, left=True) for k in sorted(keys - still)]
         return out
 
 

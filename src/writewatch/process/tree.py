@@ -41,7 +41,7 @@ from ..pages import Pages
 from ..tracker import CollectInfo, Tracker, TrackerStats
 from .forks import Forked, ForkWatcher, mm_alive
 from .mappings import MappingInfo, by_mapping
-from .member import Member, MemberCollect, process_backend
+from .member import Member, MemberCollect, check_process_options, process_backend
 from .shared import (
     SharedWrites,
     SharerScan,
@@ -127,6 +127,7 @@ class _Tree:
                  follow_forks: bool, reattach_on_exec: bool) -> None:
         self.kernel = kernel
         self.backend = process_backend(backend, kernel)
+        check_process_options(self.backend, options)
         self.options = options
         self.follow_forks = follow_forks
         self.reattach_on_exec = reattach_on_exec
@@ -463,9 +464,9 @@ class ProcessTracker(Tracker):
             results[pid] = got
             if got.exited or got.exec:
                 # writes made after its last collect went with its mm
+                what = "exited" if got.exited else "exec'd"
                 notes.whole(self._views.get(pid, ()),
-                            f"pid {pid} {'exited' if got.exited else 'exec d'} before its "
-                            "last writes could be read")
+                            f"pid {pid} {what} before its last writes could be read")
                 if got.exec:
                     self._tree.rewatch(m)
             maps = got.mappings if not got.exited else ()
@@ -554,27 +555,39 @@ class ProcessTracker(Tracker):
         ps = self.page_size
         written = SharedWrites(ps)
         cons = SharedWrites(ps)
+        passed: list[str] = []  # why other members' conservative pages in shared memory
         for pid, r in results.items():
+            shared_cons = False
             for v in self._views.get(pid, ()):
                 if v.source:
                     written.add(v.key, to_object(r.written, v))
-                    cons.add(v.key, to_object(r.conservative, v))
+                    obj = to_object(r.conservative, v)
+                    shared_cons |= bool(len(obj))
+                    cons.add(v.key, obj)
+            if shared_cons and pid != self.pid:
+                passed += [f"pid {pid}: {why}" for why in r.reasons]
         for v, _why in notes.views:
             cons.add_view(v)
         all_views = [v for vs in self._views.values() for v in vs]
         objects = object_kinds(all_views)
         sharers = self._sharers.scan(objects, set(self._tree.members)) if objects else []
-        by_key: dict[Any, set[int]] = {}
+        by_key: dict[Any, tuple[set[int], set[int]]] = {}
         for s in sharers:
-            by_key.setdefault(s.key, set()).add(s.pid)
-        reasons = list(notes.reasons)
-        for key, pids in by_key.items():
+            by_key.setdefault(s.key, (set(), set()))[s.left].add(s.pid)
+        reasons = [*notes.reasons, *passed]
+        for key, (mapping, left) in by_key.items():
             ours = [v for v in all_views if v.key == key]
             for v in ours:
                 cons.add_view(v)
             label = ours[0].path if ours else f"{key.dev}:{key.inode}"
-            reasons.append(f"{label}: also mapped writable by pid "
-                           f"{', '.join(map(str, sorted(pids)))}, not tracked: reported whole")
+            if mapping:
+                reasons.append(f"{label}: also mapped writable by pid "
+                               f"{', '.join(map(str, sorted(mapping)))}, not tracked: "
+                               "reported whole")
+            if left:
+                reasons.append(f"{label}: pid {', '.join(map(str, sorted(left)))} mapped it "
+                               "writable at the last collect and has exited, exec'd or "
+                               "unmapped it since (not tracked): reported whole once")
         per: dict[int, Pages] = {}
         per_cons: dict[int, Pages] = {}
         private = 0
@@ -613,7 +626,7 @@ class ProcessTracker(Tracker):
             moved=root.moved if root else (), refused=root.refused if root else (),
             exec=bool(root and root.exec), exited=exited, forked=tuple(notes.forked), execd=execd,
             processes=() if self._gone else tuple(self._tree.members), union_pages=union,
-            untracked=tuple(sorted({s.pid for s in sharers})),
+            untracked=tuple(sorted({s.pid for s in sharers if not s.left})),
             per_process=tuple(per.items()), per_process_conservative=tuple(per_cons.items()),
             member_mappings=tuple((p, r.mappings) for p, r in results.items()))
 
@@ -660,6 +673,9 @@ def _check_target(pid: int) -> None:
         raise errors.NoSuchProcess(pid)
     if st.state == "Z":
         raise errors.NoSuchProcess(pid, f"process {pid} has exited (zombie)")
+    if st.flags & U.PF_KTHREAD:
+        raise errors.InvalidTarget(f"process {pid} is a kernel thread: it has no user memory",
+                                   hint="give the PID of a user process")
     if st.state == "T":
         raise errors.InvalidTarget(f"process {pid} is stopped (job control)",
                                    hint=f"resume it first (kill -CONT {pid})")
