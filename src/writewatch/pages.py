@@ -8,6 +8,8 @@ from typing import Any, SupportsIndex
 
 import numpy as np
 
+from . import errors
+
 __all__ = ["Pages"]
 
 _U64 = np.uint64
@@ -65,6 +67,49 @@ _NONE = np.empty((0, 2), _U64)
 _NONE.flags.writeable = False
 
 
+def _page_size(value: Any) -> int:
+    """A page size argument, validated: a positive power of two."""
+    if isinstance(value, bool) or not isinstance(value, (int, SupportsIndex)):
+        raise errors.InvalidTarget(f"page_size={value!r} is not an integer",
+                                   hint="give the page size in bytes, e.g. 4096")
+    ps = int(value)
+    if ps <= 0 or ps & (ps - 1):
+        raise errors.InvalidTarget(f"page_size={ps} is not a power of two",
+                                   hint="give the page size in bytes, e.g. 4096")
+    return ps
+
+
+def _addresses(values: Any, what: str) -> np.ndarray:
+    """Integers in [0, 2**64) as a uint64 array (its shape kept), or InvalidTarget."""
+    if not isinstance(values, (np.ndarray, list, tuple)):
+        try:  # any iterable: a set, a generator, a range
+            values = list(values)
+        except TypeError:
+            raise errors.InvalidTarget(f"{what} are not an iterable of integers",
+                                       hint="give (start, end) address pairs") from None
+    try:
+        a = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise errors.InvalidTarget(f"{what} are not an array of integers: {exc}",
+                                   hint="give (start, end) address pairs") from None
+    if a.size == 0:
+        return a.astype(_U64)
+    if a.dtype.kind == "O":  # Python ints beyond int64
+        try:
+            a = np.array(a.tolist(), dtype=_U64)
+        except (ValueError, TypeError, OverflowError):
+            raise errors.InvalidTarget(f"{what} must be integers in [0, 2**64)",
+                                       hint="give (start, end) address pairs") from None
+    elif a.dtype.kind == "i":
+        if bool((a < 0).any()):
+            raise errors.InvalidTarget(f"{what} hold a negative address",
+                                       hint="addresses are in [0, 2**64)")
+    elif a.dtype.kind != "u":
+        raise errors.InvalidTarget(f"{what} must be integers, not {a.dtype}",
+                                   hint="give (start, end) address pairs")
+    return a.astype(_U64, copy=False)
+
+
 class Pages:
     """A set of pages, as coalesced, sorted ``[start, end)`` address ranges.
 
@@ -74,19 +119,28 @@ class Pages:
     objects.
     """
 
-    __slots__ = ("_ranges", "page_size")
+    __slots__ = ("_ps", "_ranges")
 
     def __init__(self, ranges: Any = (), page_size: int = PAGE_SIZE) -> None:
-        arr = np.asarray(ranges, dtype=_U64).reshape(-1, 2) if len(ranges) else \
-            np.empty((0, 2), _U64)
-        if len(arr) and bool(((arr % _U64(page_size)) != 0).any()):
-            raise ValueError("Pages ranges must be page aligned")
+        ps = _page_size(page_size)
+        arr = _addresses(ranges, "Pages ranges")
+        if arr.size % 2 or (arr.ndim > 1 and arr.shape[-1] != 2):
+            raise errors.InvalidTarget(f"Pages ranges of shape {arr.shape} are not "
+                                       "(start, end) pairs", hint="give a (k, 2) array")
+        arr = arr.reshape(-1, 2)
+        if len(arr) and bool(((arr % _U64(ps)) != 0).any()):
+            raise errors.InvalidTarget("Pages ranges must be page aligned",
+                                       hint=f"start and end multiples of {ps}")
         out = _coalesce(arr)
         if isinstance(ranges, np.ndarray) and np.may_share_memory(out, ranges):
             out = out.copy()  # the caller's array stays the caller's: own a copy
         out.flags.writeable = False
         self._ranges = out
-        self.page_size = page_size
+        self._ps = ps
+
+    @property
+    def page_size(self) -> int:
+        return self._ps
 
     @classmethod
     def empty(cls, page_size: int = PAGE_SIZE) -> Pages:
@@ -104,16 +158,16 @@ class Pages:
         p = cls.__new__(cls)
         arr.flags.writeable = False
         p._ranges = arr
-        p.page_size = page_size
+        p._ps = page_size
         return p
 
     @classmethod
     def from_addresses(cls, addresses: Iterable[int] | np.ndarray,
                        page_size: int = PAGE_SIZE) -> Pages:
         """The pages containing each address."""
-        a = np.unique(np.asarray(list(addresses) if not isinstance(addresses, np.ndarray)
-                                 else addresses, dtype=_U64) // _U64(page_size)) * _U64(page_size)
-        return cls(np.stack([a, a + _U64(page_size)], axis=1), page_size)
+        ps = _U64(_page_size(page_size))
+        a = np.unique(_addresses(addresses, "addresses").reshape(-1) // ps) * ps
+        return cls(np.stack([a, a + ps], axis=1), int(ps))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray, base: int, page_size: int = PAGE_SIZE) -> Pages:
@@ -160,16 +214,18 @@ class Pages:
         if not isinstance(addr, (int, SupportsIndex)):
             return False
         a = int(addr)
-        if a < 0 or not len(self._ranges):
+        if not 0 <= a < 1 << 64 or not len(self._ranges):
             return False
         i = int(np.searchsorted(self._ranges[:, 0], _U64(a), side="right")) - 1
         return i >= 0 and a < int(self._ranges[i, 1])
 
     def _check(self, other: object) -> Pages:
         if not isinstance(other, Pages):
-            raise TypeError(f"expected Pages, got {type(other).__name__}")
-        if other.page_size != self.page_size:
-            raise ValueError(f"page sizes differ: {self.page_size} and {other.page_size}")
+            raise errors.InvalidTarget(f"expected Pages, got {type(other).__name__}",
+                                       hint="combine Pages with Pages")
+        if other._ps != self._ps:
+            raise errors.InvalidTarget(f"page sizes differ: {self._ps} and {other._ps}",
+                                       hint="combine sets of the same page size")
         return other
 
     def __or__(self, other: Pages) -> Pages:

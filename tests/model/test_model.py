@@ -469,6 +469,18 @@ def test_cli_plot_json_series_and_seeds(tmp_path, capsys) -> None:
     assert fp["low"] < fp["high"]  # the seeds give different traces
 
 
+@pytest.mark.parametrize("argv", [["--seeds", "-1"], ["--scale", "0"], ["--examples", "-2"],
+                                  ["--costs", "/etc/passwd"], ["--costs", "<list>"]])
+def test_cli_compare_bad_options(argv: list[str], tmp_path) -> None:
+    if "<list>" in argv:
+        f = tmp_path / "costs.json"
+        f.write_text("[1, 2]")
+        argv = ["--costs", str(f)]
+    with pytest.raises(writewatch.InvalidTarget) as e:
+        _cli("compare", "-w", "fork", "-d", "uffd-async", *argv)
+    assert e.value.hint
+
+
 def test_new_designs_from_the_thread() -> None:
     """Hildenbrand's soft-dirty on uffd-wp markers keeps soft-dirty's interface and loses
     neither the merge case nor zapped shmem; soft-dirty before 3.16 loses nothing to merges

@@ -135,3 +135,71 @@ def test_missing_chunk_and_parent(saved):
         with open(base, "wb") as f:
             f.write(pristine[base])
     assert Snapshots(d).verify().ok
+
+
+def test_a_damaged_manifest_leaves_the_rest_of_the_store_usable(tmp_path, capsys) -> None:
+    """One unreadable manifest is listed as damaged; the others restore, a new save works
+    (a new chain when the damaged one was the latest) and the CLI says what is wrong."""
+    from memutil import require_uffd_async
+
+    from writewatch.cli.__main__ import main
+    require_uffd_async()
+    r = Region(8)
+    try:
+        arr = r.array()
+        arr[:] = 1
+        with Snapshotter(r.span, store(tmp_path)) as s:
+            s.save()
+            first = arr.copy()
+            arr[0] = 2
+            s.save()
+        latest = manifest_files(str(tmp_path))[-1]
+        with open(latest, "r+b") as f:
+            f.seek(40)
+            b = f.read(1)
+            f.seek(40)
+            f.write(bytes([b[0] ^ 1]))
+        with open(os.path.join(tmp_path, "snapshots", "notes"), "w") as f:
+            f.write("not a snapshot")  # ignored: not a snapshot name
+        snaps = Snapshots(tmp_path)
+        got = snaps.list()
+        assert [(i.name, i.kind) for i in got] == [("000001", "full"), ("000002", "damaged")]
+        assert "checksum" in got[1].damaged and not got[0].damaged
+        assert np.array_equal(snaps.restore(1).data, first)
+        with pytest.raises(CorruptSnapshot):
+            snaps.restore(2)
+        arr[1] = 3
+        with Snapshotter(r.span, store(tmp_path)) as s:
+            info = s.save()
+        assert info.kind == "full" and info.name == "000003"  # a new chain
+        assert np.array_equal(Snapshots(tmp_path).restore(3).data, arr)
+        assert main(["snapshots", str(tmp_path)]) == 1
+        out = capsys.readouterr()
+        assert "damaged" in out.out and "Traceback" not in out.out + out.err
+        assert main(["snapshots", str(tmp_path), "--verify"]) == 1
+        out = capsys.readouterr().out
+        assert "damaged: snapshot 000002" in out and "000003" in out
+    finally:
+        r.unmap()
+
+
+def test_a_file_where_the_chunk_directory_was(tmp_path) -> None:
+    from memutil import require_uffd_async
+    require_uffd_async()
+    r = Region(4)
+    try:
+        r.array()[:] = 7
+        with Snapshotter(r.span, store(tmp_path)) as s:
+            s.save()
+    finally:
+        r.unmap()
+    for d in os.listdir(tmp_path / "chunks"):
+        path = tmp_path / "chunks" / d
+        for f in os.listdir(path):
+            os.unlink(path / f)
+        os.rmdir(path)
+        path.write_bytes(b"not a directory")
+    report = Snapshots(tmp_path).verify()
+    assert not report.ok and all("missing" in str(p) for p in report.problems)
+    with pytest.raises(CorruptSnapshot, match="missing"):
+        Snapshots(tmp_path).restore(1)

@@ -63,7 +63,7 @@ def test_bad_chunk_size_leaves_nothing_open(tmp_path, chunk_size, buf) -> None:
                                 {"max_pause": float("inf")}, {"max_pause": "20ms"},
                                 {"precopy_rounds": -1}, {"precopy_seconds": 0},
                                 {"level": 999}, {"compress": "lz4"}, {"shared": "maybe"},
-                                {"pause": 5}])
+                                {"pause": 5}, {"stop": "x"}, {"stop": 1}, {"progress": "x"}])
 def test_bad_options_are_refused_before_anything_is_opened(tmp_path, kw, buf) -> None:
     before = _fds()
     with pytest.raises(writewatch.InvalidTarget):
@@ -173,3 +173,13 @@ def test_cli_restore_out_errors(tmp_path, buf) -> None:
     r = _cli("restore", store, "latest", "--out", str(tmp_path / "img"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "img").read_bytes() == bytes(buf)
+
+
+@pytest.mark.parametrize("keep", [1.5, "2", None, True, 0, -1])
+def test_prune_refuses_what_is_not_a_count(tmp_path, keep, buf) -> None:
+    with Snapshotter(buf, tmp_path / "s") as s:
+        s.save()
+        s.save()
+        with pytest.raises(writewatch.InvalidTarget, match="keep"):
+            s.snapshots.prune(keep)
+        assert len(s.snapshots.names()) == 2

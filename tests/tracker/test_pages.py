@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import writewatch
 from writewatch import Pages
 
 PS = 4096
@@ -70,6 +71,42 @@ def test_immutable_and_validated() -> None:
     assert list(p) == [(0, PS)] and bool(p) and not Pages((), PS)
     assert Pages([(0, PS), (PS, 2 * PS)], PS).ranges.tolist() == [[0, 2 * PS]]
     assert hash(p) == hash(Pages([(0, PS)], PS)) and p == Pages([(0, PS)], PS)
+
+
+def test_page_size_cannot_be_changed() -> None:
+    # a tracker hands out one shared empty set: no caller may alter what others get
+    p = Pages.empty(PS)
+    with pytest.raises(AttributeError):
+        p.page_size = 1  # type: ignore[misc]
+    assert Pages.empty(PS).page_size == PS
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Pages([[1, PS]], PS),                      # not aligned
+    lambda: Pages([[-PS, PS]], PS),                    # negative
+    lambda: Pages([[2**64, 2**64 + PS]], PS),          # beyond 64 bits
+    lambda: Pages([0, PS, 2 * PS], PS),                # not pairs
+    lambda: Pages(np.zeros((2, 3), np.uint64), PS),    # not pairs
+    lambda: Pages([[0.5, 1.5]], PS),                   # not integers
+    lambda: Pages([[True, False]], PS),
+    lambda: Pages([(0, PS)], 0),                       # page sizes
+    lambda: Pages([(0, PS)], 3000),
+    lambda: Pages([(0, PS)], 4096.0),
+    lambda: Pages.from_addresses([-5], PS),
+    lambda: Pages([(0, PS)], PS) | Pages([(0, 8192)], 8192),
+    lambda: Pages([(0, PS)], PS) - 5,
+])
+def test_bad_input_is_a_typed_error(make) -> None:
+    with pytest.raises(writewatch.InvalidTarget) as exc:
+        make()
+    assert exc.value.hint
+
+
+def test_odd_but_valid_input() -> None:
+    assert len(Pages(iter([(0, PS), (PS, 2 * PS)]), PS)) == 2  # any iterable of pairs
+    assert len(Pages.from_addresses({PS, 3 * PS, 3 * PS + 5}, PS)) == 2  # a set of them
+    top = Pages([[2**63, 2**63 + PS]], PS)
+    assert 2**63 in top and 2**64 not in top and -1 not in top and 1.0 not in top
 
 
 def test_owns_its_ranges() -> None:

@@ -1,10 +1,10 @@
 """The userfaultfd handler process of the ``uffd-wp-sync`` backend and of live snapshots.
 
-Run as ``python -m writewatch.backends._uffd_sync_handler UFFD SOCK MEM PAGEMAP PID FEATURES
-[SNAPSHOT_FD]``, the descriptors inherited from the tracked process (:mod:`.uffd_sync` starts
-it). It is a separate process because a thread that writes a write-protected page sleeps in
-the kernel (``handle_userfault``) until the page is unprotected, and a Python thread sleeps
-there holding the GIL: a handler thread in the same interpreter could never run. This process
+:func:`main` runs with ``UFFD SOCK MEM PAGEMAP PID FEATURES [SNAPSHOT_FD]``, the descriptors
+inherited from the tracked process (:mod:`.uffd_sync` starts it). It is a separate process
+because a thread that writes a write-protected page sleeps in the kernel
+(``handle_userfault``) until the page is unprotected, and a Python thread sleeps there holding
+the GIL: a handler thread in the same interpreter could never run. This process
 needs nothing from the tracked one (no lock, no reply) to resolve a fault.
 
 A userfaultfd works on the address space that created it (``ctx->mm``, fs/userfaultfd.c), so

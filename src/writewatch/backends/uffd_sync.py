@@ -60,6 +60,10 @@ from .uffd_async import supported_features
 
 __all__ = ["HandlerDied", "UffdSyncBackend", "open_uffd", "probe", "start_helper"]
 
+#: the handler process's program (imported, not run with -m: see _Helper)
+_HANDLER_MAIN = ("import sys; from writewatch.backends._uffd_sync_handler import main; "
+                 "sys.exit(main(sys.argv[1:]))")
+
 _LEN = struct.Struct("<Q")
 _EMPTY = np.empty((0, 2), np.uint64)
 F = U.UffdFeature
@@ -165,8 +169,10 @@ class _Helper:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+            # imported, not run with -m: the package imports the module first, and runpy
+            # warns when it then runs it again as __main__
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "writewatch.backends._uffd_sync_handler", *args],
+                [sys.executable, "-c", _HANDLER_MAIN, *args],
                 pass_fds=fds, stdin=subprocess.DEVNULL, env=env, close_fds=True)
         except BaseException:
             parent.close()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .. import errors
 from ._fmt import dump_json, table
 
 HELP = "the model: compare write-tracking designs on workloads, explore fault-path races"
@@ -104,7 +105,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
     def width(i: int) -> int:  # cell text + padding + border; "n/a: why" cells may fold
         cells = [r[i] for r in rows if not r[i].startswith("n/a")]
-        return max(*(len(x) for x in columns[i].split("\n")), *map(len, cells)) + 3
+        return max([len(x) for x in columns[i].split("\n")] + [len(c) for c in cells]) + 3
 
     groups: list[list[int]] = [[]]
     used = width(0) + 1
@@ -154,6 +155,10 @@ def _compare(args: argparse.Namespace) -> int:
     from .. import lab
     from ..lab import costs as C
     from ..lab import designs, profiles, workloads
+    for opt, least in (("seeds", 0), ("scale", 1), ("examples", 0)):
+        if getattr(args, opt) < least:
+            raise errors.InvalidTarget(f"--{opt} {getattr(args, opt)}",
+                                       hint=f"give --{opt} >= {least}")
     prof = profiles.get(args.profile)
     names = args.design or list(designs.DEFAULT)
     for d in names:

@@ -42,14 +42,10 @@ def run(args: argparse.Namespace) -> int:
     table(f"Snapshots in {args.store}",
           ["name", "kind", "parent", "created", "pages", "stored", "dedup", "image",
            "regions", "pause", "pre-copy"],
-          [(i.name, i.kind if i.kind == "full" else f"delta ({i.delta_by})", i.parent or "",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
-            i.pages, human_bytes(i.stored_bytes), human_bytes(i.dedup_bytes),
-            human_bytes(i.image_bytes), i.regions,
-            f"{i.pause * 1e3:.1f} ms" if i.pause is not None else "", _precopy(i))
-           for i in infos])
-    total = sum(i.stored_bytes for i in infos)
-    dedup = sum(i.dedup_bytes for i in infos)
+          [_row(i) for i in infos])
+    ok = [i for i in infos if not i.damaged]
+    total = sum(i.stored_bytes for i in ok)
+    dedup = sum(i.dedup_bytes for i in ok)
     print(f"{len(infos)} snapshot(s): {human_bytes(total)} stored, "
           f"{human_bytes(dedup)} deduplicated")
     if report is not None:
@@ -59,4 +55,20 @@ def run(args: argparse.Namespace) -> int:
             for p in report.problems:
                 print(f"damaged: {p}")
             return 1
+    elif len(ok) < len(infos):
+        for i in infos:
+            if i.damaged:
+                print(f"damaged: {i.damaged}")
+        print("run with --verify to check every chunk as well")
+        return 1
     return 0
+
+
+def _row(i: Any) -> tuple[object, ...]:
+    if i.damaged:
+        return (i.name, "damaged", "", "", "", "", "", "", "", "", i.damaged)
+    return (i.name, i.kind if i.kind == "full" else f"delta ({i.delta_by})", i.parent or "",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created)),
+            i.pages, human_bytes(i.stored_bytes), human_bytes(i.dedup_bytes),
+            human_bytes(i.image_bytes), i.regions,
+            f"{i.pause * 1e3:.1f} ms" if i.pause is not None else "", _precopy(i))

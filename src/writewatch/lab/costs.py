@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .. import errors
+
 
 @dataclass(frozen=True)
 class Costs:
@@ -64,9 +66,20 @@ class Costs:
 
     @classmethod
     def from_json(cls, text: str) -> Costs:
-        d = json.loads(text)
+        """Costs from :meth:`to_json`'s text (unknown keys ignored, missing ones default)."""
+        hint = "give the JSON that benchmarks/bench_model.py --calibrate --costs-out writes"
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise errors.InvalidTarget(f"the costs are not JSON: {exc}", hint=hint) from None
+        if not isinstance(d, dict):
+            raise errors.InvalidTarget("the costs are not a JSON object", hint=hint)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        got = {k: v for k, v in d.items() if k in known}
+        for k, v in got.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise errors.InvalidTarget(f"cost {k}={v!r} is not a number >= 0", hint=hint)
+        return cls(**got)
 
 
 DEFAULT = Costs()

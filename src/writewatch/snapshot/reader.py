@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class SnapshotInfo:
     reread_bytes: int = 0
     converged: bool | None = None
     paused_bytes: int = 0  #: bytes read while the target was stopped
+    #: why its manifest cannot be read ("": it can); :meth:`Snapshots.list` still lists it,
+    #: with kind "damaged" and no figures, so that the others stay usable
+    damaged: str = ""
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,14 @@ class Snapshots:
 
     # -- names and manifests --------------------------------------------------------------------
     def names(self) -> list[str]:
-        return [n.partition("/")[2] for n in self.store.list("snapshots/")]
+        """The snapshot names, oldest first (six digits: other files there are not
+        snapshots)."""
+        out = []
+        for n in self.store.list("snapshots/"):
+            name = n.partition("/")[2]
+            if len(name) == 6 and name.isdigit():
+                out.append(name)
+        return out
 
     def name(self, ref: Any) -> str:
         """The snapshot name for ``ref``: a name, a number, a SnapshotInfo, or "latest"/-1."""
@@ -274,7 +284,25 @@ class Snapshots:
                             pre.get("converged"), int(st.get("paused_bytes", 0)))
 
     def list(self) -> tuple[SnapshotInfo, ...]:
-        return tuple(self.info(n) for n in self.names())
+        """Every snapshot, oldest first; one whose manifest is damaged is listed with kind
+        "damaged" and the reason in ``damaged`` (:meth:`info` and :meth:`restore` of it
+        raise :class:`CorruptSnapshot`)."""
+        out = []
+        for n in self.names():
+            try:
+                out.append(self.info(n))
+            except CorruptSnapshot as exc:
+                out.append(SnapshotInfo(n, None, "damaged", 0.0, 0, 0, 0, 0, "", None,
+                                        damaged=exc.message))
+        return tuple(out)
+
+    def readable(self) -> Iterator[Manifest]:
+        """The manifests that decode, oldest first (the damaged ones skipped)."""
+        for n in self.names():
+            try:
+                yield self.manifest(n)
+            except CorruptSnapshot:
+                continue
 
     # -- resolve and read -----------------------------------------------------------------------
     def resolve(self, ref: Any, *, digests: bool = True) -> _Resolved:
@@ -625,6 +653,10 @@ class Snapshots:
     def prune(self, keep: int) -> builtins.list[str]:
         """Keep the newest ``keep`` snapshots (compacting the oldest kept one into a base
         when needed), delete the rest and their unreferenced chunks. Returns the deleted."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, SupportsIndex)):
+            raise errors.InvalidTarget(f"keep={keep!r} is not an integer",
+                                       hint="give how many of the newest snapshots to keep")
+        keep = int(keep)
         if keep < 1:
             raise errors.InvalidTarget(f"keep={keep}", hint="keep at least one snapshot")
         names = self.names()

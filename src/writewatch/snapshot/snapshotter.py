@@ -107,7 +107,8 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
 
 
 def _check_options(compress: Any, level: Any, chunk_size: Any, max_pause: Any,
-                   precopy_rounds: Any, precopy_seconds: Any, shared: Any, pause: Any) -> None:
+                   precopy_rounds: Any, precopy_seconds: Any, shared: Any, pause: Any,
+                   stop: Any, progress: Any) -> None:
     """Every argument checked before anything is opened, attached or locked."""
     if compress not in (None, "zstd"):
         raise errors.InvalidTarget(f"compress={compress!r}", hint="None or 'zstd'")
@@ -127,6 +128,12 @@ def _check_options(compress: Any, level: Any, chunk_size: Any, max_pause: Any,
     _positive("precopy_seconds", precopy_seconds)
     if shared not in ("fail", "pause"):
         raise errors.InvalidTarget(f"shared={shared!r}", hint='"fail" or "pause"')
+    if not (isinstance(stop, bool) or stop in ("auto", "ptrace", "sigstop")):
+        raise errors.InvalidTarget(f"stop={stop!r}",
+                                   hint='True, False, "auto", "ptrace" or "sigstop"')
+    if progress is not None and not isinstance(progress, bool):
+        raise errors.InvalidTarget(f"progress={progress!r}",
+                                   hint="True, False or None (shown on a terminal)")
     if pause is not None and not (callable(pause) or hasattr(pause, "__enter__")):
         raise errors.InvalidTarget(f"pause={pause!r}",
                                    hint="a context manager (a Lock), or a callable returning "
@@ -222,7 +229,7 @@ class Snapshotter:
                  precopy_seconds: float = 30.0, pause: Any = None) -> None:
         self._closed = True  # until every resource is held
         _check_options(compress, level, chunk_size, max_pause, precopy_rounds,
-                       precopy_seconds, shared, pause)
+                       precopy_seconds, shared, pause, stop, progress)
         owns = not isinstance(store, Store)
         self.snapshots = Snapshots(store, create=True)
         self.store = self.snapshots.store
@@ -331,8 +338,9 @@ class Snapshotter:
                 not self._indexed <= set(self.snapshots.names()):
             self._index = None
         if self._index is None:
+            # a damaged manifest's pages are not offered for deduplication
             names = self.snapshots.names()
-            self._index = PageIndex.build(self.snapshots.manifest(n) for n in names)
+            self._index = PageIndex.build(self.snapshots.readable())
             self._indexed = set(names)
         return self._index
 

@@ -306,8 +306,11 @@ class DirStore(Store):
         path = self._file(name)
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC), path
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # ENOTDIR: a file where a dir was
             raise BlobNotFound(f"{self.path}: no blob {name}") from None
+        except OSError as exc:
+            _sys.raise_errno(exc.errno or E.EIO, f"open {path}")
+            raise
 
     def get_into(self, name: str, buf: bytearray) -> memoryview:
         fd, path = self._open_blob(name)
