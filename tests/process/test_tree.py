@@ -190,14 +190,18 @@ def test_short_child_that_exits_before_the_collect(tree_target: TreeDriver) -> N
                 any("exited" in r for r in t.last.reasons), t.last.reasons
 
 
+def _polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No EVENT_FORK for the trackers made from now on: children are found by polling."""
+    import writewatch.process.tree as tree_mod
+    monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)
+
+
 def test_short_child_after_an_untracked_child_exited(tree_target: TreeDriver,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Without fork events (polling: /proc children and the parent's count of its reaped
     children's faults), a short child is found by that count growing. An untracked child
     that exited earlier must not explain every later growth."""
-    import writewatch.process.tree as tree_mod
-
-    monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)  # no EVENT_FORK
+    _polling(monkeypatch)
     d = tree_target
     with attach(d.proc.pid, follow_forks=False) as t:
         assert t.fork_mode == "polling"
@@ -219,9 +223,7 @@ def test_every_conservative_page_has_a_reason_in_polling_mode(
         tree_target: TreeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child found by polling is attached late and its writable mappings reported whole
     once: pages it shares reach the root's collect, and so does the reason."""
-    import writewatch.process.tree as tree_mod
-
-    monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)  # no EVENT_FORK
+    _polling(monkeypatch)
     d = tree_target
     with attach(d.proc.pid, follow_forks=True) as t:
         assert t.fork_mode == "polling"
