@@ -113,6 +113,21 @@ def test_unfollowed_child_is_flagged_never_missed(tree_target: TreeDriver) -> No
         assert any(f"pid {child}" in r and "not tracked" in r for r in t.last.reasons)
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _wait_for(cond, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("end", ["exit", "exec"])
 @pytest.mark.parametrize("when", ["forked after attach", "forked before attach"])
 def test_untracked_sharer_that_writes_then_goes(tree_target: TreeDriver, end: str,
@@ -134,6 +149,7 @@ def test_untracked_sharer_that_writes_then_goes(tree_target: TreeDriver, end: st
                 assert d.cmd(f"k {child}") == "ok"  # exits and is reaped
             else:
                 d.cmd(f"c {child} x")  # execs /bin/sleep: the shared mapping is gone
+                _wait_for(lambda: _comm(child) == "sleep", f"pid {child} to exec sleep")
             got = t.collect()
             assert logged <= {a for a in logged if a in got}, t.last.reasons
             assert any(f"pid {child} mapped it writable at the last collect" in r
