@@ -163,6 +163,69 @@ def test_untracked_sharer_that_writes_then_goes(tree_target: TreeDriver, end: st
                     os.kill(child, signal.SIGKILL)
 
 
+TWO_VIEWS = r"""
+import mmap, os, sys
+fd = os.memfd_create("ww-two-views")
+os.ftruncate(fd, 16 * 4096)
+a = mmap.mmap(fd, 16 * 4096, mmap.MAP_SHARED)
+b = mmap.mmap(fd, 16 * 4096, mmap.MAP_SHARED)
+import ctypes
+addr = lambda m: ctypes.addressof(ctypes.c_char.from_buffer(m))
+print(hex(addr(a)), hex(addr(b)), flush=True)
+for line in sys.stdin:
+    if line.startswith("w"):
+        for i in map(int, line.split()[1:]):
+            a[i * 4096] = 1
+    elif line.startswith("u"):
+        import gc; gc.collect()
+        a.close()  # munmap: the writes through it went with its page tables
+    print("ok", flush=True)
+"""
+
+
+def test_unmapped_views_are_what_no_mapping_keeps() -> None:
+    from writewatch.process.shared import ObjectKey, View, unmapped_views
+    k, P = ObjectKey("00:01", 7), 4096
+    v = View(1, 10 * P, 20 * P, 0, k, True, True, "/memfd:x")
+    assert unmapped_views([v], [v]) == []
+    split = [v._replace(end=15 * P), v._replace(start=15 * P, offset=5 * P)]
+    assert unmapped_views([v], split) == []  # an mprotect split keeps the page tables
+    ro = [split[0], split[1]._replace(writable=False)]
+    assert unmapped_views([v], ro) == [split[1]]  # made read-only: its part
+    other = v._replace(start=40 * P, end=50 * P)  # the same bytes at other addresses
+    assert unmapped_views([v, other], [other]) == [v]
+    assert unmapped_views([v._replace(shared=False)], []) == []  # private: nothing shared
+
+
+def test_shared_memory_written_through_a_mapping_then_unmapped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Written through one mapping of a memfd that is then unmapped: the other tracked
+    mapping of the same memory reports those bytes (conservatively), saying why."""
+    p = subprocess.Popen([sys.executable, "-c", TWO_VIEWS], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        _a, b = (int(x, 16) for x in p.stdout.readline().split())  # type: ignore[union-attr]
+
+        def cmd(text: str) -> None:
+            p.stdin.write(text + "\n")  # type: ignore[union-attr]
+            p.stdin.flush()  # type: ignore[union-attr]
+            assert p.stdout.readline().strip() == "ok"  # type: ignore[union-attr]
+
+        with attach(p.pid) as t:
+            t.collect()
+            cmd("w 3 5")
+            cmd("u")
+            got = t.collect()
+            ps = t.page_size
+            assert {b + 3 * ps, b + 5 * ps} <= {int(x) for x in got.addresses()}
+            assert any("unmapped (or made read-only) shared memory" in r
+                       for r in t.last.reasons), t.last.reasons
+            t.collect()
+            assert not any("unmapped" in r and "shared memory" in r for r in t.last.reasons)
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_child_forked_before_attach_is_a_sharer(tree_target: TreeDriver) -> None:
     d = tree_target
     child = d.fork()

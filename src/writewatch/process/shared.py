@@ -26,7 +26,7 @@ from ..kernel import procfs
 from ..pages import Pages
 from .mappings import MappingInfo, trackable
 
-__all__ = ["ObjectKey", "SharedWrites", "SharerScan", "View", "views"]
+__all__ = ["ObjectKey", "SharedWrites", "SharerScan", "View", "unmapped_views", "views"]
 
 _U64 = np.uint64
 
@@ -77,6 +77,28 @@ def views(pid: int, mappings: Iterable[MappingInfo]) -> tuple[View, ...]:
         out.append(View(pid, m.start, m.end, m.offset, ObjectKey(m.dev, m.inode), m.shared,
                         m.perms[1] == "w", m.path))
     return tuple(out)
+
+
+def unmapped_views(old: Sequence[View], new: Sequence[View]) -> list[View]:
+    """The parts of the writable shared views in ``old`` that no view in ``new`` keeps
+    (pure): the same addresses on the same bytes of the same object, still writable. A
+    split of a mapping keeps its page tables; an unmap, a move or a change to read-only
+    drops what they said was written through it since the last collect (another mapping
+    of the same bytes has page tables of its own)."""
+    now: dict[tuple[ObjectKey, int], list[tuple[int, int]]] = {}
+    for v in new:
+        if v.source:
+            now.setdefault((v.key, v.start - v.offset), []).append((v.start, v.end))
+    out = []
+    for v in old:
+        if not v.source:
+            continue
+        pieces = [(v.start, v.end)]
+        for lo, hi in sorted(now.get((v.key, v.start - v.offset), ())):
+            pieces = [p for a, b in pieces
+                      for p in ((a, min(b, lo)), (max(a, hi), b)) if p[0] < p[1]]
+        out += [v._replace(start=a, end=b, offset=v.offset + a - v.start) for a, b in pieces]
+    return out
 
 
 def _shift(ranges: np.ndarray, lo: int, hi: int, delta: int) -> np.ndarray:

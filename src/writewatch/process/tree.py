@@ -49,6 +49,7 @@ from .shared import (
     object_kinds,
     object_pages,
     to_object,
+    unmapped_views,
     views,
 )
 
@@ -471,9 +472,25 @@ class ProcessTracker(Tracker):
                     self._tree.rewatch(m)
             maps = got.mappings if not got.exited else ()
             if self._views_of.get(pid) is not maps:  # the same maps: the same views
-                self._views[pid] = views(pid, maps)
+                now = views(pid, maps)
+                if not (got.exited or got.exec):  # those are reported whole above
+                    self._note_unmapped(pid, now, notes)
+                self._views[pid] = now
                 self._views_of[pid] = maps
         return results
+
+    def _note_unmapped(self, pid: int, now: tuple[View, ...], notes: _Notes) -> None:
+        """Shared memory ``pid`` wrote through a mapping it no longer has: what it wrote
+        there since the last collect is unknown, so the tracked mappings of those objects
+        that are left (its own, other members') report those bytes whole."""
+        gone = unmapped_views(self._views.get(pid, ()), now)
+        if not gone:
+            return
+        left = {v.key for v in now} | {v.key for p, vs in self._views.items() if p != pid
+                                        for v in vs}
+        notes.whole([v for v in gone if v.key in left],
+                    f"pid {pid} unmapped (or made read-only) shared memory it may have "
+                    "written since the last collect")
 
     def _poll_children(self, results: dict[int, MemberCollect], notes: _Notes) -> None:
         """Children found in /proc (no fork event for them): attached late (follow_forks,
