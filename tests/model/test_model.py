@@ -7,6 +7,7 @@ import argparse
 import errno
 import json
 
+import numpy as np
 import pytest
 
 import writewatch
@@ -157,6 +158,81 @@ def _merge_loss() -> Trace:
               op("munmap", addr=a + 2 * PAGE, len=PAGE),
               op("mmap", addr=a + 2 * PAGE, len=PAGE, prot="r"),
               op("mprotect", addr=a + PAGE, len=PAGE, prot="r"), op("collect"))
+
+
+def _abc() -> Trace:
+    a = BASE
+    return tr(op("mmap", addr=a, len=16 * PAGE), op("track", addr=a, len=16 * PAGE),
+              op("write", addr=a, len=PAGE), op("write", addr=a + PAGE, len=PAGE),
+              op("collect"), op("write", addr=a + 2 * PAGE, len=PAGE), op("collect"))
+
+
+def _returning(value):  # type: ignore[no-untyped-def]
+    from writewatch.lab.designs import UffdAsync
+
+    class Returns(UffdAsync):
+        name = "returns"
+
+        def collect(self):  # type: ignore[no-untyped-def]
+            super().collect()
+            return value(self) if callable(value) else value
+    return Returns
+
+
+@pytest.mark.parametrize("value", [
+    None, np.zeros((1, 3), np.uint64), np.array([[BASE, BASE + PAGE]], np.float64),
+    np.array([[-PAGE, 0]]), np.array([[BASE + 1, BASE + PAGE + 1]], np.uint64),
+    np.array([[BASE + PAGE, BASE]], np.uint64), np.arange(4, dtype=np.uint64)])
+def test_a_design_collect_that_returns_garbage_is_an_error(value) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(writewatch.WriteWatchError, match="design returns: collect"):
+        run_trace(_abc(), _returning(value), P618)
+
+
+def test_pages_reported_outside_the_tracked_range_are_false_positives() -> None:
+    far = np.array([[BASE + 64 * PAGE, BASE + 66 * PAGE]], np.uint64)
+    m = run_trace(_abc(), _returning(lambda d: far), P618)
+    assert m.false_positives == 4 and m.reported == 4 and m.false_negatives == 3
+    everything = np.array([[BASE, 0xFFFFFFFFFFFFF000]], np.uint64)  # "all of it": clipped
+    m = run_trace(_abc(), _returning(lambda d: everything), P618)
+    assert m.false_negatives == 0 and m.reported > 3
+
+
+def test_a_design_that_raises_is_named() -> None:
+    def boom(d):  # type: ignore[no-untyped-def]
+        raise RuntimeError("broken")
+    with pytest.raises(writewatch.WriteWatchError, match="under returns: RuntimeError: broken"):
+        run_trace(_abc(), _returning(boom), P618)
+
+
+def test_a_bad_single_page_write_is_blamed_on_its_own_op() -> None:
+    t = tr(op("mmap", addr=BASE, len=16 * PAGE), op("track", addr=BASE, len=16 * PAGE),
+           op("write", addr=BASE + 64 * PAGE, len=PAGE), op("collect"))
+    with pytest.raises(writewatch.WriteWatchError, match=r"^op 2 \(a single-page access"):
+        run_trace(t, "uffd-async", P618)
+
+
+@pytest.mark.parametrize(("args", "match"), [
+    (("hugetlb", False, []), "memory kind"), (("anon", False, [("frob", 0, 1)]), "operation"),
+    (("anon", False, [("write",)]), "argument"), (("anon", False, [("write", -1100, 1200)]),
+                                                 "window"),
+    (("anon", False, [("mprotect", 0, 1, "rwx")]), "protection")])
+def test_fidelity_run_checks_its_ops_before_touching_memory(args, match) -> None:  # type: ignore[no-untyped-def]
+    from writewatch.model import fidelity
+    with pytest.raises(writewatch.InvalidTarget, match=match):
+        fidelity.run(*args)
+    with pytest.raises(writewatch.InvalidTarget, match="mode"):
+        fidelity.run("anon", False, [], mode="bogus")
+
+
+@pytest.mark.parametrize("source", ["import nope_not_a_module", "1/0", "def (:"])
+def test_a_design_module_that_fails_to_import(tmp_path, monkeypatch, source: str) -> None:
+    (tmp_path / "badmod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from writewatch.lab.designs import load
+    with pytest.raises(writewatch.InvalidTarget, match="cannot load design"):
+        load("badmod:Design")
+    with pytest.raises(writewatch.InvalidTarget):
+        load(":X")
 
 
 def test_soft_dirty_merge_loses_flag_before_the_fix() -> None:

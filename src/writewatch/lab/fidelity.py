@@ -145,6 +145,7 @@ def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
     "pagemap": soft-dirty (``clear_refs`` 4 as arm and collect), compare the classic pagemap
     bits present, swapped, file/shared, soft-dirty and uffd-wp (kernels without
     PAGEMAP_SCAN, e.g. 6.1)."""
+    _check(kind, ops, mode)
     profile = profile or running()
     # MADV_PAGEOUT isolates only folios off the per-CPU LRU batches, and drains only this
     # CPU's (lru_add_drain): on one CPU what it reclaims does not depend on scheduling
@@ -155,6 +156,39 @@ def run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile | None = None,
         return _run(kind, thp, ops, profile, stop_at_first, mode)
     finally:
         os.sched_setaffinity(0, cpus)
+
+
+#: op name -> how many arguments follow it (pages ops: first page, page count[, prot])
+_ARITY = {"collect": 0, "fork": 0, "write": 2, "read": 2, "dontneed": 2, "munmap": 2,
+          "mremap": 2, "write_moved": 2, "read_moved": 2, "child_write": 2, "pageout": 2,
+          "collapse": 2, "mprotect": 3}
+
+
+def _check(kind: Any, ops: Sequence[Op], mode: Any) -> None:
+    """Every argument of :func:`run` checked before any memory is touched (a page outside
+    the window would be written or discarded in this process's own memory)."""
+    if kind not in KINDS:
+        raise errors.InvalidTarget(f"unknown memory kind {kind!r}", hint=f"one of {KINDS}")
+    if mode not in ("scan", "pagemap"):
+        raise errors.InvalidTarget(f"unknown mode {mode!r}", hint='"scan" or "pagemap"')
+    for i, op in enumerate(ops):
+        where = f"op {i} ({op!r})"
+        if not isinstance(op, (tuple, list)) or not op or op[0] not in _ARITY:
+            raise errors.InvalidTarget(f"{where} is not an operation",
+                                       hint=f"a tuple starting with one of {sorted(_ARITY)}")
+        if len(op) != 1 + _ARITY[op[0]]:
+            raise errors.InvalidTarget(f"{where} takes {_ARITY[op[0]]} argument(s)",
+                                       hint="pages ops: (name, first page, page count)")
+        if _ARITY[op[0]] < 2:
+            continue
+        p, n = op[1], op[2]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (p, n)) or \
+                not 0 <= p < NPAGES or n < 0:  # a count past the window is clipped to it
+            raise errors.InvalidTarget(f"{where}: pages {p!r}+{n!r} do not start in the "
+                                       f"window", hint=f"first page 0 to {NPAGES - 1}, "
+                                                       "count >= 0")
+        if op[0] == "mprotect" and op[3] not in ("r", "rw"):
+            raise errors.InvalidTarget(f"{where}: protection {op[3]!r}", hint='"r" or "rw"')
 
 
 def _run(kind: str, thp: bool, ops: Sequence[Op], profile: Profile, stop_at_first: bool,

@@ -20,6 +20,7 @@ one). Only the operations since the last collect are kept, for the false-negativ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Iterator
@@ -46,6 +47,38 @@ _CHANGES = frozenset({"write", "madvise", "munmap", "mmap", "mremap", "reclaim"}
 _BATCH = 8192
 
 
+_NO_PAIRS = np.empty((0, 2), np.int64)
+#: reported addresses are clipped here (user space ends far below: 2**47, 2**56 with LA57)
+_TOP = (1 << 63) - PAGE
+
+
+def _reported(design: D.Design) -> np.ndarray:
+    """What a design's collect returned, checked: a (k, 2) array of page-aligned [start,
+    end) integer address ranges (docs/model.md, "Adding a design"); ends past 2**63 are
+    clipped (a design may report "everything")."""
+    got = design.collect()
+    name = getattr(design, "name", type(design).__name__)
+    hint = "return a (k, 2) integer array of page-aligned [start, end) address ranges"
+    try:
+        a = np.asarray(got)
+    except (ValueError, TypeError) as exc:
+        raise errors.WriteWatchError(f"design {name}: collect() returned {type(got).__name__}"
+                                     f" ({exc})", hint=hint) from None
+    if a.size == 0:
+        return np.empty((0, 2), np.uint64)
+    if a.dtype.kind not in "iu" or a.ndim != 2 or a.shape[1] != 2:
+        raise errors.WriteWatchError(f"design {name}: collect() returned an array of shape "
+                                     f"{a.shape} and dtype {a.dtype}", hint=hint)
+    if a.dtype.kind == "i" and bool((a < 0).any()):
+        raise errors.WriteWatchError(f"design {name}: collect() returned a negative address",
+                                     hint=hint)
+    out: np.ndarray = np.minimum(a.astype(np.uint64), np.uint64(_TOP))
+    if bool((out % np.uint64(PAGE)).any()) or bool((out[:, 1] <= out[:, 0]).any()):
+        raise errors.WriteWatchError(f"design {name}: collect() returned ranges that are not "
+                                     "page aligned or not start < end", hint=hint)
+    return out
+
+
 class _Batch:
     """Single-page reads and writes of the root process gathered per page table and applied
     together (the same result as one by one). At the flush the reads go first, then the
@@ -63,6 +96,8 @@ class _Batch:
         self.written: set[int] = set()
         self.reads: dict[int, list[int]] = {}  #: page table -> addresses read
         self.n = 0
+        #: (address, op index) of the writes being applied
+        self.applying = _NO_PAIRS
 
     def add(self, op: dict[str, Any], name: str) -> bool:
         """Gather a single-page access of the root process; False when the op must be
@@ -91,6 +126,15 @@ class _Batch:
         if self.n >= _BATCH:
             self.flush()
         return True
+
+    def blame(self, exc: errors.WriteWatchError) -> int | None:
+        """The index of the op that gathered the write ``exc`` (a fault at ``exc.start``)
+        failed on, if it is one of the gathered writes; None otherwise (a read, or not a
+        gathered access)."""
+        if exc.start is None:
+            return None
+        hit = np.flatnonzero(self.applying[:, 0] == exc.start)
+        return int(self.applying[hit[0], 1]) if len(hit) else None
 
     def make_room(self, op: dict[str, Any], name: str) -> bool:
         """Let a discard or mprotect of the root's memory run before the gathered accesses:
@@ -149,10 +193,12 @@ class _Batch:
         addrs, opi = pairs[:, 0].copy(), pairs[:, 1]
         hit = self.truth.materialise_pages(addrs)
         self.mm.observer = None  # the truth is told below, for the whole batch at once
+        self.applying = pairs  # for blame(), when they fail
         try:
             self.mm.write_pages(addrs)
         finally:
             self.mm.observer = self.truth.observe
+        self.applying = _NO_PAIRS
         if hit.any():
             self.truth.wrote_pages(addrs, opi, hit)
 
@@ -212,7 +258,7 @@ class Runner:
 
     def collect(self) -> None:
         self._flush()
-        reported = self.design.collect() if self.design is not None else \
+        reported = _reported(self.design) if self.design is not None else \
             np.empty((0, 2), np.uint64)
         walked = self.kernel.entries_walked - self._walked
         self._walked_total += walked
@@ -426,25 +472,42 @@ def run_trace(trace: Trace | Iterable[dict[str, Any]], design: str | type[D.Desi
         if why:
             return Metrics(dsg.name, workload, profile.name, available=False, reason=why)
     t0 = time.perf_counter()
-    r = Runner(dsg, profile, workload, costs, batch)
+    name = dsg.name if dsg is not None else "untracked"
+    with _blame(name, "setting the design up", None):
+        r = Runner(dsg, profile, workload, costs, batch)
     ops: Iterator[dict[str, Any]] = iter(trace.ops if isinstance(trace, Trace) else trace)
     apply = r.apply
     for op in ops:
-        try:
+        with _blame(name, f"op {r.n_ops} ({op_text(op)})", r):
             apply(op)
-        except ModelError as exc:
-            raise errors.WriteWatchError(
-                f"op {r.n_ops} ({op_text(op)}) failed under {r.name}: {exc}",
-                hint="the trace does something the modelled program could not") from exc
-    try:
+    with _blame(name, "the last accesses of the trace", r):
         m = r.finish()
-    except ModelError as exc:
-        raise errors.WriteWatchError(f"a batch of accesses failed under {r.name}: {exc}",
-                                     hint="the trace does something the modelled program "
-                                          "could not") from exc
     if dsg is not None:
         dsg.close()
     return dataclasses.replace(m, seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _blame(name: str, what: str, r: Runner | None) -> Iterator[None]:
+    """Errors of a replay step as WriteWatchError naming the step and the design. Single-page
+    accesses are applied in batches, at a later op: an access the program could not make
+    is named as such, with the op that gathered it when it was a write."""
+    try:
+        yield
+    except ModelError as exc:
+        op = r.batch.blame(exc) if r is not None and r.batch is not None else None
+        where = f"op {op} (a single-page access, applied in a batch at {what})" \
+            if op is not None else what
+        raise errors.WriteWatchError(
+            f"{where} failed under {name}: {exc}",
+            hint="the trace does something the modelled program could not") from exc
+    except errors.WriteWatchError:
+        raise
+    except Exception as exc:  # a design's own code (or the model) failed
+        raise errors.WriteWatchError(
+            f"{what} failed under {name}: {type(exc).__name__}: {exc}",
+            hint="a bug in the design, or in the model: `writewatch --debug` shows where") \
+            from exc
 
 
 def compare(trace: Trace | Any, designs: Iterable[str | type[D.Design]], profile: Profile,

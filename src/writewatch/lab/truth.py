@@ -18,6 +18,7 @@ import numpy as np
 
 from ..model.mm import Mm
 from ..model.pte import PAGE, PAGE_SHIFT, PMD_SHIFT
+from ..pages import Pages
 
 #: false negatives kept per run with the ops that caused them
 MAX_EXAMPLES = 20
@@ -25,6 +26,15 @@ MAX_EXAMPLES = 20
 
 #: pages per page-table page (a 2 MiB block): one row of ground truth
 _ROW = 1 << (PMD_SHIFT - PAGE_SHIFT)
+
+
+def _outside(ranges: np.ndarray, tracked: list[tuple[int, int]]) -> int:
+    """Pages of (k, 2) int64 page-aligned ``ranges`` in none of the ``tracked`` ranges
+    (pure; overlaps counted once)."""
+    if not len(ranges):
+        return 0
+    rep = Pages.from_kernel(ranges.astype(np.uint64), PAGE)
+    return len(rep - Pages(sorted(tracked), PAGE)) if tracked else len(rep)
 
 
 class _Tracked:
@@ -301,6 +311,10 @@ class Truth:
         examples: list[str] = []
         for t in self.tracked:
             self._judge(t, rep_ranges, n, examples, collect, room)
+        # pages reported outside every tracked range: false positives too
+        outside = _outside(rep_ranges, [(t.start, t.end) for t in self.tracked])
+        n["reported"] += outside
+        n["false_positives"] += outside
         self.log.clear()
         self.ops.clear()
         return Verdict(**n, examples=tuple(examples))

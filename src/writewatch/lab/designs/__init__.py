@@ -51,10 +51,10 @@ def load(spec: str) -> type[Design]:
     mod, _, attr = spec.partition(":")
     try:
         obj = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise errors.InvalidTarget(f"cannot load design {spec!r}: {exc}",
-                                   hint="give package.module:Class, importable from "
-                                        "sys.path (PYTHONPATH)") from None
+    except Exception as exc:  # not found, or its module failed to import (any error)
+        raise errors.InvalidTarget(f"cannot load design {spec!r}: {type(exc).__name__}: "
+                                   f"{exc}", hint="give package.module:Class, importable "
+                                                  "from sys.path (PYTHONPATH)") from None
     if not (isinstance(obj, type) and issubclass(obj, Design)):
         raise errors.InvalidTarget(f"{spec!r} is not a subclass of "
                                    "writewatch.lab.designs.Design")
