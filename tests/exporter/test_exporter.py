@@ -36,8 +36,15 @@ def test_bad_input_is_refused_in_one_line() -> None:
         Exporter([])
     with pytest.raises(writewatch.WriteWatchError, match="twice"):
         Exporter([parse_target("pid", "1"), parse_target("pid", "1")])
-    with pytest.raises(writewatch.WriteWatchError, match="too short"):
-        Exporter([parse_target("pid", "1")], interval=0.001)
+    for bad in (0.001, 1e10):
+        with pytest.raises(writewatch.WriteWatchError, match="out of range"):
+            Exporter([parse_target("pid", "1")], interval=bad)
+
+
+def test_a_match_never_attaches_the_exporter_or_what_started_it() -> None:
+    from writewatch.exporter.targets import _ancestors
+    mine = _ancestors(os.getpid())
+    assert {os.getpid(), os.getppid()} <= mine and 1 not in mine
 
 
 def test_cli_errors_are_one_line_and_start_nothing(tmp_path) -> None:
@@ -135,7 +142,8 @@ def test_a_cgroup_whose_processes_come_and_go(serve, pacers) -> None:
 
     try:
         spec = parse_target("cgroup", path)
-        r = serve([spec], interval=0.2, retry=0.2)
+        # a process joining the empty cgroup is attached at the next round, not the retry
+        r = serve([spec], interval=0.2, retry=60)
         m = r.wait_for(lambda m: value(m, "writewatch_target_state", target=spec.name,
                                        state="waiting") == 1)  # empty: waits, no error
         assert value(m, "writewatch_errors_total", target=spec.name) == 0

@@ -66,6 +66,27 @@ def test_a_focus_that_matches_nothing_is_refused_when_attached() -> None:
             focus(bad)
 
 
+def test_a_focus_range_is_whole_pages_and_within_64_bits() -> None:
+    script = [[(ANON[0], ANON[0] + 5 * PS)]] * 3
+    s = run(FakeTracker(script), f"{ANON[0] + 1:#x}-{ANON[0] + 2 * PS + 3:#x}")
+    assert [iv.pages for iv in s.intervals] == [3, 3, 3]  # bytes of pages 0, 1 and 2
+    s = run(FakeTracker(script), "0x0-0x10000000000000000")  # the whole 64-bit space
+    assert [iv.pages for iv in s.intervals] == [5, 5, 5]
+    for bad in ("0x0-0x10000000000001000", "0x1000+99999999999999999999G"):
+        with pytest.raises(writewatch.InvalidTarget, match="beyond 2"):
+            focus(bad)
+    for bad in (123, [1, 2], [b"[heap]"]):
+        with pytest.raises(writewatch.InvalidTarget, match="not a spec"):
+            focus(bad)
+
+
+@pytest.mark.parametrize("kw", [{"interval": 1e10}, {"interval": 0.001},
+                                {"outputs": "s.json"}, {"mapping": 123}])
+def test_monitor_refuses_bad_arguments(kw) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(writewatch.InvalidTarget):
+        writewatch.monitor(FakeTracker([[]]), **kw)
+
+
 def test_units_are_exact() -> None:
     assert format_rate(1.048576, "MiB") == "1.00 MiB/s"
     assert format_rate(1.0, "MB") == "1.00 MB/s"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..monitor import MIN_INTERVAL, UNITS, Outputs
+from ..monitor import MAX_INTERVAL, MIN_INTERVAL, UNITS, Outputs
 
 __all__ = ["add_monitor_arguments", "duration", "interval", "outputs", "process_name"]
 
@@ -33,6 +33,8 @@ def interval(text: str) -> float:
     v = _seconds(text, {"ms": 1e-3, "s": 1.0}, "1, 0.5s, 10ms")
     if v < MIN_INTERVAL - 1e-12:
         raise argparse.ArgumentTypeError(f"{text} is shorter than the 10 ms minimum")
+    if v > MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(f"{text} is longer than the one-day maximum")
     return v
 
 

@@ -17,6 +17,9 @@ from .targets import Target, TargetSpec
 
 __all__ = ["Exporter", "parse_listen"]
 
+#: sampling interval limits, seconds (above a day a wait overflows the platform's timeout)
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 86400.0
+
 log = logging.getLogger("writewatch.exporter")
 
 
@@ -48,9 +51,9 @@ class Exporter:
     def __init__(self, specs: Sequence[TargetSpec], *, interval: float = 1.0,
                  follow_forks: bool = False, window: float = 60.0, retry: float = 10.0,
                  attach: Any = None) -> None:
-        if not interval >= 0.01:
-            raise errors.InvalidTarget(f"interval {interval} s is too short",
-                                       hint="use at least 0.01 s")
+        if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+            raise errors.InvalidTarget(f"interval {interval} s is out of range",
+                                       hint=f"use {MIN_INTERVAL} s to {MAX_INTERVAL:g} s")
         if not specs:
             raise errors.InvalidTarget("no target given",
                                        hint="give --pid PID, --cgroup PATH or --match REGEX")
@@ -134,6 +137,8 @@ class Exporter:
                     self._late += max(1, skipped)
                     k += skipped
                     due = k * self.interval
+                if duration is not None:
+                    due = min(due, duration)  # the last round is at the duration
                 self._stop.wait(max(0.0, due - now))
         finally:
             for sig, h in handlers.items():

@@ -267,6 +267,7 @@ class Target:
         except errors.InvalidTarget as exc:
             if self.spec.kind == "cgroup" and "has no process" in str(exc):
                 self._set_state("waiting", "the cgroup has no process")
+                return  # looked at again at the next round: a joining process is not late
             else:
                 self._error(exc, "cannot attach")
                 self._set_state("failed", str(exc))
@@ -280,10 +281,10 @@ class Target:
 
     def _resolve_match(self, now: float, others: set[int]) -> None:
         pat = re.compile(self.spec.value)
-        me = os.getpid()
+        mine = _ancestors(os.getpid())  # this process and the ones that started it
         tracked = self.tracked | others
         for pid in _pids():
-            if pid == me or pid in tracked or self._refused.get(pid, 0) > now:
+            if pid in mine or pid in tracked or self._refused.get(pid, 0) > now:
                 continue
             cmd = _read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
             if not cmd or not pat.search(cmd):
@@ -415,3 +416,13 @@ def _ppid(pid: int) -> int:
         return int(st[st.rindex(")") + 2:].split()[1])
     except (ValueError, IndexError):
         return 0
+
+
+def _ancestors(pid: int) -> set[int]:
+    """``pid`` and its ancestors up to init (their command lines name the exporter's
+    arguments, the regex included: a ``--match`` must not attach them)."""
+    out: set[int] = set()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        pid = _ppid(pid)
+    return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from .api import VIEWS, Outputs, monitor
 from .focus import Focus, parse_focus
-from .sampler import MIN_INTERVAL, Sampler, Source
+from .sampler import MAX_INTERVAL, MIN_INTERVAL, Sampler, Source
 from .series import (
     CSV_COLUMNS,
     MB,
@@ -31,8 +31,9 @@ from .series import (
 )
 from .view import format_rate, format_summary
 
-__all__ = ["CSV_COLUMNS", "MB", "MIB", "MIN_INTERVAL", "UNITS", "VIEWS", "Focus", "Interval",
-           "MappingChange", "Outputs", "Region", "Sampler", "Series", "Source", "Summary",
+__all__ = ["CSV_COLUMNS", "MAX_INTERVAL", "MB", "MIB", "MIN_INTERVAL", "UNITS", "VIEWS",
+           "Focus", "Interval", "MappingChange", "Outputs", "Region", "Sampler", "Series",
+           "Source", "Summary",
            "format_rate", "format_summary", "monitor", "parse_focus", "read_csv"]
 
 

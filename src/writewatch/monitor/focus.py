@@ -62,6 +62,9 @@ def _parse_one(text: str) -> _Spec:
         if end <= start:
             raise errors.InvalidTarget(f"mapping range {t!r} is empty",
                                        hint="give 0xSTART-0xEND with END > START")
+        if end > 1 << 64:
+            raise errors.InvalidTarget(f"mapping range {t!r} ends beyond 2**64",
+                                       hint="give addresses of the target's address space")
         return _Spec(t, "range", start, end)
     if t.startswith("/"):
         return _Spec(t, "path")
@@ -73,6 +76,11 @@ def parse_focus(specs: str | Iterable[str] | None) -> Focus | None:
     :class:`writewatch.InvalidTarget` on a malformed spec, before anything starts."""
     if specs is None:
         return None
+    if not isinstance(specs, str) and not (isinstance(specs, Iterable) and
+                                           all(isinstance(s, str) for s in specs)):
+        raise errors.InvalidTarget(f"mapping={specs!r} is not a spec",
+                                   hint="give a string, or a list of strings: a label, a "
+                                        "path, 0xSTART-0xEND or 'largest'")
     items = [specs] if isinstance(specs, str) else list(specs)
     if not items:
         return None
@@ -137,5 +145,7 @@ class Focus:
         keep = self.ranges(regions)
         if not keep:
             return Pages((), pages.page_size)
-        cover = Pages(np.array(sorted(keep), np.uint64).reshape(-1, 2), pages.page_size)
+        ps = pages.page_size  # whole pages: a page any byte of a range is on is kept
+        cover = Pages(np.array(sorted((a // ps * ps, min(-(-b // ps) * ps, (1 << 64) - ps))
+                                      for a, b in keep), np.uint64).reshape(-1, 2), ps)
         return pages & cover

@@ -21,9 +21,10 @@ from ..pages import Pages
 from .focus import Focus
 from .series import Interval, MappingChange, Region, Series, bytes_in
 
-__all__ = ["MIN_INTERVAL", "Sampler", "Source"]
+__all__ = ["MAX_INTERVAL", "MIN_INTERVAL", "Sampler", "Source"]
 
 MIN_INTERVAL = 0.01  #: 10 ms: below this the collect itself dominates the interval
+MAX_INTERVAL = 86400.0  #: a day (a longer wait overflows the platform's timeout)
 
 
 class Source(Protocol):
@@ -60,10 +61,10 @@ class Sampler:
                  focus_now: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  wait: Callable[[float], bool] | None = None) -> None:
-        if not interval >= MIN_INTERVAL:
+        if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             raise errors.InvalidTarget(
-                f"sampling interval {interval} s is too short",
-                hint=f"use at least {MIN_INTERVAL} s (10 ms)")
+                f"sampling interval {interval} s is out of range",
+                hint=f"use {MIN_INTERVAL} s (10 ms) to {MAX_INTERVAL:g} s (a day)")
         self.source = source
         self.interval = float(interval)
         self.clock = clock
