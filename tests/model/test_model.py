@@ -68,11 +68,25 @@ def test_trace_writer_and_hex(tmp_path) -> None:
     '{"writewatch_trace": 1}\n{"op": "write", "addr": 4097, "len": 4096}',
     '{"writewatch_trace": 1}\n{"op": "write", "addr": 4096}',
     '{"writewatch_trace": 1}\nnot json',
+    '{"writewatch_trace": 1}\n{"op": "write", "addr": null, "len": 4096}',
+    '{"writewatch_trace": 1}\n{"op": ["write"], "addr": 4096, "len": 4096}',
+    '{"writewatch_trace": 1}\n{"op": "write", "addr": -4096, "len": 4096}',
+    '{"writewatch_trace": 1}\n{"op": "write", "addr": 1180591620717411303424, "len": 4096}',
+    '{"writewatch_trace": 1}\n' + "[" * 100000 + "]" * 100000,
 ])
 def test_trace_errors(text: str) -> None:
     with pytest.raises(TraceError) as ei:
         Trace.loads(text)
     assert isinstance(ei.value, writewatch.WriteWatchError) and ei.value.hint
+
+
+@pytest.mark.parametrize("data", [b"\x80\x81not text\n" * 10, b"\x28\xb5\x2f\xfdgarbage"])
+def test_unreadable_trace_files(tmp_path, data: bytes) -> None:
+    for name in ("t.jsonl", "t.jsonl.zst"):
+        f = tmp_path / name
+        f.write_bytes(data)
+        with pytest.raises(TraceError, match=r"cannot be read|not JSON|header"):
+            list(Trace.load(f))
 
 
 def test_missing_trace_file(tmp_path) -> None:

@@ -506,7 +506,8 @@ def _blame(name: str, what: str, r: Runner | None) -> Iterator[None]:
     except Exception as exc:  # a design's own code (or the model) failed
         raise errors.WriteWatchError(
             f"{what} failed under {name}: {type(exc).__name__}: {exc}",
-            hint="a bug in the design, or in the model: `writewatch --debug` shows where") \
+            hint="a malformed op, or a bug in the design or the model: `writewatch --debug` "
+                 "shows where") \
             from exc
 
 

@@ -87,6 +87,8 @@ KINDS = ("anon", "shmem", "memfd", "file")
 ADVICE = ("DONTNEED", "FREE", "REMOVE", "PAGEOUT", "HUGEPAGE", "NOHUGEPAGE", "COLLAPSE")
 PROTS = ("none", "r", "rw")
 _INT_KEYS = ("addr", "len", "new_len", "new_addr", "offset", "tid", "proc")
+#: user addresses are below this on every architecture the model describes (x86-64 LA57)
+_USER_TOP = 1 << 56
 
 
 class TraceError(errors.WriteWatchError, ValueError):
@@ -133,15 +135,19 @@ def check_op(op: dict[str, Any], page_size: int, line: int | None = None) -> dic
     if not isinstance(op, dict) or "op" not in op:
         raise TraceError("an operation is an object with an 'op' key", line)
     name = op["op"]
-    need = OPS.get(name)
+    need = OPS.get(name) if isinstance(name, str) else None
     if need is None:
         raise TraceError(f"unknown op {name!r} (known: {', '.join(OPS)})", line)
     for k in need:
-        if k not in op:
+        if k not in op or (op[k] is None and k in _INT_KEYS):
             raise TraceError(f"{name} needs {k!r}", line)
     for k in _INT_KEYS:
         if k in op and op[k] is not None:
             op[k] = _int(op[k], k, line)
+    for k in ("addr", "new_addr"):
+        if k in op and op[k] is not None and not 0 <= op[k] < _USER_TOP:
+            raise TraceError(f"{name}: {k}={op[k]:#x} is outside user space (0 to 2**56)",
+                             line)
     for k in ("addr", "len", "new_len", "new_addr"):
         if k in op and op[k] is not None and op[k] % page_size:
             raise TraceError(f"{name}: {k}={op[k]:#x} is not a multiple of the page size "
@@ -174,7 +180,7 @@ def _open_text(path: str | os.PathLike[str], mode: str) -> IO[str]:
 def parse_header(text: str) -> TraceHeader:
     try:
         h = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise TraceError(f"header is not JSON: {exc}", 1) from None
     if not isinstance(h, dict) or "writewatch_trace" not in h:
         raise TraceError("the first line must be a header with 'writewatch_trace'", 1)
@@ -189,9 +195,29 @@ def parse_header(text: str) -> TraceHeader:
                        meta=h.get("meta") or {})
 
 
+def _readable(it: Iterator[str]) -> Iterator[str]:
+    """The lines of ``it``; what fails in reading them (not UTF-8 text, a damaged or cut
+    zstd stream) is a TraceError naming the line."""
+    n = 0
+    while True:
+        n += 1
+        try:
+            text = next(it)
+        except StopIteration:
+            return
+        except (UnicodeDecodeError, OSError, ValueError) as exc:
+            raise TraceError(f"cannot be read: {type(exc).__name__}: {exc}", n,
+                             hint="give a trace file: JSON lines, or JSON lines "
+                                  "compressed with zstd (.zst)") from None
+        except Exception as exc:  # zstandard.ZstdError, from the .zst reader
+            raise TraceError(f"cannot be read: {type(exc).__name__}: {exc}", n,
+                             hint="a .zst trace must be one complete zstd stream") from None
+        yield text
+
+
 def iter_lines(lines: Iterable[str]) -> tuple[TraceHeader, Iterator[dict[str, Any]]]:
     """Parse trace text: the header now, the operations lazily."""
-    it = iter(lines)
+    it = _readable(iter(lines))
     first = next(it, None)
     if first is None:
         raise TraceError("empty trace (no header)")
@@ -203,7 +229,7 @@ def iter_lines(lines: Iterable[str]) -> tuple[TraceHeader, Iterator[dict[str, An
                 continue
             try:
                 op = json.loads(text)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise TraceError(f"not JSON: {exc}", n) from None
             yield check_op(op, header.page_size, n)
 
