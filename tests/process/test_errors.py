@@ -217,3 +217,21 @@ def test_unusable_backend_refused(c_target) -> None:  # type: ignore[no-untyped-
         attach(c_target.proc.pid, backend=bad[0])
     with pytest.raises(writewatch.InvalidTarget, match="unknown backend"):
         attach(c_target.proc.pid, backend="no-such-backend")
+
+
+@pytest.mark.usefixtures("uffd_async")
+def test_end_ends_the_program_and_what_it_started() -> None:
+    import time
+
+    from writewatch.process.launch import _descendants, _running
+    t = launch(["sh", "-c", "sleep 60 & sleep 60 & wait"], follow_forks=False)
+    try:
+        deadline = time.monotonic() + 10
+        while len(kids := _descendants(t.process.pid)) < 2:
+            assert time.monotonic() < deadline, "the children did not start"
+            time.sleep(0.02)
+    finally:
+        t.close()
+    code = t.process.end(2.0)
+    assert code == -signal.SIGTERM
+    assert not any(_running(k) for k in kids), kids

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     with Exporter(specs, interval=args.interval, follow_forks=args.follow_forks,
                   window=args.window, retry=args.retry) as exp:
         h, p = exp.listen(host, port)
+        h = f"[{h}]" if ":" in h else h  # an IPv6 address in a URL (RFC 3986)
         print(f"writewatch exporter: serving http://{h}:{p}/metrics for "
               f"{', '.join(s.name for s in specs)}", file=sys.stderr, flush=True)
         exp.run(args.duration)

@@ -52,9 +52,11 @@ def _wait(proc: Any, timeout: float) -> None:
 
 
 def _end(proc: Any, pid: int) -> None:
-    """SIGTERM, then SIGKILL after GRACE seconds."""
+    """SIGTERM, then SIGKILL after GRACE seconds (to the command's descendants too)."""
     import subprocess
-    if hasattr(proc, "terminate"):
+    if hasattr(proc, "end"):  # a launched program: it and what it started
+        proc.end(GRACE)
+    elif hasattr(proc, "terminate"):
         proc.terminate()
         try:
             proc.wait(GRACE)

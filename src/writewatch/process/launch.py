@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import errors
-from ..kernel import LINUX, KernelCalls, forking
+from ..kernel import LINUX, KernelCalls, forking, procfs
 from .member import check_process_options, process_backend
 from .tree import ProcessTracker
 
@@ -77,6 +77,27 @@ class LaunchedProcess:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
+    def end(self, grace: float = 5.0) -> int:
+        """End the program and what it started, as timeout(1) ends its process group:
+        SIGTERM to it and to every descendant it has now, SIGKILL to those still there
+        ``grace`` seconds later. Returns its exit status."""
+        family = [self.pid, *_descendants(self.pid)]
+        for p in family:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.wait(grace)
+        left = family[1:]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.02)
+            left = [p for p in left if _running(p)]
+        for p in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(p, signal.SIGKILL)
+        self.kill()  # nothing when it has exited
+        return self.wait()
+
     def close_streams(self) -> None:
         for name in ("stdin", "stdout", "stderr"):
             f = getattr(self, name)
@@ -86,6 +107,22 @@ class LaunchedProcess:
 
     def __repr__(self) -> str:
         return f"<LaunchedProcess pid={self.pid} returncode={self.returncode}>"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` now, parents first (/proc/PID/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = sorted(procfs.children(todo.pop(0)) - set(out) - {pid})
+        out += kids
+        todo += kids
+    return out
+
+
+def _running(pid: int) -> bool:
+    st = procfs.read_stat(pid)
+    return st is not None and st.state not in ("Z", "X")
 
 
 #: include/uapi/linux/prctl.h (Yama): allow a process and its descendants to ptrace us
