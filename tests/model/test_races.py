@@ -322,3 +322,14 @@ def test_shortest_losing_schedule_is_shortest_and_loses() -> None:
     assert r.shortest in r.losing
     assert len(r.shortest) == min(len(s) for s in r.losing)
     assert explore("uffd-sync-unpop", "shmem-reclaim").shortest == ()
+
+
+@pytest.mark.parametrize(("design", "scenario", "match"), [
+    ("uffd-async-generic", "anon-collect", "cannot be explored - the explorer"),
+    ("nonsense", "anon-collect", "unknown design"), (int, "anon-collect", "not a design"),
+    (None, "anon-collect", "not a design"), ("uffd-async", None, "not a scenario")])
+def test_explore_says_what_is_wrong_with_its_arguments(design, scenario, match) -> None:  # type: ignore[no-untyped-def]
+    from writewatch.model.races import RaceExplorerError, explore
+    with pytest.raises(RaceExplorerError, match=match) as e:
+        explore(design, scenario)
+    assert e.value.hint and str(e.value).count(e.value.hint) == 1

@@ -174,18 +174,28 @@ def _lookup(design: str | Design | type[DesignClass],
             scenario: str | Scenario) -> tuple[Design, Scenario]:
     """A design by explorer name, registry spec (``module:Class``) or class; a scenario."""
     if isinstance(design, type):
+        if not issubclass(design, DesignClass):
+            raise RaceExplorerError(f"{design.__name__} is not a design",
+                                    hint="a subclass of writewatch.lab.designs.Design")
         design = Design.of(design)
     elif isinstance(design, str):
-        if design in DESIGNS:
-            design = DESIGNS[design]
-        elif ":" in design:
+        spec = design
+        if spec in DESIGNS:
+            design = DESIGNS[spec]
+        else:  # a registry name the explorer has no tracker for says why, or module:Class
             try:
-                design = Design.of(get_design(design))
+                design = Design.of(get_design(spec))
             except WriteWatchError as exc:
-                raise RaceExplorerError(str(exc), hint=exc.hint) from None
-        else:
-            raise RaceExplorerError(f"unknown design {design!r}",
-                                    hint="one of: " + ", ".join(DESIGNS))
+                if ":" not in spec and "unknown design" in exc.message:
+                    raise RaceExplorerError(f"unknown design {design!r}",
+                                            hint="one of: " + ", ".join(DESIGNS)) from None
+                raise RaceExplorerError(exc.message, hint=exc.hint) from None
+    elif not isinstance(design, Design):
+        raise RaceExplorerError(f"design={design!r} is not a design",
+                                hint="a name, package.module:Class, or a Design class")
+    if not isinstance(scenario, (str, Scenario)):
+        raise RaceExplorerError(f"scenario={scenario!r} is not a scenario",
+                                hint="one of: " + ", ".join(SCENARIOS))
     if isinstance(scenario, str):
         if scenario not in SCENARIOS:
             raise RaceExplorerError(f"unknown scenario {scenario!r}",

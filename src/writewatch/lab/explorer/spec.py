@@ -48,6 +48,9 @@ class Design:
         if d.explore is None:
             raise RaceExplorerError(f"design {d.name!r} cannot be explored",
                                     hint=d.explore_why or "its class sets explore = None")
+        if d.explore not in ("scan", "handler", "ring", "softdirty"):
+            raise RaceExplorerError(f"design {d.name!r}: explore = {d.explore!r}",
+                                    hint='"scan", "handler", "ring", "softdirty" or None')
         r = d.rules
         unpop = bool(d.features & (U.UffdFeature.WP_UNPOPULATED | U.UffdFeature.WP_ASYNC))
         anon = (unpop if r.anon_markers is None else r.anon_markers) if r else False
