@@ -269,10 +269,16 @@ def test_short_child_that_exits_before_the_collect(tree_target: TreeDriver) -> N
                 any("exited" in r for r in t.last.reasons), t.last.reasons
 
 
-def _polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No EVENT_FORK for the trackers made from now on: children are found by polling."""
+@contextlib.contextmanager
+def _polling(monkeypatch: pytest.MonkeyPatch, pid: int, follow_forks: bool):  # type: ignore[no-untyped-def]
+    """A tracker of ``pid`` without EVENT_FORK (children are found by polling), collected
+    once."""
     import writewatch.process.tree as tree_mod
     monkeypatch.setattr(tree_mod, "_has_cap", lambda cap: False)
+    with attach(pid, follow_forks=follow_forks) as t:
+        assert t.fork_mode == "polling"
+        t.collect()
+        yield t
 
 
 def test_short_child_after_an_untracked_child_exited(tree_target: TreeDriver,
@@ -280,11 +286,8 @@ def test_short_child_after_an_untracked_child_exited(tree_target: TreeDriver,
     """Without fork events (polling: /proc children and the parent's count of its reaped
     children's faults), a short child is found by that count growing. An untracked child
     that exited earlier must not explain every later growth."""
-    _polling(monkeypatch)
     d = tree_target
-    with attach(d.proc.pid, follow_forks=False) as t:
-        assert t.fork_mode == "polling"
-        t.collect()
+    with _polling(monkeypatch, d.proc.pid, follow_forks=False) as t:
         first = d.fork()
         t.collect()  # seen alive: untracked
         assert d.cmd(f"k {first}") == "ok"  # exits and is reaped
@@ -302,11 +305,8 @@ def test_every_conservative_page_has_a_reason_in_polling_mode(
         tree_target: TreeDriver, monkeypatch: pytest.MonkeyPatch) -> None:
     """A child found by polling is attached late and its writable mappings reported whole
     once: pages it shares reach the root's collect, and so does the reason."""
-    _polling(monkeypatch)
     d = tree_target
-    with attach(d.proc.pid, follow_forks=True) as t:
-        assert t.fork_mode == "polling"
-        t.collect()
+    with _polling(monkeypatch, d.proc.pid, follow_forks=True) as t:
         child = d.fork()
         for _ in range(3):
             logged = d.write([10], who=child)

@@ -60,7 +60,7 @@ from .uffd_async import supported_features
 
 __all__ = ["HandlerDied", "UffdSyncBackend", "open_uffd", "probe", "start_helper"]
 
-#: the handler process's program (imported, not run with -m: see _Helper)
+#: the handler process's program
 _HANDLER_MAIN = ("import sys; from writewatch.backends._uffd_sync_handler import main; "
                  "sys.exit(main(sys.argv[1:]))")
 

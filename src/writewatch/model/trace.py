@@ -205,13 +205,10 @@ def _readable(it: Iterator[str]) -> Iterator[str]:
             text = next(it)
         except StopIteration:
             return
-        except (UnicodeDecodeError, OSError, ValueError) as exc:
+        except Exception as exc:  # not UTF-8, an I/O error, zstandard.ZstdError
             raise TraceError(f"cannot be read: {type(exc).__name__}: {exc}", n,
-                             hint="give a trace file: JSON lines, or JSON lines "
-                                  "compressed with zstd (.zst)") from None
-        except Exception as exc:  # zstandard.ZstdError, from the .zst reader
-            raise TraceError(f"cannot be read: {type(exc).__name__}: {exc}", n,
-                             hint="a .zst trace must be one complete zstd stream") from None
+                             hint="give a trace file: JSON lines, or one complete zstd "
+                                  "stream of them (.zst)") from None
         yield text
 
 
